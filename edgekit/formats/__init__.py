@@ -1,0 +1,80 @@
+"""The format table: every target edgekit can write and run, listed once.
+
+export, bench and the CLI read this table; nothing else names formats. Each format module
+is imported lazily (TensorFlow, TensorRT and friends are heavy and optional) and offers:
+
+    export(source: Path, out: Path, precision: str, options: ExportOptions, reporter) -> Path
+    load_runner(path: Path, threads: int | None = None) -> Runner
+    census(path: Path) -> dict        # weights and ops counted by dtype, read from the file
+    unavailable_reason() -> str | None  # why this machine cannot export/run it, or None
+
+A Runner takes float32 pixels in [0, 1], NCHW [N, 3, 32, 32], and returns float32 logits [N, C],
+whatever the file holds inside; layout and dtype conversion live in the runner.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import UnsupportedError
+
+
+class Runner(Protocol):
+    name: str
+
+    def predict(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    module_name: str
+    suffix: str
+    precisions: tuple[str, ...]
+    extra: str  # the pip extra that brings its runtime
+    exportable: bool = True  # torch is a source format, not an export target
+
+    def module(self) -> ModuleType:
+        return importlib.import_module(self.module_name)
+
+    def unavailable_reason(self) -> str | None:
+        return self.module().unavailable_reason()
+
+
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format("torch", "edgekit.formats.torch", ".pt", ("fp32", "int8"), "", exportable=False),
+        Format("onnx", "edgekit.formats.onnx", ".onnx", ("fp32", "fp16", "int8"), "onnx"),
+        Format("tensorrt", "edgekit.formats.tensorrt", ".engine", ("fp32", "fp16", "int8"), "tensorrt"),
+        Format("tflite", "edgekit.formats.tflite", ".tflite", ("fp32", "fp16", "int8"), "tflite"),
+        Format("savedmodel", "edgekit.formats.savedmodel", ".savedmodel", ("fp32",), "tflite"),
+    )
+}
+
+
+def get_format(name: str) -> Format:
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise UnsupportedError(f"unknown format '{name}'", f"choose one of: {', '.join(FORMATS)}") from None
+
+
+def format_of_path(path: str | Path) -> Format:
+    """Which format a file is, from its suffix (a SavedModel is a directory named *.savedmodel)."""
+    path = Path(path)
+    for fmt in FORMATS.values():
+        if path.name.endswith(fmt.suffix):
+            return fmt
+    raise UnsupportedError(f"cannot tell the format of {path}",
+                           f"known suffixes: {', '.join(f.suffix for f in FORMATS.values())}")
+
+
+def export_targets() -> list[str]:
+    return [name for name, fmt in FORMATS.items() if fmt.exportable]

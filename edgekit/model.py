@@ -1,0 +1,254 @@
+"""CIFAR ResNet18 and its checkpoints.
+
+The CIFAR variant (He et al. 2016, as in kuangliu/pytorch-cifar): a 3x3 stride-1 stem and no
+max-pool, because 32x32 inputs cannot afford the ImageNet stem's 4x downsampling. At width 1
+it has 11,173,962 parameters.
+
+Every channel count lives in a `ModelSpec` (plain data), so a pruned model is rebuilt from its
+recorded channel counts and its state dict: nothing is unpickled. Channels joined by residual
+additions must agree, so a stage has one output width shared by all of its blocks (and the
+stem shares stage 1's), and each block has its own inner width.
+
+The model takes pixels scaled to [0, 1] and normalizes inside (`Normalize`), so the
+normalization constants travel with the weights into every exported format, and an int8
+input maps exactly onto 8-bit pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .artifacts import atomic_torch_save
+from .errors import CheckpointError
+
+CHECKPOINT_FORMAT = "edgekit-checkpoint/1"
+BASE_STAGE_CHANNELS = (64, 128, 256, 512)
+BLOCKS_PER_STAGE = 2
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+def scaled_channels(base: int, width: float, multiple: int = 8) -> int:
+    return max(multiple, int(math.ceil(base * width / multiple)) * multiple)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild the network's shape: plain data, stored in checkpoints."""
+
+    arch: str = "resnet18"
+    num_classes: int = 10
+    stage_channels: tuple[int, ...] = BASE_STAGE_CHANNELS
+    block_channels: tuple[int, ...] = tuple(c for c in BASE_STAGE_CHANNELS for _ in range(BLOCKS_PER_STAGE))
+    mean: tuple[float, ...] = CIFAR10_MEAN
+    std: tuple[float, ...] = CIFAR10_STD
+    width: float = 1.0
+
+    @classmethod
+    def from_width(cls, width: float = 1.0, num_classes: int = 10,
+                   mean: tuple[float, ...] = CIFAR10_MEAN, std: tuple[float, ...] = CIFAR10_STD) -> "ModelSpec":
+        if width <= 0:
+            from .errors import ConfigError
+
+            raise ConfigError(f"width multiplier must be positive, got {width}", "use e.g. --width 1.0 or 0.25")
+        stages = tuple(scaled_channels(c, width) if width != 1.0 else c for c in BASE_STAGE_CHANNELS)
+        return cls(num_classes=num_classes, stage_channels=stages,
+                   block_channels=tuple(c for c in stages for _ in range(BLOCKS_PER_STAGE)),
+                   mean=tuple(mean), std=tuple(std), width=width)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+        known = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    @property
+    def is_pruned(self) -> bool:
+        return self != ModelSpec.from_width(self.width, self.num_classes, self.mean, self.std)
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std as one per-channel affine op that every exporter maps to Mul+Add."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("scale", 1.0 / torch.tensor(std).view(1, -1, 1, 1))
+        self.register_buffer("shift", -torch.tensor(mean).view(1, -1, 1, 1) / torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
+class Add(nn.Module):
+    """The residual add as a module, so quantization can observe and replace it."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a + b
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, mid_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid_channels)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(mid_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+        self.add = Add()
+        self.relu2 = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(self.add(out, identity))
+
+
+class ResNet18(nn.Module):
+    def __init__(self, spec: ModelSpec | None = None) -> None:
+        super().__init__()
+        spec = spec or ModelSpec()
+        if spec.arch != "resnet18":
+            raise CheckpointError(f"unknown architecture '{spec.arch}'", "edgekit builds resnet18 only")
+        if len(spec.stage_channels) != 4 or len(spec.block_channels) != 4 * BLOCKS_PER_STAGE:
+            raise CheckpointError("model spec has the wrong number of stages or blocks",
+                                  "the checkpoint is not an edgekit ResNet18")
+        self.spec = spec
+        self.normalize = Normalize(spec.mean, spec.std)
+        stem = spec.stage_channels[0]
+        self.conv1 = nn.Conv2d(3, stem, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        self.relu = nn.ReLU(inplace=True)
+        in_channels = stem
+        stages = []
+        for stage, out_channels in enumerate(spec.stage_channels):
+            blocks = []
+            for index in range(BLOCKS_PER_STAGE):
+                stride = 2 if stage > 0 and index == 0 else 1
+                mid = spec.block_channels[stage * BLOCKS_PER_STAGE + index]
+                blocks.append(BasicBlock(in_channels, mid, out_channels, stride))
+                in_channels = out_channels
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.fc = nn.Linear(in_channels, spec.num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        # Zero-init the last BN of each block: every block starts as identity, which trains faster
+        # (Goyal et al. 2017) and is harmless for inference.
+        for module in self.modules():
+            if isinstance(module, BasicBlock):
+                nn.init.zeros_(module.bn2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(self.normalize(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.flatten(self.avgpool(x)))
+
+    def fuse_model(self) -> "ResNet18":
+        """Fold conv+BN(+ReLU) in place for inference or eager-mode quantization. Needs eval mode."""
+        from torch.ao.quantization import fuse_modules
+
+        if self.training:
+            raise RuntimeError("fuse_model() folds BN statistics and must run in eval mode")
+        fuse_modules(self, [["conv1", "bn1", "relu"]], inplace=True)
+        for module in self.modules():
+            if isinstance(module, BasicBlock):
+                fuse_modules(module, [["conv1", "bn1", "relu1"], ["conv2", "bn2"]], inplace=True)
+                if module.downsample is not None:
+                    fuse_modules(module.downsample, [["0", "1"]], inplace=True)
+        return self
+
+
+def build_model(spec: ModelSpec | None = None) -> ResNet18:
+    return ResNet18(spec)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_size: int = 32) -> int:
+    """Multiply-accumulates of one forward pass at batch 1, counted by torch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, input_size, input_size, device=device))
+    model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+# ---- checkpoints: tensors and plain data only, loaded with weights_only=True -----------------
+
+
+@dataclass
+class Checkpoint:
+    spec: ModelSpec
+    state_dict: dict[str, torch.Tensor]
+    classes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # plain data: history, metrics, training state
+
+    def build(self) -> ResNet18:
+        model = build_model(self.spec)
+        try:
+            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()})
+        except RuntimeError as exc:
+            raise CheckpointError("checkpoint weights do not fit its recorded model shape",
+                                  "the file is damaged or was edited; re-create it") from exc
+        return model.eval()
+
+
+def save_checkpoint(path: str | Path, model: ResNet18, classes: list[str], extra: dict[str, Any] | None = None,
+                    half: bool = False) -> Path:
+    state = {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().clone()
+             for k, v in model.state_dict().items()}
+    payload = {"format": CHECKPOINT_FORMAT, "spec": model.spec.to_dict(), "classes": list(classes),
+               "state_dict": state, "extra": extra or {}}
+    atomic_torch_save(payload, path)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path, expect: ModelSpec | None = None) -> Checkpoint:
+    """Load safely. With `expect`, refuse a checkpoint of another architecture, width or class count."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}", "check the path, or train one with `edgekit train`")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, random bytes, or a pickle that is not plain data
+        raise CheckpointError(f"cannot read checkpoint {path}: it is corrupt, truncated or not an edgekit checkpoint",
+                              "re-create it with `edgekit train` or restore it from its source") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an edgekit checkpoint (format {payload.get('format') if isinstance(payload, dict) else type(payload).__name__})",
+                              "pass a .pt file written by edgekit train/prune")
+    spec = ModelSpec.from_dict(payload["spec"])
+    if expect is not None:
+        for name in ("arch", "num_classes", "stage_channels", "block_channels"):
+            if getattr(spec, name) != getattr(expect, name):
+                raise CheckpointError(
+                    f"checkpoint {path.name} has {name}={getattr(spec, name)} but the model here expects "
+                    f"{getattr(expect, name)}",
+                    "pass the matching --width / --num-classes, or the checkpoint made for this model")
+    return Checkpoint(spec=spec, state_dict=payload["state_dict"], classes=list(payload.get("classes", [])),
+                      extra=payload.get("extra", {}))
