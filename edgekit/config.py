@@ -91,3 +91,19 @@ def quick_profile() -> tuple[DataConfig, TrainConfig]:
     data = DataConfig(source=DataSource.synthetic, val_size=500, synthetic_train=5000, synthetic_test=1000)
     train = TrainConfig(epochs=4, batch_size=128, lr=0.1, width=0.25, warmup_epochs=0.5)
     return data, train
+
+
+@dataclass
+class ExportOptions:
+    """How `edgekit export` writes a target file and gates it against its source."""
+
+    batch: int = 1  # the static batch dimension (ignored with dynamic_batch)
+    dynamic_batch: bool = False
+    opset: int = 17
+    calibration: str | None = None  # path to a calibration definition (needed for int8)
+    parity_images: int = 256  # seeded real test images the exported file must agree on
+    keep_failed: bool = False  # keep a file that failed the parity gate (for debugging)
+    debug_parity: bool = False  # on failure, find the first layer whose output diverges
+    int8_io: bool = False  # int8 input/output tensors (integer-only targets); runners still take floats
+    threads: int | None = None
+    seed: int = 0
