@@ -107,3 +107,13 @@ class ExportOptions:
     int8_io: bool = False  # int8 input/output tensors (integer-only targets); runners still take floats
     threads: int | None = None
     seed: int = 0
+
+
+def data_config_from_dict(values: dict | None) -> DataConfig:
+    """Rebuild a DataConfig recorded in a checkpoint (plain JSON data)."""
+    values = dict(values or {})
+    # The cache is a property of this machine, not of the data: never take it from elsewhere.
+    known = {k: v for k, v in values.items() if k in DataConfig.__dataclass_fields__ and k != "cache_dir"}
+    if "source" in known:
+        known["source"] = DataSource(known["source"])
+    return DataConfig(**known)

@@ -84,3 +84,58 @@ class RichReporter(Reporter):
         for row in rows:
             table.add_row(*(format_cell(v) for v in row))
         self.out.print(table)
+
+
+# ---- plots (matplotlib, Agg backend, written atomically) ---------------------------------------
+
+
+def _save_figure(figure: Any, path: Any) -> None:
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    from .artifacts import atomic_path
+
+    with atomic_path(Path(path)) as tmp:
+        figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(figure)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curves(history: Sequence[dict], path: Any) -> None:
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.plot(epochs, [h["train_loss"] for h in history], label="train")
+    left.plot(epochs, [h["val_loss"] for h in history], label="val")
+    left.set_xlabel("epoch"), left.set_ylabel("loss"), left.legend(), left.grid(alpha=0.3)
+    for key, label in (("train_accuracy", "train"), ("val_accuracy", "val"), ("test_accuracy", "test")):
+        right.plot(epochs, [100 * h[key] for h in history], label=label)
+    right.set_xlabel("epoch"), right.set_ylabel("top-1 accuracy (%)"), right.legend(), right.grid(alpha=0.3)
+    figure.suptitle("training curves")
+    _save_figure(figure, path)
+
+
+def plot_confusion(matrix: Any, classes: Sequence[str], path: Any, title: str = "confusion matrix") -> None:
+    plt = _pyplot()
+    matrix = matrix.numpy() if hasattr(matrix, "numpy") else matrix
+    n = len(classes)
+    figure, axis = plt.subplots(figsize=(0.6 * n + 2.5, 0.6 * n + 2))
+    image = axis.imshow(matrix, cmap="Blues")
+    axis.set_xticks(range(n), classes, rotation=45, ha="right"), axis.set_yticks(range(n), classes)
+    axis.set_xlabel("predicted"), axis.set_ylabel("true"), axis.set_title(title)
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for i in range(n):
+        for j in range(n):
+            axis.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
+                      color="white" if matrix[i, j] > threshold else "black")
+    figure.colorbar(image, ax=axis, fraction=0.046)
+    _save_figure(figure, path)
