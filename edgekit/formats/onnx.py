@@ -1,0 +1,430 @@
+"""ONNX: export (fp32, fp16, QDQ int8) and an ONNX Runtime runner.
+
+fp32 comes from the legacy TorchScript exporter in eval mode, so BatchNorm folds into Conv at
+export, then onnxslim tidies the graph. fp16 converts the weights and keeps float32 inputs and
+outputs (the runner contract stays float32). int8 is QDQ from `quantize_static` over the shared
+calibration set: per-channel int8 weights, uint8 activations.
+
+Why uint8 activations, measured here (benchmarks/onnx_int8_probe.py): the file of a QDQ model
+says "int8" for every Conv either way, but what runs is decided later by ORT's graph optimizer,
+which fuses DequantizeLinear -> Conv -> QuantizeLinear into QLinearConv. With int8 (S8S8)
+activations ORT 1.32 on x86 fused only the 8 convs fed by a block's inner ReLU; the 12 convs
+fed by a residual output or the normalized input (stem, conv1 of every block, downsample) ran
+as DQ -> float Conv -> Q, slower than plain fp32. That is the "12 of 20 convolutions stayed
+float" seen on the pruned model; it is the same 12 on the unpruned one. With uint8 activations
+(U8S8) all 20 fuse. Optimizing the fp32 graph with ORT before quantizing is the other trap:
+its Conv+ReLU fusion makes FusedConv nodes that `quantize_static` does not know, so 9 convs stay
+float. So the census below counts both what the file holds and what ORT actually executes.
+"""
+
+from __future__ import annotations
+
+import collections
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import atomic_path
+from ..errors import CheckpointError, ConfigError, missing_dependency
+from ..report import Reporter, quiet
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+FLOAT_TYPES = {1: "fp32", 10: "fp16", 11: "fp64", 16: "bf16"}
+QUANT_TYPES = {2: "int8", 3: "int8", 6: "int32"}  # uint8, int8, int32 (quantized bias)
+
+
+def unavailable_reason() -> str | None:
+    for module in ("onnx", "onnxruntime", "onnxslim"):
+        try:
+            __import__(module)
+        except ImportError:
+            return str(missing_dependency(module, "onnx", "ONNX export"))
+    return None
+
+
+# ---- export ----------------------------------------------------------------------------------
+
+
+def export_module(module, out: str | Path, opset: int = 17, dynamic_batch: bool = False, batch: int = 1,
+                  simplify: bool = True) -> Path:
+    """Any torch module taking [N,3,32,32] float pixels -> a checked, slimmed ONNX file.
+
+    Used for edgekit checkpoints and for the quantization stage's fake-quant (QAT) models, whose
+    FakeQuantize modules the TorchScript exporter writes as QuantizeLinear/DequantizeLinear pairs.
+    """
+    import onnx
+    import torch
+
+    if opset < 17:
+        raise ConfigError(f"opset {opset} is too old for edgekit's exports", "use --opset 17 or newer")
+    if batch < 1:
+        raise ConfigError(f"batch must be >= 1, got {batch}", "pass --batch 1 or --dynamic-batch")
+    out = Path(out)
+    module = module.eval()  # eval: BatchNorm uses running stats and folds into the Conv
+    example = torch.rand(1 if dynamic_batch else batch, 3, 32, 32)
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    with atomic_path(out) as tmp, torch.no_grad():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice is not the user's concern
+            torch.onnx.export(module, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              opset_version=opset, dynamic_axes=axes, do_constant_folding=True, dynamo=False)
+        model = onnx.load(str(tmp))
+        onnx.checker.check_model(model)
+        if simplify:
+            import onnxslim
+
+            model = onnxslim.slim(model)
+            onnx.checker.check_model(model)
+        onnx.save(model, str(tmp))
+    return out
+
+
+def export(source: Path, out: Path, precision: str, options, calibration=None, reporter: Reporter = quiet) -> Path:
+    """Write `source` (an edgekit checkpoint) as ONNX in `precision`; returns `out`."""
+    from ..model import load_checkpoint
+
+    model = load_checkpoint(source).build()
+    return export_model(model, out, precision, options, calibration, reporter)
+
+
+def export_model(model, out: Path, precision: str, options, calibration=None, reporter: Reporter = quiet) -> Path:
+    out = Path(out)
+    if precision == "fp32":
+        reporter.info(f"onnx: exporting fp32 (opset {options.opset})")
+        return export_module(model, out, options.opset, options.dynamic_batch, options.batch)
+    if precision not in ("fp16", "int8"):
+        raise ConfigError(f"ONNX export has no precision '{precision}'", "choose fp32, fp16 or int8")
+    if precision == "int8" and calibration is None:
+        raise ConfigError("int8 ONNX export needs a calibration set",
+                          "make one with `edgekit calibrate` and pass --calibration FILE")
+    with tempfile.TemporaryDirectory(prefix="edgekit-onnx-") as scratch:
+        fp32 = export_module(model, Path(scratch) / "fp32.onnx", options.opset, options.dynamic_batch, options.batch)
+        if precision == "fp16":
+            reporter.info("onnx: converting weights to fp16 (inputs and outputs stay float32)")
+            to_fp16(fp32, out)
+        else:
+            reporter.info(f"onnx: QDQ int8 from {len(calibration.images)} calibration images")
+            quantize_qdq(fp32, out, calibration.images, batch=None if options.dynamic_batch else options.batch)
+    return out
+
+
+def to_fp16(src: Path, out: Path) -> Path:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    _topological_sort(model.graph)  # the converter appends its input Casts after their consumers
+    onnx.checker.check_model(model)
+    with atomic_path(out) as tmp:
+        onnx.save(model, str(tmp))
+    return out
+
+
+def _topological_sort(graph) -> None:
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(name in available for name in n.input)]
+        if not ready:
+            raise CheckpointError("ONNX graph has a cycle or a dangling input after fp16 conversion",
+                                  "export fp32 and report the model")
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+        pending = [n for n in pending if all(n is not r for r in ready)]
+    copies = [type(n)() for n in ordered]
+    for copy, node in zip(copies, ordered):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+def quantize_qdq(src: Path, out: Path, images: np.ndarray, batch: int | None = 1) -> Path:
+    """QDQ int8 over calibration images: per-channel int8 weights, uint8 activations (see module doc)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    step = batch or 32
+    if batch and len(images) < batch:
+        raise ConfigError(f"calibration set has {len(images)} images, fewer than the static batch {batch}",
+                          "use a larger calibration set or a smaller --batch")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            stop = len(images) - len(images) % step if batch else len(images)
+            self._batches = iter(range(0, stop, step))
+
+        def get_next(self):
+            start = next(self._batches, None)
+            return None if start is None else {INPUT_NAME: images[start:start + step]}
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-qdq-") as scratch:
+        tmp_out = Path(scratch) / "int8.onnx"
+        # Conv/Gemm/Add/Mul/pool all quantized; the Normalize Mul+Add gets QDQ too, so the first conv
+        # reads uint8 and fuses. MinMax: the calibration set is small and class-balanced, and
+        # percentile clipping cost accuracy on the residual adds in a quick check.
+        quantize_static(str(src), str(tmp_out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"CalibTensorRangeSymmetric": False})
+        model = onnx.load(str(tmp_out))
+        onnx.checker.check_model(model)
+        with atomic_path(out) as tmp:
+            onnx.save(model, str(tmp))
+    return out
+
+
+# ---- runner ----------------------------------------------------------------------------------
+
+
+def session_options(threads: int | None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1  # one model, sequential graph: a second pool only contends
+    so.log_severity_level = 3
+    return so
+
+
+class OnnxRunner:
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.exists():
+            raise CheckpointError(f"ONNX file not found: {path}", "export one with `edgekit export --target onnx`")
+        try:
+            self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+            raise CheckpointError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:200]}",
+                                  "re-export the file with `edgekit export --target onnx`") from exc
+        self.threads = threads
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        size = self.fixed_batch
+        if size is None or len(batch) == size:
+            return self.session.run(None, {self.input_name: batch})[0].astype(np.float32)
+        # A static-batch file: run it in chunks of its batch, zero-padding the last one.
+        outputs = []
+        for start in range(0, len(batch), size):
+            chunk = batch[start:start + size]
+            real = len(chunk)
+            if real < size:
+                chunk = np.concatenate([chunk, np.zeros((size - real, *chunk.shape[1:]), chunk.dtype)])
+            outputs.append(self.session.run(None, {self.input_name: chunk})[0][:real])
+        return np.concatenate(outputs).astype(np.float32)
+
+
+def load_runner(path: Path, threads: int | None = None) -> OnnxRunner:
+    return OnnxRunner(path, threads)
+
+
+# ---- census ----------------------------------------------------------------------------------
+
+
+def _qparam_names(graph) -> set[str]:
+    """Initializers that are scales / zero points of Q/DQ nodes: quantization parameters, not weights."""
+    names = set()
+    for node in graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul"):
+            inputs = list(node.input)
+            keep = {0} if node.op_type in ("QuantizeLinear", "DequantizeLinear") else {0, 3, 6, 8}
+            names.update(name for i, name in enumerate(inputs) if i not in keep and name)
+    return names
+
+
+def _dtype_name(elem_type: int) -> str:
+    return FLOAT_TYPES.get(elem_type) or QUANT_TYPES.get(elem_type) or f"type{elem_type}"
+
+
+def census(path: Path, runtime: bool = True) -> dict[str, Any]:
+    """Weights counted by dtype from the file, and convolutions as ORT actually executes them.
+
+    `weights_by_dtype`: elements of every initializer except Q/DQ scales and zero points (int32
+    quantized biases count as int8 arithmetic). `runtime`: the graph after ORT's optimizer, where
+    a QDQ Conv either became QLinearConv (integer) or stayed Conv (float); `executed_weights_by_dtype`
+    counts conv/gemm weights by how they run, which is what `precision_label` prefers.
+    """
+    import onnx
+    from onnx import numpy_helper  # noqa: F401 - keeps onnx's optional helpers importable early
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    qparams = _qparam_names(graph)
+    weights: collections.Counter[str] = collections.Counter()
+    for init in graph.initializer:
+        if init.name in qparams:
+            continue
+        dtype = _dtype_name(init.data_type)
+        weights["int8" if dtype == "int32" else dtype] += int(np.prod(init.dims)) if init.dims else 1
+    producers = {out: node for node in graph.node for out in node.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    qdq_convs = sum(1 for n in convs if n.input[1] in producers and producers[n.input[1]].op_type == "DequantizeLinear")
+    result: dict[str, Any] = {
+        "format": "onnx",
+        "weights_by_dtype": dict(weights),
+        "ops": dict(collections.Counter(n.op_type for n in graph.node)),
+        "convs": len(convs),
+        "convs_with_int8_weights": qdq_convs,
+        "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None),
+    }
+    if runtime:
+        result["runtime"] = runtime_census(path)
+        result["executed_weights_by_dtype"] = result["runtime"].pop("executed_weights_by_dtype")
+    return result
+
+
+def runtime_census(path: Path) -> dict[str, Any]:
+    """Let ORT optimize the graph (as a session would) and count how each Conv/Gemm will execute."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-census-") as scratch:
+        optimized = Path(scratch) / "optimized.onnx"
+        so = session_options(1)
+        # EXTENDED: the QDQ -> QLinear* fusions, without the NCHWc layout rewrite that ORT_ENABLE_ALL
+        # adds (machine-specific and not serializable as plain ONNX ops).
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(optimized)
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        model = onnx.load(str(optimized))
+    graph = model.graph
+    sizes = {init.name: (int(np.prod(init.dims)) if init.dims else 1, init.data_type) for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+
+    def weight_size(name: str) -> tuple[int, str]:
+        node = producers.get(name)
+        if node is not None and node.op_type in ("DequantizeLinear", "Cast"):
+            # a float conv fed by dequantized (or cast) weights still computes in float
+            numel, _ = sizes.get(node.input[0], (0, 1))
+            return numel, "fp32" if node.op_type == "DequantizeLinear" else "fp16"
+        numel, elem = sizes.get(name, (0, 1))
+        return numel, _dtype_name(elem)
+
+    executed: collections.Counter[str] = collections.Counter()
+    integer_ops = float_ops = 0
+    float_names = []
+    for node in graph.node:
+        if node.op_type in ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger"):
+            integer_ops += 1
+            index = 3 if node.op_type in ("QLinearConv", "QGemm", "QLinearMatMul") else 1
+            numel, _ = weight_size(node.input[index])
+            executed["int8"] += numel
+        elif node.op_type in ("Conv", "FusedConv", "Gemm", "MatMul", "FusedGemm"):
+            float_ops += 1
+            float_names.append(node.name)
+            numel, dtype = weight_size(node.input[1])
+            executed["int8" if dtype == "int8" else dtype] += numel
+    return {"integer_conv_gemm": integer_ops, "float_conv_gemm": float_ops,
+            # names only when int8 and float are mixed: the list that says which layers did not fuse
+            "float_conv_gemm_nodes": float_names if integer_ops else [],
+            "optimized_ops": dict(collections.Counter(n.op_type for n in graph.node)),
+            "executed_weights_by_dtype": dict(executed)}
+
+
+# ---- debug parity: where does the exported graph first diverge? ------------------------------
+
+
+def debug_divergence(model, path: Path, images: np.ndarray, tolerance: float) -> dict[str, Any]:
+    """Expose every Conv output of the ONNX graph, compare it with the torch module's output.
+
+    Conv nodes exported by TorchScript are named after their module path ("/layer1/layer1.0/conv1/Conv"),
+    and BN is folded into them, so each maps to the BatchNorm that follows the torch conv when
+    there is one. Returns the per-layer relative max error in graph order and the first layer
+    beyond `tolerance` (best effort: unmapped nodes are skipped).
+    """
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    onnx_model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    graph = onnx_model.graph
+    modules = dict(model.named_modules())
+    mapping: list[tuple[str, str, str]] = []  # (onnx tensor, node name, torch module)
+    for node in graph.node:
+        if node.op_type != "Conv":
+            continue
+        conv_name = _module_path(node.name)
+        bn_name = _following_bn(conv_name, modules)
+        if conv_name in modules:
+            mapping.append((node.output[0], node.name, bn_name or conv_name))
+    if not mapping:
+        return {"layers": [], "first_divergent": None, "note": "no Conv node names map to torch modules"}
+    existing = {o.name for o in graph.output}
+    known = {vi.name: vi for vi in graph.value_info}
+    for tensor, _, _ in mapping:
+        if tensor not in existing:
+            graph.output.append(known.get(tensor) or onnx.helper.make_empty_tensor_value_info(tensor))
+    captured: dict[str, np.ndarray] = {}
+    hooks = [modules[name].register_forward_hook(
+        lambda _m, _i, output, name=name: captured.__setitem__(name, output.detach().float().numpy().copy()))
+        for name in {m for _, _, m in mapping}]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    with tempfile.TemporaryDirectory(prefix="edgekit-debug-") as scratch:
+        debug_path = Path(scratch) / "debug.onnx"
+        onnx.save(onnx_model, str(debug_path))
+        session = ort.InferenceSession(str(debug_path), session_options(None), providers=["CPUExecutionProvider"])
+        inp = session.get_inputs()[0]
+        feed = np.ascontiguousarray(images, dtype=np.float16 if inp.type == "tensor(float16)" else np.float32)
+        fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        if fixed is not None:
+            feed = feed[:fixed]
+        names = [o.name for o in session.get_outputs()]
+        outputs = dict(zip(names, session.run(names, {inp.name: feed})))
+    layers, first = [], None
+    for tensor, node_name, module_name in mapping:
+        ref = captured[module_name][: len(feed)]
+        got = outputs[tensor].astype(np.float32)
+        if ref.shape != got.shape:
+            continue
+        scale = float(np.abs(ref).max()) or 1.0
+        rel = float(np.abs(ref - got).max()) / scale
+        layers.append({"onnx_node": node_name, "torch_module": module_name, "relative_max_error": rel})
+        if first is None and rel > tolerance:
+            first = layers[-1]
+    return {"layers": layers, "first_divergent": first, "tolerance": tolerance}
+
+
+def _module_path(node_name: str) -> str:
+    """'/layer2/layer2.0/downsample/downsample.0/Conv' -> 'layer2.0.downsample.0' (TorchScript scope names)."""
+    full = leaf = ""
+    for part in [p for p in node_name.split("/") if p][:-1]:
+        if leaf and part.startswith(leaf + "."):
+            full += part[len(leaf):]
+        else:
+            full = f"{full}.{part}" if full else part
+        leaf = part
+    return full
+
+
+def _following_bn(conv_name: str, modules: dict) -> str | None:
+    """The BatchNorm folded into a conv: conv1 -> bn1, layerX.Y.conv2 -> layerX.Y.bn2, downsample.0 -> .1."""
+    head, _, leaf = conv_name.rpartition(".")
+    candidates = []
+    if leaf.startswith("conv"):
+        candidates.append((head + "." if head else "") + "bn" + leaf[4:])
+    if leaf.isdigit():
+        candidates.append((head + "." if head else "") + str(int(leaf) + 1))
+    for name in candidates:
+        if name in modules and type(modules[name]).__name__.startswith("BatchNorm"):
+            return name
+    return None
