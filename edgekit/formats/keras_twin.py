@@ -1,0 +1,121 @@
+"""A Keras twin of edgekit's ResNet18, built from a checkpoint's ModelSpec, torch weights copied in.
+
+Why a twin, and not a converter (this is the paragraph the README quotes):
+
+    TFLite and SavedModel files are made from a Keras twin of the network rather than by
+    converting the ONNX graph or the torch module. The twin is built from the checkpoint's
+    ModelSpec, so pruned models with irregular channel counts come out right, and the torch
+    weights are copied in (conv OIHW -> HWIO, BatchNorm folded into the conv in float64, the
+    model's Normalize kept as the first layer). It runs NHWC throughout, which is TFLite's native
+    layout, so the converted file has no Transpose ops, and it matches torch to about 4e-6
+    max-abs at fp32. TensorFlow's own converter then writes fp32, fp16 and full-integer int8
+    files with every op, residual adds included, in int8. The alternatives were tried and
+    rejected: onnx2tf pins older numpy/onnx than edgekit needs and downloads calibration data
+    from the internet by default; litert-torch (ai-edge-torch) pulls in jax and left the
+    residual adds in float in its int8 output. The cost of the twin is that it only knows
+    edgekit's ResNet18: a new architecture needs its own twin (about 60 lines here).
+
+Padding: torch pads a 3x3 stride-2 convolution by one pixel on every side; Keras 'same' pads
+an even input only at the bottom/right. So stride-2 convolutions get an explicit
+ZeroPadding2D(1) and 'valid' padding. Stride-1 'same' is already symmetric.
+
+TensorFlow is imported inside the functions: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from ..model import BLOCKS_PER_STAGE, Checkpoint, ModelSpec
+
+BN_EPS = 1e-5  # torch BatchNorm2d's default; edgekit never changes it
+
+
+def import_tensorflow() -> Any:
+    """Import TensorFlow quietly (its C++ start-up logs are noise on every CLI run)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import torch  # noqa: F401  - torch before TensorFlow: the other order has segfaulted here
+
+    import tensorflow as tf
+
+    return tf
+
+
+def _fold(state: dict[str, np.ndarray], conv: str, bn: str) -> tuple[np.ndarray, np.ndarray]:
+    """Conv weight (OIHW) and BN statistics -> HWIO kernel and bias, computed in float64."""
+    weight = state[f"{conv}.weight"].astype(np.float64)
+    gamma = state[f"{bn}.weight"].astype(np.float64)
+    beta = state[f"{bn}.bias"].astype(np.float64)
+    mean = state[f"{bn}.running_mean"].astype(np.float64)
+    var = state[f"{bn}.running_var"].astype(np.float64)
+    scale = gamma / np.sqrt(var + BN_EPS)
+    kernel = (weight * scale[:, None, None, None]).transpose(2, 3, 1, 0)
+    bias = beta - mean * scale
+    return kernel.astype(np.float32), bias.astype(np.float32)
+
+
+def build_twin(checkpoint: Checkpoint, batch: int | None = None) -> Any:
+    """A keras.Model taking float32 NHWC pixels in [0, 1] and returning logits, weights set.
+
+    `batch=None` leaves the batch dimension dynamic; an int fixes it (some deployers want
+    static shapes). Raises KeyError if the state dict lacks a layer the spec implies; the
+    callers turn that into a CheckpointError.
+    """
+    tf = import_tensorflow()
+    keras = tf.keras
+    spec: ModelSpec = checkpoint.spec
+    state = {k: v.detach().float().cpu().numpy() for k, v in checkpoint.state_dict.items()}
+    layers = keras.layers
+
+    def conv_bn(x: Any, conv: str, bn: str, stride: int, relu: bool) -> Any:
+        kernel, bias = _fold(state, conv, bn)
+        size = kernel.shape[0]
+        padding = "same"
+        if stride != 1 and size > 1:
+            x = layers.ZeroPadding2D(size // 2, name=f"{conv}.pad")(x)
+            padding = "valid"
+        layer = layers.Conv2D(kernel.shape[3], size, strides=stride, padding=padding, use_bias=True,
+                              activation="relu" if relu else None, name=conv)
+        x = layer(x)
+        layer.set_weights([kernel, bias])
+        return x
+
+    inputs = keras.Input(shape=(32, 32, 3), batch_size=batch, name="pixels", dtype="float32")
+    # Normalize as x * scale + shift: the same per-channel affine torch runs, in front of
+    # the first convolution, so the file still takes [0, 1] pixels (and int8 input maps 1:1
+    # onto 8-bit pixels).
+    scale = state["normalize.scale"].reshape(-1).astype(np.float32)
+    shift = state["normalize.shift"].reshape(-1).astype(np.float32)
+    x = layers.Rescaling(scale=scale, offset=shift, name="normalize")(inputs)
+    x = conv_bn(x, "conv1", "bn1", 1, relu=True)
+    in_channels = spec.stage_channels[0]
+    for stage, out_channels in enumerate(spec.stage_channels):
+        for index in range(BLOCKS_PER_STAGE):
+            stride = 2 if stage > 0 and index == 0 else 1
+            prefix = f"layer{stage + 1}.{index}"
+            identity = x
+            if stride != 1 or in_channels != out_channels:
+                identity = conv_bn(x, f"{prefix}.downsample.0", f"{prefix}.downsample.1", stride, relu=False)
+            out = conv_bn(x, f"{prefix}.conv1", f"{prefix}.bn1", stride, relu=True)
+            out = conv_bn(out, f"{prefix}.conv2", f"{prefix}.bn2", 1, relu=False)
+            x = layers.ReLU(name=f"{prefix}.relu2")(layers.Add(name=f"{prefix}.add")([out, identity]))
+            in_channels = out_channels
+    x = layers.GlobalAveragePooling2D(name="avgpool")(x)
+    fc = layers.Dense(spec.num_classes, name="fc")
+    logits = fc(x)
+    fc.set_weights([state["fc.weight"].T.copy(), state["fc.bias"]])
+    return keras.Model(inputs, logits, name="edgekit_resnet18")
+
+
+def concrete_function(model: Any) -> Any:
+    """The model as a traced tf.function (the converter's input; avoids Keras' export printing)."""
+    tf = import_tensorflow()
+    signature = tf.TensorSpec(model.inputs[0].shape, tf.float32, name="pixels")
+    return tf.function(lambda pixels: model(pixels, training=False)).get_concrete_function(signature)
+
+
+def nchw_to_nhwc(batch: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(batch, dtype=np.float32).transpose(0, 2, 3, 1))
