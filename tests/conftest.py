@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny synthetic data and a tiny trained model, made once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Two cores here: keep torch from oversubscribing them when pytest runs alongside other work.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+from edgekit.config import DataConfig, DataSource, TrainConfig  # noqa: E402
+from edgekit.data import load_data  # noqa: E402
+from edgekit.model import ModelSpec, build_model  # noqa: E402
+from edgekit.train import train_model  # noqa: E402
+
+TINY_WIDTH = 0.125
+
+
+@pytest.fixture(scope="session")
+def tiny_data_config(tmp_path_factory) -> DataConfig:
+    return DataConfig(source=DataSource.synthetic, synthetic_train=2000, synthetic_test=400, val_size=200,
+                      cache_dir=str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_data_config):
+    return load_data(tiny_data_config)
+
+
+@pytest.fixture(scope="session")
+def tiny_train_config() -> TrainConfig:
+    return TrainConfig(epochs=3, batch_size=64, lr=0.1, width=TINY_WIDTH, warmup_epochs=0.5, threads=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory, tiny_data, tiny_data_config, tiny_train_config):
+    """A width-0.125 ResNet18 trained for a few seconds on synthetic data, saved with its manifest."""
+    out = tmp_path_factory.mktemp("trained")
+    model = build_model(ModelSpec.from_width(TINY_WIDTH, tiny_data.num_classes))
+    return train_model(model, tiny_data, tiny_train_config, out, data_config=tiny_data_config)

@@ -1,0 +1,66 @@
+"""The CLI end to end through typer's CliRunner: real commands on real files."""
+
+import pytest
+from typer.testing import CliRunner
+
+from edgekit.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli-train")
+    result = invoke("train", "--source", "synthetic", "--width", "0.125", "--epochs", "1", "--batch-size", "128",
+                    "--val-size", "100", "--train-per-class", "60", "--threads", "2", "--out", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_train_eval_info_doctor(trained_dir):
+    assert (trained_dir / "best.pt.manifest.json").exists()
+    result = invoke("eval", trained_dir / "best.pt")
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.output and "recorded test accuracy" in result.output
+    result = invoke("info", trained_dir / "best.pt")
+    assert result.exit_code == 0, result.output
+    assert "parameters" in result.output and "MACs" in result.output and "parent" in result.output
+    result = invoke("doctor")
+    assert result.exit_code == 0, result.output
+    assert "torch" in result.output and "cuda" in result.output
+
+
+def test_every_command_has_help_with_an_example():
+    for command in ("train", "eval", "info", "doctor", "pipeline"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0 and "Example" in result.output, command
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--source", "folder", "--data-dir", "/nonexistent/cifar"], "data directory not found"),
+    (["train", "--source", "folder"], "needs a directory"),
+    (["eval", "/nonexistent/best.pt"], "checkpoint not found"),
+    (["info", "/nonexistent/best.pt"], "artifact not found"),
+])
+def test_bad_input_gives_one_line_and_nonzero_exit(args, message):
+    result = invoke(*args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path, trained_dir):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes((trained_dir / "best.pt").read_bytes()[:1000])
+    result = invoke("eval", corrupt)
+    assert result.exit_code == 1 and "corrupt" in result.output and "Traceback" not in result.output
+
+
+def test_unknown_option_and_choice_are_refused():
+    assert invoke("train", "--no-such-option").exit_code == 2
+    result = invoke("train", "--optimizer", "adagrad")
+    assert result.exit_code == 2 and "adagrad" in result.output
