@@ -1,0 +1,190 @@
+"""TensorFlow SavedModel (fp32), for TF Serving and other TensorFlow deployers.
+
+The same Keras twin the TFLite target converts (see keras_twin.py), written as a SavedModel
+directory `<name>.savedmodel` with one signature, `serving_default`: input `pixels` float32
+NHWC [N, 32, 32, 3] in [0, 1] (the model normalizes inside), output `logits` [N, C]. TF Serving
+takes the directory as version folder contents (`models/<name>/1/` = this directory).
+
+fp32 only: TensorFlow runs a SavedModel's float16/int8 weights no faster on CPU; smaller or
+integer models are what the TFLite target is for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckpointError, ConfigError, UnsupportedError, missing_dependency
+from ..report import Reporter, quiet
+
+SIGNATURE = "serving_default"
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "logits"
+
+
+def unavailable_reason() -> str | None:
+    if importlib.util.find_spec("tensorflow") is None:
+        return "SavedModel export needs TensorFlow, which is not installed (pip install 'edgekit[tflite]')"
+    return None
+
+
+def _tf() -> Any:
+    if unavailable_reason() is not None:
+        raise missing_dependency("tensorflow", "tflite", "SavedModel export")
+    from .keras_twin import import_tensorflow
+
+    return import_tensorflow()
+
+
+@contextlib.contextmanager
+def _atomic_dir(out: Path) -> Any:
+    """Yield a temporary directory beside `out`; swap it into place only if the block succeeds."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            # os.replace cannot overwrite a non-empty directory: move the old one aside first,
+            # so a reader sees either the old model or the new one, never a mix.
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export(source: Path, out: Path, precision: str, options: Any, calibration: Any = None,
+           reporter: Reporter = quiet) -> Path:
+    """Write the SavedModel directory `out` from the edgekit checkpoint `source`; return `out`."""
+    if precision != "fp32":
+        raise UnsupportedError(f"the SavedModel target writes fp32 only, not '{precision}'",
+                               "use --format tflite for fp16 or int8")
+    if getattr(options, "int8_io", False):
+        raise ConfigError("--int8-io does not apply to a SavedModel", "drop --int8-io, or export tflite int8")
+    source, out = Path(source), Path(out)
+    tf = _tf()
+    from .tflite import build_twin_from_file
+
+    batch = None if options.dynamic_batch else int(options.batch)
+    _, model = build_twin_from_file(source, batch)
+    # A plain tf.Module rather than Keras' ExportArchive: the archive tracks every variable under
+    # two names and writes the weights twice (a 2x larger variables file, measured).
+    spec = tf.TensorSpec([batch, 32, 32, 3], tf.float32, name=INPUT_NAME)
+
+    class Serving(tf.Module):
+        def __init__(self, keras_model: Any) -> None:
+            super().__init__()
+            self.model = keras_model
+
+        @tf.function(input_signature=[spec])
+        def serve(self, pixels: Any) -> dict[str, Any]:
+            return {OUTPUT_NAME: self.model(pixels, training=False)}
+
+    module = Serving(model)
+    reporter.info(f"savedmodel: writing {out.name}")
+    with _atomic_dir(out) as tmp:
+        tf.saved_model.save(module, str(tmp), signatures={SIGNATURE: module.serve})
+    return out
+
+
+class SavedModelRunner:
+    name = "tf-savedmodel"
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        path = Path(path)
+        if not (path / "saved_model.pb").is_file():
+            raise CheckpointError(f"no SavedModel at {path} (saved_model.pb missing)",
+                                  "export one with `edgekit export --format savedmodel`")
+        tf = _tf()
+        if threads:
+            # Only possible before TensorFlow's runtime starts; afterwards the first setting stays.
+            with contextlib.suppress(RuntimeError):
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(1)
+        self._tf = tf
+        self._loaded = tf.saved_model.load(str(path))
+        try:
+            self._fn = self._loaded.signatures[SIGNATURE]
+        except KeyError:
+            raise CheckpointError(f"{path} has no '{SIGNATURE}' signature", "export it again with edgekit") from None
+        self._batch = self._fn.structured_input_signature[1][INPUT_NAME].shape[0]
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1:] != (3, 32, 32):
+            raise ConfigError(f"runner input has shape {batch.shape}, expected [N, 3, 32, 32]",
+                              "pass float32 NCHW pixels in [0, 1]")
+        nhwc = np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
+        step = self._batch or 256  # a static-batch signature only takes that batch size
+        outputs = []
+        for start in range(0, len(nhwc), step):
+            chunk = nhwc[start:start + step]
+            short = len(chunk)
+            if self._batch and short < step:
+                chunk = np.concatenate([chunk, np.zeros((step - short, 32, 32, 3), np.float32)])
+            logits = self._fn(**{INPUT_NAME: self._tf.constant(chunk)})[OUTPUT_NAME].numpy()
+            outputs.append(logits[:short].astype(np.float32))
+        if not outputs:
+            return np.zeros((0, 10), dtype=np.float32)
+        return np.concatenate(outputs)
+
+
+def load_runner(path: Path, threads: int | None = None) -> SavedModelRunner:
+    return SavedModelRunner(path, threads)
+
+
+def census(path: Path) -> dict:
+    """Variables counted by dtype (read from the variables checkpoint) and the serving graph's ops."""
+    path = Path(path)
+    tf = _tf()
+    try:
+        reader = tf.train.load_checkpoint(str(path / "variables" / "variables"))
+    except Exception as exc:  # NotFoundError / DataLossError
+        raise CheckpointError(f"cannot read the variables of {path} ({exc})", "export it again") from exc
+    shapes = reader.get_variable_to_shape_map()
+    weights: dict[str, int] = {}
+    tensors: dict[str, int] = {}
+    for name, dtype in reader.get_variable_to_dtype_map().items():
+        if name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH"):
+            continue
+        key = dtype.name
+        weights[key] = weights.get(key, 0) + int(np.prod(shapes[name]))
+        tensors[key] = tensors.get(key, 0) + 1
+    ops = _serving_ops(path)
+    float_weights = {"float32", "float16", "bfloat16"} & set(weights)
+    precision = "fp32" if float_weights == {"float32"} else ("fp16" if float_weights == {"float16"} else "mixed")
+    return {"weights_by_dtype": weights, "weight_tensors_by_dtype": tensors, "ops_by_type": ops,
+            "precision": precision}
+
+
+def _serving_ops(path: Path) -> dict[str, int]:
+    """Op types of the serving function that do compute (variable plumbing left out)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((path / "saved_model.pb").read_bytes())
+    plumbing = {"ReadVariableOp", "DisableCopyOnRead", "Identity", "NoOp", "Const", "StatefulPartitionedCall", "PartitionedCall",
+                "Placeholder", "VarHandleOp", "AssignVariableOp", "RestoreV2", "SaveV2", "MergeV2Checkpoints",
+                "ShardedFilename", "StringJoin", "StaticRegexFullMatch", "Select", "Pack", "IdentityN"}
+    best: dict[str, int] = {}
+    # The serving body is the function with the most compute ops; summing every function would
+    # count it more than once (the signature wrapper and the traced call nest).
+    for function in proto.meta_graphs[0].graph_def.library.function:
+        ops: dict[str, int] = {}
+        for node in function.node_def:
+            if node.op not in plumbing:
+                ops[node.op] = ops.get(node.op, 0) + 1
+        if sum(ops.values()) > sum(best.values()):
+            best = ops
+    return best
