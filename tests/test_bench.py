@@ -1,0 +1,167 @@
+"""Bench end to end on a tiny model: real ONNX Runtime sessions, real files, no timing assertions."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from edgekit.artifacts import read_manifest
+from edgekit.bench import bench, compare, discover, latency_stats, load_run
+from edgekit.config import BenchConfig, ExportOptions
+from edgekit.errors import ConfigError
+from edgekit.export import export_artifact
+from edgekit.model import load_checkpoint
+from edgekit.train import evaluate
+
+TEST_LIMIT = 64
+
+
+def quick_config(**overrides) -> BenchConfig:
+    values = dict(threads=1, batches=(1, 2), warmup=2, runs=5, min_seconds=0.0, sweep_seconds=0.0,
+                  test_limit=TEST_LIMIT, eval_batch=32)
+    values.update(overrides)
+    return BenchConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, tiny_trained):
+    """The tiny checkpoint and its fp32 ONNX export (through edgekit export: real parity gate)."""
+    folder = tmp_path_factory.mktemp("bench-artifacts")
+    checkpoint = folder / "best.pt"
+    shutil.copy(tiny_trained.checkpoint, checkpoint)
+    shutil.copy(str(tiny_trained.checkpoint) + ".manifest.json", str(checkpoint) + ".manifest.json")
+    onnx = export_artifact(checkpoint, "onnx", "fp32", folder / "model-fp32.onnx",
+                           ExportOptions(parity_images=32, dynamic_batch=True)).path
+    return folder, checkpoint, onnx
+
+
+@pytest.fixture(scope="module")
+def run(artifacts, tmp_path_factory):
+    folder, checkpoint, onnx = artifacts
+    out = tmp_path_factory.mktemp("results") / "tiny"
+    return bench([checkpoint, onnx], quick_config(), out=out)
+
+
+def rows_by(run, artifact_name, runtime):
+    return [r for r in run.rows if r["artifact"].endswith(artifact_name) and r["runtime"] == runtime]
+
+
+def test_bench_writes_every_output_with_a_row_per_artifact_and_runtime(run, artifacts):
+    folder, checkpoint, onnx = artifacts
+    outputs = run.outputs
+    assert set(outputs) == {"json", "csv", "md", "png"}
+    for path in outputs.values():
+        assert path.exists() and path.stat().st_size > 0
+        assert read_manifest(path)["kind"].startswith("bench")
+    assert outputs["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = load_run(outputs["json"])
+    # torch: one runtime; ONNX: ONNX Runtime, plus OpenVINO's row (ran, or says why not).
+    assert [(r["format"], r["runtime"]) for r in data["rows"]] == [
+        ("torch", "torch-eager"), ("onnx", "onnxruntime"), ("onnx", "openvino")]
+    with open(outputs["csv"]) as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["runtime"] for r in table] == ["torch-eager", "onnxruntime", "openvino"]
+    assert "images_per_s_b2" in table[0]
+    markdown = outputs["md"].read_text()
+    assert data["environment"]["cpu"] in markdown and "load average" in markdown
+    assert "best.pt" in markdown and "model-fp32.onnx" in markdown
+    env = data["environment"]
+    assert env["threads"] == 1 and "torch" in env["versions"] and len(env["load_average_start"]) == 3
+
+
+def test_rows_measure_accuracy_agreement_latency_and_size(run, artifacts, tiny_data):
+    folder, checkpoint, onnx = artifacts
+    (torch_row,) = rows_by(run, "best.pt", "torch-eager")
+    (ort_row,) = rows_by(run, "model-fp32.onnx", "onnxruntime")
+    expected = evaluate(load_checkpoint(checkpoint).build(), tiny_data.test_x[:TEST_LIMIT],
+                        tiny_data.test_y[:TEST_LIMIT])["accuracy"]
+    assert torch_row["status"] == "ok" and torch_row["accuracy"] == pytest.approx(expected)
+    assert torch_row["test_images"] == TEST_LIMIT
+    assert torch_row["agreement_root"] == 1.0  # the root against itself
+    assert torch_row["baseline"] == "torch eager fp32"
+    assert ort_row["status"] == "ok" and ort_row["agreement_root"] >= 0.95
+    assert ort_row["root"] == str(checkpoint) and ort_row["source"] == str(checkpoint)
+    assert ort_row["params"] == torch_row["params"] > 0 and ort_row["macs"] == torch_row["macs"] > 0
+    assert ort_row["census"]["weights_by_dtype"]
+    for row in (torch_row, ort_row):
+        latency = row["latency_ms"]
+        assert latency["runs"] >= 5
+        assert latency["p50"] <= latency["p90"] <= latency["p99"]
+        assert set(row["throughput"]) == {"1", "2"}
+        assert all(v["images_per_s"] > 0 for v in row["throughput"].values())
+        assert row["size_bytes"] == (checkpoint if row is torch_row else onnx).stat().st_size
+
+
+def test_missing_and_corrupt_artifacts_become_error_rows_while_the_rest_complete(artifacts, tmp_path):
+    folder, checkpoint, onnx = artifacts
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(2048))
+    shutil.copy(str(onnx) + ".manifest.json", str(corrupt) + ".manifest.json")
+    corrupt_pt = tmp_path / "corrupt.pt"
+    corrupt_pt.write_bytes(checkpoint.read_bytes()[:1000])  # truncated zip
+    missing = tmp_path / "gone.onnx"
+    result = bench([missing, corrupt, corrupt_pt, checkpoint], quick_config(batches=(1,)), out=tmp_path / "r")
+    status = {(r["artifact"].split("/")[-1], r["runtime"]): r for r in result.rows}
+    assert status[("gone.onnx", "onnxruntime")]["status"] == "error"
+    assert "not found" in status[("gone.onnx", "onnxruntime")]["why"]
+    assert status[("corrupt.onnx", "onnxruntime")]["status"] == "error"
+    assert "cannot load" in status[("corrupt.onnx", "onnxruntime")]["why"]
+    assert status[("corrupt.pt", "torch-eager")]["status"] == "error"
+    assert status[("best.pt", "torch-eager")]["status"] == "ok"
+    markdown = result.outputs["md"].read_text()
+    assert "gone.onnx" in markdown and "corrupt.pt" in markdown  # the notes say why
+
+
+def test_compare_reports_per_row_deltas(run, tmp_path):
+    a = run.outputs["json"]
+    data = json.loads(a.read_text())
+    for row in data["rows"]:
+        if row["status"] == "ok":
+            row["latency_ms"]["p50"] *= 2
+            row["accuracy"] -= 0.01
+    data["rows"].append({**data["rows"][0], "artifact": "extra.pt"})
+    b = tmp_path / "b.json"
+    b.write_text(json.dumps(data))
+    deltas = {(d["artifact"], d["runtime"]): d for d in compare(a, b)}
+    original = {(r["artifact"].split("/")[-1], r["runtime"]): r for r in run.rows}
+    ort = deltas[("model-fp32.onnx", "onnxruntime")]
+    p50 = original[("model-fp32.onnx", "onnxruntime")]["latency_ms"]["p50"]
+    assert ort["p50_delta_ms"] == pytest.approx(p50) and ort["p50_ratio"] == pytest.approx(2.0)
+    assert ort["accuracy_delta_pt"] == pytest.approx(-1.0)
+    assert deltas[("extra.pt", "torch-eager")]["status"] == "only in B"
+    assert deltas[("model-fp32.onnx", "openvino")]["status"] != "ok"  # not runnable here: no delta invented
+    with pytest.raises(ConfigError):
+        compare(a, tmp_path / "nope.json")
+
+
+def test_discover_finds_artifacts_with_manifests_only(artifacts, tmp_path):
+    folder, checkpoint, onnx = artifacts
+    found = discover(folder)
+    assert checkpoint in found and onnx in found
+    stray = folder / "stray.onnx"
+    shutil.copy(onnx, stray)  # no manifest: not an edgekit artifact
+    try:
+        assert stray not in discover(folder)
+    finally:
+        stray.unlink()
+    with pytest.raises(ConfigError):
+        discover(tmp_path / "missing")
+
+
+def test_latency_stats_interval_brackets_the_mean():
+    samples = np.random.default_rng(1).gamma(4.0, 0.5, size=500)
+    stats = latency_stats(samples)
+    assert stats["ci95"][0] < stats["mean"] < stats["ci95"][1]
+    assert stats["p50"] <= stats["p90"] <= stats["p99"] and stats["runs"] == 500
+
+
+def test_bad_options_are_config_errors(artifacts):
+    folder, checkpoint, onnx = artifacts
+    with pytest.raises(ConfigError):
+        bench([checkpoint], quick_config(threads=0))
+    with pytest.raises(ConfigError):
+        bench([], quick_config())
