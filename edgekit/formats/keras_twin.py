@@ -111,10 +111,20 @@ def build_twin(checkpoint: Checkpoint, batch: int | None = None) -> Any:
 
 
 def concrete_function(model: Any) -> Any:
-    """The model as a traced tf.function (the converter's input; avoids Keras' export printing)."""
+    """The model as a traced tf.function with its weights frozen into constants: the converter's input.
+
+    Frozen on purpose: from an unfrozen function TensorFlow 2.21's converter keeps the weights as
+    resource variables (VAR_HANDLE ops) that nothing initializes, and the file outputs NaN
+    (measured). Freezing also skips the temporary SavedModel (and its stdout print) that
+    `from_keras_model` goes through. convert_variables_to_constants_v2 is the function TFLite's
+    own converter uses for this; it has no public alias.
+    """
     tf = import_tensorflow()
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
     signature = tf.TensorSpec(model.inputs[0].shape, tf.float32, name="pixels")
-    return tf.function(lambda pixels: model(pixels, training=False)).get_concrete_function(signature)
+    traced = tf.function(lambda pixels: model(pixels, training=False)).get_concrete_function(signature)
+    return convert_variables_to_constants_v2(traced)
 
 
 def nchw_to_nhwc(batch: np.ndarray) -> np.ndarray:

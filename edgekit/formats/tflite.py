@@ -12,9 +12,7 @@ The runner uses LiteRT (`ai_edge_litert`), the maintained home of the interprete
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import warnings
 from pathlib import Path
 from typing import Any
@@ -95,7 +93,9 @@ def export(source: Path, out: Path, precision: str, options: Any, calibration: A
     checkpoint, model = build_twin_from_file(source, batch)
     images = _check_calibration(calibration, checkpoint.spec) if precision == "int8" else None
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    from .keras_twin import concrete_function
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete_function(model)], model)
     if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -116,11 +116,9 @@ def export(source: Path, out: Path, precision: str, options: Any, calibration: A
 
         converter.representative_dataset = representative
     reporter.info(f"tflite: converting {source.name} to {precision}")
-    # Keras 3 writes a temporary SavedModel during conversion and prints its signature to stdout;
-    # library code stays silent.
-    # The int8 converter also warns that the float input has no range statistics: expected,
-    # the QUANTIZE op at the input carries the calibrated range.
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    # The int8 converter warns that the float input has no range statistics: expected, the
+    # QUANTIZE op at the input carries the calibrated range.
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         content = converter.convert()
     with atomic_path(out) as tmp:
