@@ -117,3 +117,22 @@ def data_config_from_dict(values: dict | None) -> DataConfig:
     if "source" in known:
         known["source"] = DataSource(known["source"])
     return DataConfig(**known)
+
+
+@dataclass
+class BenchConfig:
+    """How `edgekit bench` measures: the protocol recorded beside every result."""
+
+    threads: int = 2  # intra-op threads given to every runtime (torch, ORT, TFLite)
+    batches: tuple[int, ...] = (1, 8, 32, 128)  # throughput sweep
+    warmup: int = 10  # untimed batch-1 calls before timing (allocators, JIT, caches)
+    runs: int = 100  # at least this many timed batch-1 calls ...
+    min_seconds: float = 2.0  # ... and at least this long, whichever takes longer
+    sweep_seconds: float = 1.0  # per batch size in the throughput sweep (at least 3 calls)
+    test_limit: int | None = None  # first N test images only (quick runs); None = the full split
+    eval_batch: int = 256  # batch used for the accuracy pass
+    baselines: bool = False  # also make and measure the "without edgekit" int8 baselines
+    baseline_dir: str = "artifacts/baselines"
+    calibration: str | None = None  # calibration definition for the baselines (default: from lineage)
+    data: DataConfig | None = None  # override the data recorded in the artifacts' lineage
+    seed: int = 0

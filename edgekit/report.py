@@ -139,3 +139,38 @@ def plot_confusion(matrix: Any, classes: Sequence[str], path: Any, title: str = 
                       color="white" if matrix[i, j] > threshold else "black")
     figure.colorbar(image, ax=axis, fraction=0.046)
     _save_figure(figure, path)
+
+
+def plot_pareto(points: Sequence[dict], path: Any, title: str = "accuracy vs latency") -> None:
+    """Accuracy against batch-1 p50 latency (log scale), marker area by file size, Pareto front drawn.
+
+    Each point: label, latency_ms, accuracy (0-1), size_bytes, baseline (bool: hollow marker).
+    """
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(9, 5.5))
+    sizes = [p.get("size_bytes") or 0 for p in points]
+    largest = max(sizes) if sizes and max(sizes) > 0 else 1
+    for point, size in zip(points, sizes):
+        area = 30 + 600 * size / largest
+        style = {"facecolors": "none", "edgecolors": "tab:red"} if point.get("baseline") else {"color": "tab:blue", "alpha": 0.7}
+        axis.scatter(point["latency_ms"], 100 * point["accuracy"], s=area, **style)
+        axis.annotate(point["label"], (point["latency_ms"], 100 * point["accuracy"]), fontsize=7,
+                      xytext=(4, 4), textcoords="offset points")
+    # The front: points no other point beats on both latency and accuracy.
+    ordered = sorted(points, key=lambda p: (p["latency_ms"], -p["accuracy"]))
+    front, best = [], -1.0
+    for point in ordered:
+        if point["accuracy"] > best:
+            front.append(point)
+            best = point["accuracy"]
+    if len(front) > 1:
+        axis.step([p["latency_ms"] for p in front], [100 * p["accuracy"] for p in front], where="post",
+                  color="tab:green", alpha=0.6, label="Pareto front")
+        axis.legend(loc="lower right", fontsize=8)
+    if points:
+        axis.set_xscale("log")
+    axis.set_xlabel("batch-1 p50 latency (ms, log scale)")
+    axis.set_ylabel("top-1 test accuracy (%)")
+    axis.set_title(title + "\nmarker area ~ file size; hollow red = baseline without edgekit", fontsize=9)
+    axis.grid(alpha=0.3, which="both")
+    _save_figure(figure, path)
