@@ -1,0 +1,200 @@
+"""`edgekit export`: write a checkpoint as a deployable file, gated on parity with its source.
+
+The flow, the same for every target in the format table: check the target can run here, load
+the data the checkpoint was trained on (for real parity images, and the calibration set for
+int8), export to a temporary path, compare it with the source runner on seeded test images,
+refuse it beyond tolerance, count what the file really holds, then move it into place with a
+manifest. Nothing here names a format: the table in edgekit.formats does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .artifacts import Manifest, parent_ref, read_manifest, to_plain, write_manifest
+from .config import DataConfig, DataSource, ExportOptions
+from .errors import CheckpointError, ConfigError, DependencyError, ParityError, UnsupportedError
+from .formats import FORMATS, export_targets
+from .report import Reporter, quiet
+from .validate import LAYER_TOLERANCE, ParityReport, check, parity, precision_label, violations
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    target: str
+    precision: str  # as counted in the file
+    requested_precision: str
+    parity: ParityReport
+    census: dict[str, Any]
+    manifest: Manifest
+    debug: dict[str, Any] | None = field(default=None)
+
+
+def default_out_path(source: Path, target: str, precision: str) -> Path:
+    """best.pt -> best.fp16.onnx beside it."""
+    return source.with_name(f"{source.stem}.{precision}{FORMATS[target].suffix}")
+
+
+def _resolve_target(target: str, precision: str):
+    fmt = FORMATS.get(target)
+    if fmt is None or not fmt.exportable:
+        raise UnsupportedError(f"unknown export target '{target}'", f"choose one of: {', '.join(export_targets())}")
+    if precision not in fmt.precisions:
+        raise UnsupportedError(f"{target} cannot hold precision '{precision}'",
+                               f"{target} supports: {', '.join(fmt.precisions)}")
+    try:
+        module = fmt.module()
+    except ImportError as exc:
+        raise DependencyError(f"the {target} exporter cannot be imported ({exc})",
+                              f"pip install 'edgekit[{fmt.extra}]'") from exc
+    reason = module.unavailable_reason()
+    if reason:
+        raise DependencyError(f"cannot export to {target} on this machine: {reason}",
+                              f"pip install 'edgekit[{fmt.extra}]'")
+    return fmt, module
+
+
+def data_config_from_plain(plain: dict[str, Any]) -> DataConfig:
+    known = {f.name for f in fields(DataConfig)}
+    values = {k: v for k, v in plain.items() if k in known}
+    if "source" in values:
+        values["source"] = DataSource(values["source"])
+    return DataConfig(**values)
+
+
+def _data_config(source_extra: dict[str, Any], options: ExportOptions, explicit: DataConfig | None) -> DataConfig:
+    if explicit is not None:
+        return explicit
+    if isinstance(source_extra.get("data_config"), dict):
+        return data_config_from_plain(source_extra["data_config"])
+    if options.calibration:
+        from .calibrate import calibration_data_config
+
+        return calibration_data_config(options.calibration)
+    raise ConfigError("the source checkpoint does not record the data it was trained on (extra['data_config'])",
+                      "pass the data options (--source/--data-dir) so export can load real images for the parity gate")
+
+
+def _source_precision(source: Path) -> str:
+    try:
+        label = str(read_manifest(source).get("precision", "fp32"))
+    except CheckpointError:
+        return "fp32"
+    return "int8" if "int8" in label else "fp32"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+    manifest = path.with_name(path.name + ".manifest.json")
+    if manifest.exists():
+        manifest.unlink()
+
+
+def parity_subset(count: int, total: int, seed: int) -> np.ndarray:
+    """Seeded choice of test images, sorted so reports name stable indices."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(total, size=min(count, total), replace=False))
+
+
+def export_artifact(source: Path, target: str, precision: str, out: Path | None = None,
+                    options: ExportOptions | None = None, reporter: Reporter = quiet,
+                    data_config: DataConfig | None = None) -> ExportResult:
+    """Export `source` (an edgekit checkpoint) to `target` in `precision`, gated on parity."""
+    from .data import load_data, to_unit_float
+    from .model import load_checkpoint
+
+    options = options or ExportOptions()
+    source = Path(source)
+    fmt, module = _resolve_target(target, precision)
+    if options.dynamic_batch and options.batch != 1:
+        raise ConfigError("--batch and --dynamic-batch exclude each other", "pass one of them")
+    if options.parity_images < 1:
+        raise ConfigError(f"parity_images must be >= 1, got {options.parity_images}", "use e.g. 256")
+    if precision == "int8" and not options.calibration:
+        raise ConfigError(f"int8 {target} export needs a calibration set",
+                          "make one with `edgekit calibrate --size 512 -o calibration/cifar10.json` "
+                          "and pass --calibration calibration/cifar10.json")
+    checkpoint = load_checkpoint(source)
+    out = Path(out) if out else default_out_path(source, target, precision)
+
+    data = load_data(_data_config(checkpoint.extra, options, data_config), reporter)
+    if checkpoint.classes and list(checkpoint.classes) != list(data.classes):
+        raise ConfigError(f"{source.name} was trained on classes {checkpoint.classes}, the data has {data.classes}",
+                          "load the data the checkpoint was trained on")
+    calibration = None
+    if precision == "int8":
+        from .calibrate import load_calibration
+
+        calibration = load_calibration(options.calibration, data, checkpoint.spec)
+    chosen = parity_subset(options.parity_images, len(data.test_y), options.seed)
+    images = to_unit_float(data.test_x[chosen]).numpy()
+    labels = data.test_y[chosen].numpy()
+
+    # A hidden sibling keeps the final rename on one file system; the suffix is kept because
+    # some exporters (and runtimes) decide by it.
+    staging = out.with_name(f".{out.stem}.staging-{os.getpid()}{fmt.suffix}")
+    _remove(staging)
+    debug = None
+    try:
+        module.export(source, staging, precision, options, calibration, reporter)
+        source_runner = FORMATS["torch"].module().load_runner(source, options.threads)
+        exported_runner = module.load_runner(staging, options.threads)
+        reporter.info(f"parity: {len(images)} seeded test images, {source_runner.name} vs {exported_runner.name}")
+        report = parity(source_runner, exported_runner, images, labels)
+        source_precision = _source_precision(source)
+        failing = violations(report, target, precision, source_precision)
+        debugger = getattr(module, "debug_divergence", None)
+        if options.debug_parity and debugger is not None:
+            debug = debugger(checkpoint.build(), staging, images[:16], LAYER_TOLERANCE[precision])
+            first = debug.get("first_divergent")
+            reporter.info("debug-parity: first divergent layer: "
+                          + (f"{first['onnx_node']} (torch {first['torch_module']}, relative error "
+                             f"{first['relative_max_error']:.3g})" if first else "none beyond tolerance"))
+        if failing:
+            if options.keep_failed:
+                kept = out.with_name(f"{out.stem}.failed{fmt.suffix}")
+                _remove(kept)
+                os.replace(staging, kept)
+                reporter.info(f"kept the failing file as {kept}")
+            try:
+                check(report, target, precision, source_precision)
+            except ParityError as exc:
+                if debug and debug.get("first_divergent"):
+                    first = debug["first_divergent"]
+                    exc.message += f"; first divergent layer: {first['onnx_node']} ({first['torch_module']})"
+                raise
+        census = module.census(staging)
+        label = precision_label(census)
+        _remove(out)
+        os.replace(staging, out)
+    finally:
+        _remove(staging)
+
+    extra_fn = getattr(module, "manifest_extra", None)
+    manifest = write_manifest(out, Manifest(
+        kind="export", format=target, precision=label, parent=parent_ref(source),
+        config={"target": target, "requested_precision": precision, "options": asdict(options),
+                "calibration": calibration.manifest_ref() if calibration is not None else None,
+                "parity_images_indices_seed": options.seed, "data": data.describe()},
+        seed=options.seed,
+        metrics={"parity": report.as_metrics(), "accuracy_parity_images": report.exported_accuracy,
+                 "source_accuracy_parity_images": report.source_accuracy, "census": census},
+        extra=(extra_fn(out) if extra_fn else {}) | ({"debug_parity": debug} if debug else {}),
+    ))
+    reporter.table(f"export {target} {precision} -> {out.name}", ["metric", "value"], [
+        ("precision (counted)", label), ("top-1 agreement", f"{report.top1_agreement:.2%}"),
+        ("max |logit error|", report.max_abs), ("cosine (mean)", report.cosine_mean),
+        ("accuracy source / export", f"{report.source_accuracy:.2%} / {report.exported_accuracy:.2%}"),
+        ("size (bytes)", manifest.size_bytes)])
+    return ExportResult(path=out, target=target, precision=label, requested_precision=precision, parity=report,
+                        census=to_plain(census), manifest=manifest, debug=debug)

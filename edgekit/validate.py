@@ -1,0 +1,188 @@
+"""The parity gate and the precision census.
+
+An exported file is only as good as its agreement with the model it came from. `parity` runs
+the source runner and the exported runner on the same seeded real images and measures top-1
+agreement, logit error and cosine similarity; `check` refuses a file beyond the tolerance of its
+(target, precision) row in TOLERANCES. `precision_label` names what a file holds from its
+counted weights, never from the flag that asked for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import ParityError
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    min_agreement: float  # top-1 agreement with the source, fraction
+    max_abs: float | None = None  # largest logit difference allowed (None: not gated)
+    min_cosine: float | None = None  # mean per-image cosine similarity of logits
+    # int8: accuracy on the parity images may drop this much (points) below the source's
+    max_drop_vs_int8_source: float | None = None  # source already quantized (PTQ/QAT): same arithmetic
+    max_drop_vs_fp32_source: float | None = None  # source fp32: quantization error itself is allowed
+
+
+_BASE = {
+    "fp32": Tolerance(min_agreement=0.999, max_abs=1e-3, min_cosine=0.99999),
+    "fp16": Tolerance(min_agreement=0.995, max_abs=None, min_cosine=0.999),
+    # vs an fp32 source the gate tolerates a 2-point accuracy drop and 90 % agreement: PTQ moves
+    # low-margin images, and on 256 images one image is 0.4 points. vs an int8/QAT source the
+    # export should reproduce the same integer model: 0.5 points.
+    "int8": Tolerance(min_agreement=0.90, max_abs=None, min_cosine=0.98,
+                      max_drop_vs_int8_source=0.5, max_drop_vs_fp32_source=2.0),
+}
+
+# One row per (target, precision). TensorRT may run fp32 layers in TF32 on Ampere and newer,
+# so its fp32 row gates on agreement and cosine rather than a tight max-abs.
+TOLERANCES: dict[tuple[str, str], Tolerance] = {
+    ("onnx", "fp32"): _BASE["fp32"],
+    ("onnx", "fp16"): _BASE["fp16"],
+    ("onnx", "int8"): _BASE["int8"],
+    ("tensorrt", "fp32"): Tolerance(min_agreement=0.999, max_abs=5e-2, min_cosine=0.9999),
+    ("tensorrt", "fp16"): _BASE["fp16"],
+    ("tensorrt", "int8"): _BASE["int8"],
+    ("tflite", "fp32"): _BASE["fp32"],
+    ("tflite", "fp16"): _BASE["fp16"],
+    ("tflite", "int8"): _BASE["int8"],
+    ("savedmodel", "fp32"): _BASE["fp32"],
+}
+
+# Layer-wise relative error above which `--debug-parity` calls a layer divergent.
+LAYER_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8": 0.15}
+
+
+@dataclass
+class ParityReport:
+    images: int
+    top1_agreement: float
+    max_abs: float
+    mean_abs: float
+    cosine_mean: float
+    cosine_min: float
+    source_accuracy: float
+    exported_accuracy: float
+    worst: list[int] = field(default_factory=list)  # image indices: disagreements first, then largest error
+    source_name: str = ""
+    exported_name: str = ""
+
+    @property
+    def accuracy_drop_points(self) -> float:
+        return 100.0 * (self.source_accuracy - self.exported_accuracy)
+
+    def as_metrics(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["accuracy_drop_points"] = self.accuracy_drop_points
+        return data
+
+
+def _predict_all(runner, images: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.concatenate([np.asarray(runner.predict(images[i:i + batch_size]), dtype=np.float32)
+                           for i in range(0, len(images), batch_size)])
+
+
+def parity(source_runner, exported_runner, images: np.ndarray, labels: np.ndarray, batch_size: int = 64,
+           worst_k: int = 8) -> ParityReport:
+    """Run both runners on the same images; compare logits and predictions."""
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    labels = np.asarray(labels)
+    ref = _predict_all(source_runner, images, batch_size)
+    got = _predict_all(exported_runner, images, batch_size)
+    if ref.shape != got.shape:
+        raise ParityError(f"exported model returns logits of shape {got.shape[1:]}, source {ref.shape[1:]}",
+                          "the export lost or changed the classifier head; re-export")
+    diff = np.abs(ref - got)
+    if not np.isfinite(got).all():
+        diff = np.where(np.isfinite(got), diff, np.inf)
+    ref_top, got_top = ref.argmax(1), got.argmax(1)
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1)
+    cosine = np.where(norms > 0, (ref * got).sum(1) / np.maximum(norms, 1e-30), 0.0)
+    cosine = np.nan_to_num(cosine, nan=-1.0)
+    per_image = diff.max(1)
+    order = np.lexsort((-per_image, ref_top == got_top))  # disagreements first, then by error
+    return ParityReport(
+        images=len(images),
+        top1_agreement=float((ref_top == got_top).mean()),
+        max_abs=float(diff.max()),
+        mean_abs=float(diff.mean()),
+        cosine_mean=float(cosine.mean()),
+        cosine_min=float(cosine.min()),
+        source_accuracy=float((ref_top == labels).mean()),
+        exported_accuracy=float((got_top == labels).mean()),
+        worst=[int(i) for i in order[:worst_k]],
+        source_name=getattr(source_runner, "name", ""),
+        exported_name=getattr(exported_runner, "name", ""),
+    )
+
+
+def tolerance_for(target: str, precision: str) -> Tolerance:
+    try:
+        return TOLERANCES[(target, precision)]
+    except KeyError:
+        from .errors import UnsupportedError
+
+        raise UnsupportedError(f"no parity tolerance for {target} {precision}",
+                               "add a row to edgekit.validate.TOLERANCES") from None
+
+
+def violations(report: ParityReport, target: str, precision: str, source_precision: str = "fp32") -> list[str]:
+    tol = tolerance_for(target, precision)
+    problems = []
+    if report.top1_agreement < tol.min_agreement:
+        problems.append(f"top-1 agreement {report.top1_agreement:.2%} < {tol.min_agreement:.2%}")
+    if tol.max_abs is not None and not report.max_abs <= tol.max_abs:
+        problems.append(f"max |logit error| {report.max_abs:.3g} > {tol.max_abs:.3g}")
+    if tol.min_cosine is not None and not report.cosine_mean >= tol.min_cosine:
+        problems.append(f"mean cosine {report.cosine_mean:.6f} < {tol.min_cosine}")
+    max_drop = tol.max_drop_vs_int8_source if source_precision == "int8" else tol.max_drop_vs_fp32_source
+    if max_drop is not None and report.accuracy_drop_points > max_drop:
+        problems.append(f"accuracy {report.exported_accuracy:.2%} is {report.accuracy_drop_points:.2f} points "
+                        f"below the {source_precision} source's {report.source_accuracy:.2%} (allowed {max_drop})")
+    return problems
+
+
+def check(report: ParityReport, target: str, precision: str, source_precision: str = "fp32") -> ParityReport:
+    """Raise ParityError naming the worst images when the report is beyond tolerance."""
+    problems = violations(report, target, precision, source_precision)
+    if problems:
+        raise ParityError(
+            f"{target} {precision} export fails the parity gate on {report.images} images: " + "; ".join(problems)
+            + f"; worst images (test-subset indices): {report.worst}",
+            "re-run with --debug-parity to find the first divergent layer, or --keep-failed to inspect the file")
+    return report
+
+
+# ---- precision census --------------------------------------------------------------------------
+
+# A dtype holding less than this share of the counted weights does not make a file "mixed":
+# normalization constants and a float bias or two are not a precision choice.
+NEGLIGIBLE_SHARE = 0.01
+_LABEL_ORDER = ("int8", "fp16", "bf16", "fp32", "fp64")
+
+
+def census_weights(census: dict[str, Any]) -> dict[str, int]:
+    """The weight counts a label is made from: what executes when the format reports it, else the file."""
+    counts = census.get("executed_weights_by_dtype") or census.get("weights_by_dtype") or {}
+    normalized: dict[str, int] = {}
+    for dtype, count in counts.items():
+        key = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64", "qint8": "int8",
+               "quint8": "int8", "uint8": "int8", "int32": "int8"}.get(dtype, dtype)
+        normalized[key] = normalized.get(key, 0) + int(count)
+    return normalized
+
+
+def precision_label(census: dict[str, Any]) -> str:
+    """"fp32" | "fp16" | "int8" | "mixed(int8 x%, fp32 y%)", from counted weights only."""
+    counts = {k: v for k, v in census_weights(census).items() if v > 0 and k in _LABEL_ORDER}
+    total = sum(counts.values())
+    if not total:
+        return "unknown"
+    shares = {k: v / total for k, v in counts.items()}
+    significant = [k for k in _LABEL_ORDER if shares.get(k, 0.0) >= NEGLIGIBLE_SHARE]
+    if len(significant) == 1:
+        return significant[0]
+    return "mixed(" + ", ".join(f"{k} {100 * shares[k]:.0f}%" for k in significant) + ")"
