@@ -1,0 +1,366 @@
+"""Structured channel pruning (Torch-Pruning), fine-tuning with the trainer, BN recalibration.
+
+Why structured: removing whole channels shrinks every dense conv, so an ordinary CPU kernel
+runs fewer MACs. Zeroing single weights (`unstructured=True`) changes nothing for a dense
+kernel; it is offered for comparison and reported as "no dense speed-up".
+
+Why Torch-Pruning: its dependency graph knows that the stem, every block's second conv and
+every downsample in a stage feed the same residual additions, so it prunes those channels
+together; a hand-written pruner would have to re-derive that coupling.
+
+The flow, per step (`steps` rounds): prune (ratio or MAC target, importance by L1/L2 weight
+magnitude, BN scale or Taylor; uniform or global; channel counts rounded to `round_to`) ->
+BN recalibration -> fine-tune with `train.train_model` (short, small lr) -> BN recalibration
+(kept only if it does not lower validation accuracy).
+
+No pickle: the pruned network's conv widths are read back into a plain `ModelSpec`
+(`stage_channels`: one per stage, shared by the residual-coupled convs; `block_channels`: each
+block's inner width), a fresh `ResNet18(spec)` loads the pruned state dict, its outputs are
+checked against the pruned module's, and it is saved with `save_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .artifacts import Manifest, parent_ref, to_plain, write_manifest
+from .config import DataConfig, Importance, PruneConfig, TrainConfig, Schedule, data_config_from_dict
+from .data import DataSplits, batches, load_data, to_unit_float
+from .errors import ConfigError, DependencyError, UnsupportedError
+from .model import BasicBlock, ModelSpec, ResNet18, count_macs, count_parameters, load_checkpoint, save_checkpoint
+from .report import Reporter, quiet
+
+
+@dataclass
+class PruneResult:
+    checkpoint: Path
+    before: dict[str, Any]
+    after: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    spec: ModelSpec | None = None
+    max_rebuild_diff: float = 0.0
+
+
+# ---- measurements shared with quantize and the benchmark -----------------------------------
+
+
+@torch.inference_mode()
+def measure_latency(model: nn.Module, threads: int = 1, runs: int = 200, warmup: int = 20,
+                    batch: int = 1) -> dict[str, Any]:
+    """CPU batch-`batch` latency of torch eager, threads pinned; milliseconds, median and spread."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model.eval()
+        x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        for _ in range(warmup):
+            model(x)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - start) * 1e3)
+    finally:
+        torch.set_num_threads(previous)
+    times.sort()
+    return {"p50_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))],
+            "mean_ms": statistics.fmean(times), "runs": runs, "threads": threads, "batch": batch,
+            "runtime": "torch eager (CPU)"}
+
+
+def model_stats(model: nn.Module, path: Path | None = None) -> dict[str, Any]:
+    stats: dict[str, Any] = {"params": count_parameters(model), "macs": count_macs(model)}
+    if path is not None:
+        stats["file_bytes"] = Path(path).stat().st_size
+    return stats
+
+
+def accuracy(model: nn.Module, data: DataSplits, split: str = "val") -> float:
+    from .train import evaluate
+
+    images, labels = (data.val_x, data.val_y) if split == "val" else (data.test_x, data.test_y)
+    return evaluate(model, images, labels, batch_size=500)["accuracy"]
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, data: DataSplits, num_batches: int = 20, batch_size: int = 256,
+                   seed: int = 0) -> None:
+    """Re-estimate BN running statistics after pruning changed what each BN sees.
+
+    Running stats are reset and re-accumulated as a plain average (momentum None) over
+    un-augmented training batches, in train mode under no_grad, so no weight moves.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    generator = torch.Generator().manual_seed(seed)
+    for index, (x, _) in enumerate(batches(data.train_x, data.train_y, batch_size, generator)):
+        if index >= num_batches:
+            break
+        model(to_unit_float(x))
+    for m, (momentum, _) in zip(bns, saved):
+        m.momentum = momentum
+    model.train(was_training)
+
+
+# ---- spec <-> pruned module -------------------------------------------------------------------
+
+
+def spec_of(model: ResNet18, base: ModelSpec) -> ModelSpec:
+    """Read the (pruned) conv widths back into a plain ModelSpec."""
+    stages = [model.layer1, model.layer2, model.layer3, model.layer4]
+    stage_channels = []
+    block_channels = []
+    for stage in stages:
+        widths = {block.conv2.out_channels for block in stage}
+        if len(widths) != 1:
+            raise UnsupportedError("pruning left residual-coupled convs with different widths",
+                                   "this is a Torch-Pruning dependency bug; prune with --importance l1 or report it")
+        stage_channels.append(widths.pop())
+        block_channels += [block.conv1.out_channels for block in stage]
+    if model.conv1.out_channels != stage_channels[0]:
+        raise UnsupportedError("pruned stem width differs from stage 1", "report this as a bug")
+    return dataclasses.replace(base, stage_channels=tuple(stage_channels), block_channels=tuple(block_channels))
+
+
+@torch.no_grad()
+def rebuild(model: ResNet18, base: ModelSpec) -> tuple[ResNet18, float]:
+    """A fresh ResNet18 from the pruned widths, loaded with the pruned weights; max output diff."""
+    spec = spec_of(model, base)
+    fresh = ResNet18(spec)
+    fresh.load_state_dict(model.state_dict())
+    fresh.eval()
+    model.eval()
+    x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    diff = (fresh(x) - model(x)).abs().max().item()
+    if diff > 1e-5:
+        raise UnsupportedError(f"rebuilt pruned model differs from the pruned module (max |diff| {diff:.3g})",
+                               "report this as a bug; the pruned checkpoint was not written")
+    return fresh, diff
+
+
+# ---- pruning ----------------------------------------------------------------------------------
+
+
+def _tp():
+    try:
+        import torch_pruning as tp
+    except ImportError as exc:
+        raise DependencyError("structured pruning needs the Python package 'torch-pruning'",
+                              "pip install 'edgekit[compress]'") from exc
+    return tp
+
+
+def _importance(config: PruneConfig):
+    tp = _tp()
+    kind = Importance(config.importance)
+    if kind is Importance.l1:
+        return tp.importance.MagnitudeImportance(p=1)
+    if kind is Importance.l2:
+        return tp.importance.MagnitudeImportance(p=2)
+    if kind is Importance.bn:
+        return tp.importance.BNScaleImportance()
+    return tp.importance.TaylorImportance()
+
+
+def _taylor_gradients(model: nn.Module, data: DataSplits, config: PruneConfig) -> None:
+    model.zero_grad(set_to_none=True)
+    model.train()
+    generator = torch.Generator().manual_seed(config.seed)
+    for index, (x, y) in enumerate(batches(data.train_x, data.train_y, config.batch_size, generator)):
+        if index >= config.taylor_batches:
+            break
+        nn.functional.cross_entropy(model(to_unit_float(x)), y).backward()
+    model.eval()
+
+
+def validate_config(config: PruneConfig) -> None:
+    if config.target_macs is None:
+        if config.ratio is None or not 0.0 < config.ratio < 1.0:
+            raise ConfigError(f"--ratio must be between 0 and 1 (exclusive), got {config.ratio}",
+                              "e.g. --ratio 0.3 removes 30 % of each layer's channels (about 2x fewer MACs)")
+    elif config.target_macs <= 0:
+        raise ConfigError(f"--target-macs must be positive, got {config.target_macs}", "e.g. --target-macs 250e6")
+    if config.steps < 1 or config.round_to < 1 or config.finetune_epochs < 0:
+        raise ConfigError("--steps and --round-to must be >= 1 and --finetune-epochs >= 0", "check the options")
+
+
+def _finetune(model: ResNet18, data: DataSplits, config: PruneConfig, reporter: Reporter) -> dict[str, Any]:
+    from .train import train_model
+
+    train_config = TrainConfig(epochs=config.finetune_epochs, batch_size=config.batch_size, lr=config.finetune_lr,
+                               schedule=Schedule.cosine, warmup_epochs=0.0, channels_last=False,
+                               seed=config.seed, eval_batch_size=500)
+    result = train_model(model, data, train_config, reporter=reporter)
+    return {"finetune_epochs": config.finetune_epochs, "finetune_best_val": result.best_val_accuracy}
+
+
+def prune_model(model: ResNet18, data: DataSplits, config: PruneConfig, reporter: Reporter = quiet
+                ) -> tuple[ResNet18, list[dict[str, Any]]]:
+    """Prune `model` in place (structured, Torch-Pruning) with fine-tuning; return it and the history."""
+    validate_config(config)
+    tp = _tp()
+    torch.manual_seed(config.seed)
+    model.eval()
+    base_macs = count_macs(model)
+    if config.target_macs is not None and config.target_macs >= base_macs:
+        raise ConfigError(f"--target-macs {config.target_macs:,} is not below the model's {base_macs:,} MACs",
+                          "pass a smaller target, or use --ratio")
+    example = torch.rand(1, 3, 32, 32)
+    by_target = config.target_macs is not None
+    # For a MAC target, prune in small increments (fine iterative_steps) and stop at the target;
+    # for a ratio, the pruner's own linear schedule reaches it in `steps` rounds.
+    pruner = tp.pruner.MetaPruner(
+        model, example, importance=_importance(config), global_pruning=config.global_pruning,
+        pruning_ratio=0.9 if by_target else config.ratio, max_pruning_ratio=0.95,
+        iterative_steps=60 if by_target else config.steps, ignored_layers=[model.fc], round_to=config.round_to)
+    history: list[dict[str, Any]] = []
+    for step in range(1, config.steps + 1):
+        if by_target:
+            goal = base_macs * (config.target_macs / base_macs) ** (step / config.steps)
+            # Taylor scores once per round: Torch-Pruning prunes .grad along with the weights.
+            if Importance(config.importance) is Importance.taylor:
+                _taylor_gradients(model, data, config)
+            while count_macs(model) > goal:
+                if pruner.current_step >= pruner.iterative_steps:
+                    raise ConfigError(f"cannot reach {config.target_macs:,} MACs (stopped at {count_macs(model):,})",
+                                      "pass a larger --target-macs or a smaller --round-to")
+                pruner.step()
+        else:
+            if Importance(config.importance) is Importance.taylor:
+                _taylor_gradients(model, data, config)
+            pruner.step()
+        model.zero_grad(set_to_none=True)
+        record: dict[str, Any] = {"step": step, "macs": count_macs(model), "params": count_parameters(model),
+                                  "val_accuracy_pruned": accuracy(model, data)}
+        if by_target:
+            record["pruner_ratio"] = pruner.per_step_pruning_ratio[pruner.current_step - 1] if pruner.current_step else 0
+        else:
+            record["ratio"] = config.ratio * step / config.steps
+        recalibrate_bn(model, data, config.bn_batches, config.batch_size, config.seed)
+        record["val_accuracy_bn_recalibrated"] = accuracy(model, data)
+        if config.finetune_epochs:
+            record.update(_finetune(model, data, config, reporter))
+            before = accuracy(model, data)
+            state = {k: v.clone() for k, v in model.state_dict().items()}
+            recalibrate_bn(model, data, config.bn_batches, config.batch_size, config.seed)
+            after = accuracy(model, data)
+            if after < before:  # the trainer's running stats were already better: keep them
+                model.load_state_dict(state)
+            record["val_accuracy"] = max(before, after)
+        else:
+            record["val_accuracy"] = record["val_accuracy_bn_recalibrated"]
+        reporter.info(f"prune step {step}/{config.steps}: {record['macs']:,} MACs, {record['params']:,} params, "
+                      f"val {record['val_accuracy']:.2%}")
+        history.append(record)
+    return model.eval(), history
+
+
+def unstructured_prune(model: ResNet18, data: DataSplits, config: PruneConfig, reporter: Reporter = quiet
+                       ) -> tuple[ResNet18, list[dict[str, Any]]]:
+    """Global magnitude pruning of conv/linear weights to `ratio` zeros; masks held during fine-tuning."""
+    import torch.nn.utils.prune as tprune
+
+    validate_config(config)
+    if config.ratio is None:
+        raise ConfigError("--unstructured needs --ratio (the fraction of weights to zero)", "e.g. --ratio 0.5")
+    params = [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=config.ratio)
+    record: dict[str, Any] = {"step": 1, "ratio": config.ratio, "val_accuracy_pruned": accuracy(model, data)}
+    if config.finetune_epochs:
+        record.update(_finetune(model, data, config, reporter))
+    for module, name in params:
+        tprune.remove(module, name)
+    record["val_accuracy"] = accuracy(model, data)
+    record["sparsity"] = weight_sparsity(model)
+    record["macs"] = count_macs(model)
+    record["params"] = count_parameters(model)
+    return model.eval(), [record]
+
+
+def weight_sparsity(model: nn.Module) -> float:
+    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    return zeros / max(1, sum(w.numel() for w in weights))
+
+
+def prune_checkpoint(source: Path, config: PruneConfig, out: Path, reporter: Reporter = quiet,
+                     data_config: DataConfig | None = None, data: DataSplits | None = None) -> PruneResult:
+    """Prune an edgekit checkpoint, fine-tune, rebuild from plain channel counts, save + manifest."""
+    validate_config(config)
+    source, out = Path(source), Path(out)
+    checkpoint = load_checkpoint(source)
+    if data is None:
+        data_config = data_config or data_config_from_dict(checkpoint.extra.get("data_config"))
+        data = load_data(data_config, reporter)
+    if checkpoint.classes and list(checkpoint.classes) != list(data.classes):
+        raise ConfigError(f"checkpoint classes {checkpoint.classes} differ from the data's {data.classes}",
+                          "pass the data the model was trained on (--source/--data-dir)")
+    model = checkpoint.build()
+    before = model_stats(model, source)
+    before["latency"] = measure_latency(model, config.threads, config.latency_runs)
+    before["val_accuracy"] = accuracy(model, data)
+    before["test_accuracy"] = accuracy(model, data, "test")
+    reporter.info(f"prune: {source.name}: {before['macs']:,} MACs, {before['params']:,} params, "
+                  f"val {before['val_accuracy']:.2%}")
+
+    if config.unstructured:
+        model, history = unstructured_prune(model, data, config, reporter)
+        spec, diff = checkpoint.spec, 0.0
+        fresh = model
+    else:
+        model, history = prune_model(model, data, config, reporter)
+        fresh, diff = rebuild(model, checkpoint.spec)
+        spec = fresh.spec
+    after = model_stats(fresh)
+    after["latency"] = measure_latency(fresh, config.threads, config.latency_runs)
+    after["val_accuracy"] = accuracy(fresh, data)
+    after["test_accuracy"] = accuracy(fresh, data, "test")
+    if config.unstructured:
+        after["sparsity"] = weight_sparsity(fresh)
+    metrics = {
+        "val_accuracy": after["val_accuracy"], "test_accuracy": after["test_accuracy"],
+        "val_accuracy_before": before["val_accuracy"], "test_accuracy_before": before["test_accuracy"],
+        "macs_before": before["macs"], "macs_after": after["macs"], "macs_reduction": before["macs"] / after["macs"],
+        "params_before": before["params"], "params_after": after["params"],
+        "latency_ms_before": before["latency"]["p50_ms"], "latency_ms_after": after["latency"]["p50_ms"],
+        "speedup": before["latency"]["p50_ms"] / after["latency"]["p50_ms"],
+        "rebuild_max_abs_diff": diff,
+    }
+    note = ("unstructured: weights zeroed in place; the dense model has the same shape, MACs and latency "
+            "(no dense speed-up; only sparse kernels or compression could use the zeros)"
+            if config.unstructured else "structured: channels removed; the rebuilt dense model is smaller and faster")
+    if config.unstructured:
+        metrics["sparsity"] = after["sparsity"]
+    extra = {"data_config": checkpoint.extra.get("data_config") if data_config is None else to_plain(data_config),
+             "data": data.describe(), "metrics": metrics, "prune_config": to_plain(config),
+             "prune_history": history, "parent": parent_ref(source), "note": note}
+    save_checkpoint(out, fresh, data.classes, extra)
+    after["file_bytes"] = out.stat().st_size
+    write_manifest(out, Manifest(
+        kind="pruned", format="torch", precision="fp32", parent=parent_ref(source),
+        config={"prune": config}, seed=config.seed, metrics=metrics,
+        extra={"note": note, "spec": spec.to_dict(), "prune_history": history, "before": before, "after": after}))
+    reporter.table(f"prune: {out.name}", ["", "before", "after"], [
+        ["params", before["params"], after["params"]],
+        ["MACs", before["macs"], after["macs"]],
+        ["file (bytes)", before["file_bytes"], after["file_bytes"]],
+        [f"CPU latency p50, batch 1, {config.threads} thread(s) (ms)",
+         round(before["latency"]["p50_ms"], 3), round(after["latency"]["p50_ms"], 3)],
+        ["val accuracy", f"{before['val_accuracy']:.2%}", f"{after['val_accuracy']:.2%}"],
+        ["test accuracy", f"{before['test_accuracy']:.2%}", f"{after['test_accuracy']:.2%}"],
+    ] + ([["weight sparsity", "", f"{after['sparsity']:.1%}"]] if config.unstructured else []))
+    reporter.info(f"prune: {note}")
+    return PruneResult(checkpoint=out, before=before, after=after, history=history, spec=spec, max_rebuild_diff=diff)
