@@ -119,6 +119,76 @@ def data_config_from_dict(values: dict | None) -> DataConfig:
     return DataConfig(**known)
 
 
+# ---- compression (prune, calibrate, quantize) -------------------------------------------------
+
+
+class Importance(str, Enum):
+    l1 = "l1"  # |w| summed over the channel's group (Torch-Pruning MagnitudeImportance p=1)
+    l2 = "l2"
+    bn = "bn"  # BN scale |gamma|
+    taylor = "taylor"  # |w * dL/dw|, gradients from a few training batches
+
+
+class QuantMode(str, Enum):
+    dynamic = "dynamic"
+    static = "static"
+    qat = "qat"
+
+
+class CalibMethod(str, Enum):
+    minmax = "minmax"
+    percentile = "percentile"
+    entropy = "entropy"  # KL-divergence (torch HistogramObserver)
+    mse = "mse"
+    auto = "auto"  # try each, keep the best on the validation split
+
+
+@dataclass
+class CalibrationConfig:
+    size: int = 512
+    seed: int = 0
+    name: str | None = None  # default: <data>-<size>
+
+
+@dataclass
+class PruneConfig:
+    ratio: float | None = 0.3  # channel sparsity per prunable layer (uniform) or overall (global)
+    target_macs: int | None = None  # instead of ratio: prune until MACs <= this
+    importance: Importance = Importance.l1
+    global_pruning: bool = False
+    round_to: int = 8  # pruned channel counts stay multiples of this (SIMD and int8 kernels like it)
+    steps: int = 1  # iterative prune -> fine-tune -> BN recalibration rounds
+    finetune_epochs: int = 2  # per step; 0 = no fine-tune
+    finetune_lr: float = 0.02
+    batch_size: int = 256
+    bn_batches: int = 20  # training batches for BN recalibration
+    taylor_batches: int = 4
+    unstructured: bool = False  # zero weights by magnitude instead (no dense speed-up)
+    latency_runs: int = 200
+    threads: int = 1  # pinned for the latency measurement
+    seed: int = 0
+
+
+@dataclass
+class QuantizeConfig:
+    mode: QuantMode = QuantMode.static
+    method: CalibMethod = CalibMethod.auto
+    calibration: str | None = None  # a calibration/*.json definition; required for static and qat
+    percentile: float = 99.99
+    backend: str = "x86"
+    qat_epochs: int = 3
+    qat_lr: float = 0.002
+    qat_freeze_epoch: int = 1  # observers and BN statistics frozen after this many QAT epochs
+    batch_size: int = 256
+    sensitivity: bool = False
+    keep_float: int = 0  # keep the N most sensitive layers in float (implies the sensitivity pass)
+    export_onnx: bool = True  # a QDQ ONNX beside the int8 checkpoint, for the exporters
+    opset: int = 17
+    latency_runs: int = 200
+    threads: int = 1
+    seed: int = 0
+
+
 @dataclass
 class BenchConfig:
     """How `edgekit bench` measures: the protocol recorded beside every result."""
