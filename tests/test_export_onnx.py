@@ -44,7 +44,7 @@ def test_each_precision_passes_the_gate_and_records_a_manifest(exports, tiny_tra
     assert manifest["parent"]["sha256"] == sha256_file(tiny_trained.checkpoint)
     parity_metrics = manifest["metrics"]["parity"]
     assert parity_metrics["images"] == 256
-    minimum = {"fp32": 0.999, "fp16": 0.995, "int8": 0.90}[precision]
+    minimum = {"fp32": 0.999, "fp16": 0.995, "int8": 0.85}[precision]
     assert parity_metrics["top1_agreement"] >= minimum
     if precision == "fp32":
         assert parity_metrics["max_abs"] < 1e-3
