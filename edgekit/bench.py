@@ -526,7 +526,7 @@ def _baseline_label(path: Path, fmt: Format) -> str | None:
             return manifest["extra"]["baseline"]
         if (fmt is FORMATS["torch"] and manifest.get("kind") == "checkpoint" and manifest.get("precision") == "fp32"
                 and not manifest.get("parent")):
-            return "torch eager fp32"
+            return "stock torch eager fp32"
     return None
 
 
@@ -657,8 +657,8 @@ def make_baselines(artifacts: list[Path], config: BenchConfig,
         fp32_onnx = next((p for p, lin in lineages.items() if len(lin.chain) == 2 and lin.root == root
                           and format_of_path_or_none(p) is FORMATS["onnx"]
                           and (read_manifest(p).get("precision") or "").startswith("fp32")), None)
-        for activation, label, suffix in (("default", "ORT quantize_static defaults (QDQ, int8 act.)", "s8"),
-                                          ("uint8", "ORT quantize_static QDQ, uint8 act.", "u8")):
+        for activation, label, suffix in (("default", "stock ORT quantize_static (defaults: QDQ, s8 act.)", "s8"),
+                                          ("uint8", "stock ORT quantize_static (QDQ, u8 act.)", "u8")):
             if fp32_onnx is None:
                 skipped.append(_skip_row(label, root, "onnx", "onnxruntime",
                                          "no fp32 ONNX export of this root among the artifacts (edgekit export ... "
@@ -672,7 +672,7 @@ def make_baselines(artifacts: list[Path], config: BenchConfig,
                 made.append(out)
             except Exception as exc:
                 skipped.append(_skip_row(label, root, "onnx", "onnxruntime", _why(exc)))
-        label = "TFLite converter defaults (full integer)"
+        label = "stock TFLite converter (full-integer defaults)"
         out = out_dir / f"{tag}-tflite-default-int8.tflite"
         try:
             reason = FORMATS["tflite"].unavailable_reason()
@@ -771,7 +771,12 @@ def _label(row: dict[str, Any]) -> str:
     return f"{name} [{row['baseline']}]" if row.get("baseline") else name
 
 
-def table_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
+def _short(row: dict[str, Any], limit: int = 60) -> str:
+    why = row.get("why") or ""
+    return f"{row['status']}: {why[:limit]}{'...' if len(why) > limit else ''}"
+
+
+def table_rows(rows: list[dict[str, Any]], markdown: bool = False) -> list[list[Any]]:
     out = []
     for r in rows:
         lat = r.get("latency_ms") or {}
@@ -785,7 +790,7 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
             _best_throughput(r),
             _fmt(r["size_bytes"] and r["size_bytes"] / 1e6, ".3f"),
             _fmt(r["macs"] and r["macs"] / 1e6, ".1f"),
-            r["status"] if r["status"] == "ok" else f"{r['status']}: {r['why']}",
+            r["status"] if r["status"] == "ok" else f"{r['status']} (see notes)" if markdown else _short(r),
         ])
     return out
 
@@ -844,7 +849,7 @@ def markdown_text(run: BenchRun, title: str = "edgekit bench") -> str:
              "intra-op threads, TFLite num_threads)",
              "- rows marked [baseline] are what a user would do without edgekit, measured in the same run", "",
              "## Results", "",
-             markdown_table(TABLE_COLUMNS, table_rows(run.rows)), ""]
+             markdown_table(TABLE_COLUMNS, table_rows(run.rows, markdown=True)), ""]
     sweep = [[_label(r), r["runtime"]] + [_fmt((r["throughput"].get(str(b)) or {}).get("images_per_s"), ",.0f")
                                           for b in protocol.get("batches", [])]
              for r in run.rows if r["status"] == "ok"]
@@ -852,16 +857,22 @@ def markdown_text(run: BenchRun, title: str = "edgekit bench") -> str:
         lines += ["## Throughput (images/s) by batch size", "",
                   markdown_table(["artifact", "runtime"] + [f"batch {b}" for b in protocol.get("batches", [])], sweep), ""]
     notes = []
+    # One note per (runtime, reason) for runtimes missing here, instead of one per file.
+    unavailable: dict[tuple[str, str], list[str]] = {}
     for r in run.rows:
         slow = r.get("int8_slower_than_fp32")
         if slow:
             notes.append(f"- **{_label(r)}** ({r['runtime']}) is int8 but slower than fp32 "
                          f"{Path(slow['fp32_artifact']).name} ({r['latency_ms']['p50']:.3f} ms vs "
                          f"{slow['fp32_p50_ms']:.3f} ms p50): {slow['reason']}.")
-        if r["status"] != "ok":
+        if r["status"] == "unavailable":
+            unavailable.setdefault((r["runtime"], r["why"]), []).append(Path(r["artifact"]).name)
+        elif r["status"] != "ok":
             notes.append(f"- **{_label(r)}** ({r['runtime']}): {r['status']}: {r['why']}")
         for note in r.get("notes") or []:
             notes.append(f"- {_label(r)} ({r['runtime']}): {note}")
+    for (runtime, why), names in unavailable.items():
+        notes.append(f"- **{runtime}** did not run ({', '.join(names)}): {why}")
     if notes:
         lines += ["## Notes", "", *notes, ""]
     return "\n".join(lines)

@@ -233,6 +233,146 @@ def pipeline(
     run_pipeline(data_config, train_config, out, _reporter())
 
 
+@app.command()
+def bench(
+    artifacts: Optional[list[Path]] = typer.Argument(None, help="artifact files (checkpoints, .onnx, .tflite, ...)"),
+    directory: Optional[Path] = typer.Option(None, "--dir", help="also bench every artifact (file with a manifest) under this folder"),
+    threads: int = typer.Option(2, help="threads for every runtime (pinned and recorded)"),
+    batches: str = typer.Option("1,8,32,128", help="throughput sweep batch sizes, comma-separated"),
+    warmup: int = typer.Option(10, help="untimed batch-1 calls before timing"),
+    runs: int = typer.Option(100, help="at least this many timed batch-1 calls"),
+    min_seconds: float = typer.Option(2.0, help="and at least this many seconds of them"),
+    sweep_seconds: float = typer.Option(1.0, help="seconds per batch size in the throughput sweep"),
+    test_limit: Optional[int] = typer.Option(None, help="accuracy on the first N test images only (quick runs)"),
+    out: Optional[Path] = typer.Option(None, help="result path without suffix (default benchmarks/results/bench-<time>)"),
+    baselines: bool = typer.Option(False, "--baselines", help="also make and bench stock ORT quantize_static and TFLite int8"),
+    baseline_dir: Path = typer.Option(Path("artifacts/baselines"), help="where --baselines writes its files"),
+    calibration: Optional[Path] = typer.Option(None, help="calibration definition for --baselines (default: the lineage's)"),
+    source: Optional[DataSource] = typer.Option(None, "--source", help="default: the data each lineage was trained on"),
+    data_dir: Optional[Path] = DataDirOption,
+    compare: Optional[tuple[Path, Path]] = typer.Option(None, "--compare", help="print per-row deltas B - A of two bench .json files"),
+) -> None:
+    """Accuracy, batch-1 latency (p50/p90/p99, mean with 95% CI), throughput, size and parity of every artifact.
+
+    Example: edgekit bench --dir artifacts/ --threads 2 --out benchmarks/results/bench-cpu
+    """
+    import datetime
+
+    from .bench import bench as run_bench, compare as compare_runs
+    from .config import BenchConfig
+    from .errors import ConfigError
+
+    reporter = _reporter()
+    if compare:
+        compare_runs(compare[0], compare[1], reporter)
+        return
+    try:
+        sweep = tuple(int(b) for b in batches.split(",") if b.strip())
+    except ValueError:
+        raise ConfigError(f"--batches must be comma-separated integers, got '{batches}'", "use e.g. --batches 1,8,32,128") from None
+    data = None
+    if source is not None:
+        data = _data_config(source, data_dir)
+    config = BenchConfig(threads=threads, batches=sweep, warmup=warmup, runs=runs, min_seconds=min_seconds,
+                         sweep_seconds=sweep_seconds, test_limit=test_limit, baselines=baselines,
+                         baseline_dir=str(baseline_dir), calibration=str(calibration) if calibration else None, data=data)
+    if out is None:
+        out = Path("benchmarks/results") / f"bench-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    run_bench(artifacts or [], config, reporter, directory=directory, out=out)
+
+
+from .config import CalibMethod, Importance, QuantMode  # noqa: E402  (compression stage choices)
+
+
+@app.command()
+def calibrate(
+    source: DataSource = SourceOption,
+    data_dir: Optional[Path] = DataDirOption,
+    size: int = typer.Option(512, help="images (class-balanced); 128, 512 and 1024 are committed"),
+    seed: int = typer.Option(0, help="seed of the image selection"),
+    val_size: int = typer.Option(DataConfig.val_size, help="the validation split the data is loaded with"),
+    data_seed: int = typer.Option(0, help="seed of the train/val split"),
+    checkpoint: Optional[Path] = typer.Option(None, help="record this model's mean/std (default CIFAR-10's)"),
+    out: Optional[Path] = typer.Option(None, help="default: calibration/<data>-<size>.json"),
+) -> None:
+    """Choose and hash a calibration set shared by every int8 target.
+
+    Example: edgekit calibrate --source folder --data-dir data/cifar10-jpg --size 512
+    """
+    from .calibrate import DEFAULT_DIR, default_name, make_calibration, save_calibration
+    from .data import load_data
+    from .model import load_checkpoint
+
+    reporter = _reporter()
+    data_config = _data_config(source, data_dir, val_size, None, data_seed)
+    data = load_data(data_config, reporter)
+    spec = load_checkpoint(checkpoint).spec if checkpoint else None
+    cal = make_calibration(data, data_config, size=size, seed=seed, model_spec=spec)
+    path = save_calibration(cal, out or DEFAULT_DIR / f"{default_name(data_config, size)}.json")
+    reporter.table("calibration set", ["", ""], [["file", str(path)], ["images", len(cal)],
+                                                 ["per class", cal.definition["class_counts"]],
+                                                 ["pixels sha256", cal.sha256]])
+
+
+@app.command()
+def prune(
+    checkpoint: Path = typer.Argument(..., help="an edgekit checkpoint (.pt)"),
+    ratio: Optional[float] = typer.Option(None, help="channel sparsity in (0, 1); default 0.3"),
+    target_macs: Optional[float] = typer.Option(None, help="prune until MACs <= this (e.g. 250e6)"),
+    importance: Importance = typer.Option(Importance.l1, help="channel importance: weight L1/L2, BN scale, Taylor"),
+    global_pruning: bool = typer.Option(False, "--global", help="rank channels across layers"),
+    round_to: int = typer.Option(8, help="keep channel counts multiples of this"),
+    steps: int = typer.Option(1, help="prune -> fine-tune -> BN recalibration rounds"),
+    finetune_epochs: int = typer.Option(2, help="fine-tune epochs per step (0 = none)"),
+    finetune_lr: float = typer.Option(0.02),
+    unstructured: bool = typer.Option(False, "--unstructured", help="zero weights instead (no dense speed-up)"),
+    out: Path = typer.Option(Path("artifacts/pruned.pt")),
+    threads: int = typer.Option(1, help="threads for the latency measurement"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Structured channel pruning with fine-tuning; reports params, MACs, size and CPU latency.
+
+    Example: edgekit prune artifacts/train/best.pt --ratio 0.3 --steps 2 --out artifacts/pruned.pt
+    """
+    from .config import PruneConfig
+    from .prune import prune_checkpoint
+
+    config = PruneConfig(ratio=ratio if ratio is not None else (None if target_macs else 0.3),
+                         target_macs=int(target_macs) if target_macs else None, importance=importance,
+                         global_pruning=global_pruning, round_to=round_to, steps=steps,
+                         finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, unstructured=unstructured,
+                         threads=threads, seed=seed)
+    prune_checkpoint(checkpoint, config, out, _reporter())
+
+
+@app.command()
+def quantize(
+    checkpoint: Path = typer.Argument(..., help="an edgekit checkpoint (.pt), fp32 or pruned"),
+    mode: QuantMode = typer.Option(QuantMode.static, help="dynamic: fc only; static: calibrated PTQ; qat"),
+    method: CalibMethod = typer.Option(CalibMethod.auto, help="activation calibration; auto keeps the best on val"),
+    calibration: Optional[Path] = typer.Option(None, help="calibration/*.json (static and qat)"),
+    sensitivity: bool = typer.Option(False, "--sensitivity", help="per-layer accuracy with one layer int8"),
+    keep_float: int = typer.Option(0, help="keep the N most sensitive layers in float"),
+    qat_epochs: int = typer.Option(3),
+    qat_lr: float = typer.Option(0.002),
+    onnx: bool = typer.Option(True, help="also write a QDQ ONNX for the exporters"),
+    out: Path = typer.Option(Path("artifacts/int8.pt")),
+    threads: int = typer.Option(1, help="threads for the latency measurement"),
+    seed: int = typer.Option(0),
+) -> None:
+    """int8 quantization: dynamic (fc only), static PTQ (calibrated) or QAT; writes int8 .pt + manifest.
+
+    Example: edgekit quantize artifacts/train/best.pt --mode static --calibration calibration/cifar10-jpg-512.json
+    """
+    from .config import QuantizeConfig
+    from .quantize import quantize_checkpoint
+
+    config = QuantizeConfig(mode=mode, method=method, calibration=str(calibration) if calibration else None,
+                            sensitivity=sensitivity, keep_float=keep_float, qat_epochs=qat_epochs, qat_lr=qat_lr,
+                            export_onnx=onnx, threads=threads, seed=seed)
+    quantize_checkpoint(checkpoint, config, out, _reporter())
+
+
 # ---- stage commands above this line ----
 
 

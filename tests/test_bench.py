@@ -82,7 +82,7 @@ def test_rows_measure_accuracy_agreement_latency_and_size(run, artifacts, tiny_d
     assert torch_row["status"] == "ok" and torch_row["accuracy"] == pytest.approx(expected)
     assert torch_row["test_images"] == TEST_LIMIT
     assert torch_row["agreement_root"] == 1.0  # the root against itself
-    assert torch_row["baseline"] == "torch eager fp32"
+    assert torch_row["baseline"] == "stock torch eager fp32"
     assert ort_row["status"] == "ok" and ort_row["agreement_root"] >= 0.95
     assert ort_row["root"] == str(checkpoint) and ort_row["source"] == str(checkpoint)
     assert ort_row["params"] == torch_row["params"] > 0 and ort_row["macs"] == torch_row["macs"] > 0
@@ -165,3 +165,41 @@ def test_bad_options_are_config_errors(artifacts):
         bench([checkpoint], quick_config(threads=0))
     with pytest.raises(ConfigError):
         bench([], quick_config())
+
+
+def test_baselines_are_made_from_the_fp32_onnx_and_the_keras_twin_and_measured(artifacts, tmp_path):
+    folder, checkpoint, onnx = artifacts
+    config = quick_config(batches=(1,), baselines=True, baseline_dir=str(tmp_path / "baselines"))
+    result = bench([checkpoint, onnx], config, out=tmp_path / "with-baselines")
+    labels = {r["baseline"]: r for r in result.rows if r["baseline"] and r["runtime"] != "openvino"}
+    assert set(labels) == {"stock torch eager fp32", "stock ORT quantize_static (defaults: QDQ, s8 act.)",
+                           "stock ORT quantize_static (QDQ, u8 act.)", "stock TFLite converter (full-integer defaults)"}
+    for label, row in labels.items():
+        assert row["status"] == "ok", (label, row["why"])
+        assert row["root"] == str(checkpoint)
+    s8 = read_manifest(labels["stock ORT quantize_static (defaults: QDQ, s8 act.)"]["artifact"])
+    u8 = read_manifest(labels["stock ORT quantize_static (QDQ, u8 act.)"]["artifact"])
+    tfl = read_manifest(labels["stock TFLite converter (full-integer defaults)"]["artifact"])
+    assert s8["parent"]["path"] == str(onnx) and tfl["parent"]["path"] == str(checkpoint)
+    assert u8["config"]["activation_type"] == "QUInt8"
+    # Every baseline saw the same calibration images.
+    assert s8["extra"]["calibration"]["pixels_sha256"] == tfl["extra"]["calibration"]["pixels_sha256"]
+
+
+def test_cli_bench_and_compare(artifacts, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgekit.cli import app
+
+    folder, checkpoint, onnx = artifacts
+    out = tmp_path / "cli"
+    runner = CliRunner(env={"COLUMNS": "250"})  # rich wraps to the terminal width
+    result = runner.invoke(app, ["bench", str(checkpoint), "--threads", "1", "--batches", "1,2", "--warmup", "1",
+                                 "--runs", "3", "--min-seconds", "0", "--sweep-seconds", "0",
+                                 "--test-limit", "32", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cli.json").exists() and (tmp_path / "cli.md").exists()
+    result = runner.invoke(app, ["bench", "--compare", str(tmp_path / "cli.json"), str(tmp_path / "cli.json")])
+    assert result.exit_code == 0 and "best.pt" in result.output
+    result = runner.invoke(app, ["bench", str(checkpoint), "--batches", "1,x"])
+    assert result.exit_code == 2 and "--batches" in result.output
