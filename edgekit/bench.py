@@ -89,10 +89,21 @@ def _openvino_unavailable() -> str | None:
     return None
 
 
+def _load_torch(path: Path, threads: int) -> Any:
+    """An edgekit .pt is either a float checkpoint or an int8 model from `edgekit quantize`; the
+    latter is rebuilt by quantize.py. (This belongs in formats/torch.py's load_runner; kept here
+    until that module learns about int8 files.)"""
+    from . import quantize
+
+    if quantize.is_quantized_artifact(path):
+        return quantize.load_runner(path, threads)
+    return FORMATS["torch"].module().load_runner(path, threads)
+
+
 # The default runtime of a format is named after the engine, so rows stay comparable across
 # runs; formats not listed here get one runtime named after the format.
 RUNTIMES: dict[str, tuple[Runtime, ...]] = {
-    "torch": (_format_runtime(FORMATS["torch"], "torch-eager"),),
+    "torch": (Runtime("torch-eager", _load_torch, lambda: FORMATS["torch"].unavailable_reason()),),
     "onnx": (_format_runtime(FORMATS["onnx"], "onnxruntime"),
              Runtime("openvino", lambda path, threads: _OpenVinoRunner(path, threads), _openvino_unavailable)),
     "tflite": (_format_runtime(FORMATS["tflite"], "tflite"),),
@@ -312,10 +323,11 @@ class BenchRun:
     environment: dict[str, Any]
     protocol: dict[str, Any]
     outputs: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # about the run as a whole (e.g. artifacts not made)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": BENCH_FORMAT, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "environment": self.environment, "protocol": self.protocol, "rows": self.rows}
+                "environment": self.environment, "protocol": self.protocol, "notes": self.notes, "rows": self.rows}
 
 
 class _Context:
@@ -453,7 +465,7 @@ def _bench_one(path: Path, fmt: Format, runtime: Runtime, ctx: _Context, baselin
 
 
 def bench(artifacts: Iterable[Path], config: BenchConfig, reporter: Reporter = quiet,
-          directory: Path | None = None, out: Path | None = None) -> BenchRun:
+          directory: Path | None = None, out: Path | None = None, notes: Iterable[str] = ()) -> BenchRun:
     """Measure every artifact with every runtime that can read it; write the result files if `out` is given."""
     if config.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {config.threads}", "use e.g. --threads 2")
@@ -500,7 +512,7 @@ def bench(artifacts: Iterable[Path], config: BenchConfig, reporter: Reporter = q
     protocol = {k: v for k, v in to_plain(config).items() if k not in ("data",)}
     if config.data is not None:
         protocol["data_override"] = to_plain(config.data)
-    result = BenchRun(rows, env, protocol)
+    result = BenchRun(rows, env, protocol, notes=list(notes))
     reporter.table("bench", TABLE_COLUMNS, table_rows(rows))
     if out is not None:
         result.outputs = write_outputs(result, Path(out))
@@ -733,13 +745,14 @@ def int8_slowdown_reason(row: dict[str, Any], env: dict[str, Any]) -> str:
 
 
 def _annotate(rows: list[dict[str, Any]], env: dict[str, Any]) -> None:
-    """Compare each int8 row with the fp32 row of the same format and runtime from the same root."""
-    fp32 = {(r["format"], r["runtime"], r["root"]): r for r in rows
+    """Compare each int8 row with the fp32 row of the same format and runtime made from the same
+    float model (its nearest torch source: the fp32 root, or the pruned checkpoint)."""
+    fp32 = {(r["format"], r["runtime"], r["source"]): r for r in rows
             if r["status"] == "ok" and (r["precision"] or "").startswith("fp32")}
     for row in rows:
         if row["status"] != "ok" or "int8" not in (row["precision"] or ""):
             continue
-        ref = fp32.get((row["format"], row["runtime"], row["root"]))
+        ref = fp32.get((row["format"], row["runtime"], row["source"]))
         if ref is None or ref["latency_ms"] is None:
             continue
         if row["latency_ms"]["p50"] > ref["latency_ms"]["p50"]:
@@ -873,6 +886,7 @@ def markdown_text(run: BenchRun, title: str = "edgekit bench") -> str:
             notes.append(f"- {_label(r)} ({r['runtime']}): {note}")
     for (runtime, why), names in unavailable.items():
         notes.append(f"- **{runtime}** did not run ({', '.join(names)}): {why}")
+    notes = [f"- {note}" for note in run.notes] + notes
     if notes:
         lines += ["## Notes", "", *notes, ""]
     return "\n".join(lines)
