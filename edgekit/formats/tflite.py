@@ -106,13 +106,16 @@ def export(source: Path, out: Path, precision: str, options: Any, calibration: A
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
         nhwc = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+        # A static-batch file takes exactly its batch per step (wrapping round the set to fill
+        # the last one); a dynamic one takes one image at a time.
+        step = batch or 1
+        order = np.arange(-(-len(nhwc) // step) * step) % len(nhwc)
 
         def representative() -> Any:
-            # One image per step: a file with a static batch of 1 accepts nothing bigger.
             with reporter.progress("tflite int8 calibration", total=len(nhwc)) as bar:
-                for image in nhwc:
-                    yield [image[None]]
-                    bar.advance(1)
+                for start in range(0, len(order), step):
+                    yield [nhwc[order[start:start + step]]]
+                    bar.advance(min(step, len(nhwc) - start) if start < len(nhwc) else 0)
 
         converter.representative_dataset = representative
     reporter.info(f"tflite: converting {source.name} to {precision}")
