@@ -383,6 +383,19 @@ def prepare_qat_from_ptq(model: ResNet18, ptq_prepared: QuantResNet | None, keep
     return wrapped
 
 
+def fold_float_islands(model: nn.Module) -> None:
+    """QAT-fused conv+BN layers kept float still hold a separate BN; fold it as eval fusion would."""
+    import torch.ao.nn.intrinsic as nni
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for island in [m for m in model.modules() if isinstance(m, Island)]:
+        inner = island.inner.eval()
+        if isinstance(inner, nni.ConvBnReLU2d):
+            island.inner = nni.ConvReLU2d(fuse_conv_bn_eval(inner[0], inner[1]), inner[2])
+        elif isinstance(inner, nni.ConvBn2d):
+            island.inner = fuse_conv_bn_eval(inner[0], inner[1])
+
+
 def freeze_qat(model: nn.Module) -> None:
     aoq = _aoq()
     model.apply(aoq.disable_observer)
@@ -611,6 +624,7 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
             metrics["qat_fake_quant_val_accuracy"] = fake["val_accuracy"]
             metrics["qat_fake_quant_test_accuracy"] = fake["test_accuracy"]
             qmodel = convert(qat)
+            fold_float_islands(qmodel)
             recipe.update({"qat_epochs": config.qat_epochs, "qat_lr": config.qat_lr,
                            "qat_freeze_epoch": epochs_a,
                            "qat_fake_quant": "non-fused FakeQuantize, weights per-channel symmetric qint8, "

@@ -1,0 +1,121 @@
+"""Compression benchmark: prune (+ fine-tune), static PTQ, QAT, pruned + int8, measured on this CPU.
+
+    .venv/bin/python benchmarks/compress.py --checkpoint artifacts/ref-cpu/best.pt
+
+Writes benchmarks/results/compress-cpu.json and .md: accuracy (val and test), params, MACs,
+file size and torch-eager CPU batch-1 latency (threads pinned) of every artifact, with the
+machine and library versions. Every artifact also has its own manifest under --out-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edgekit.artifacts import atomic_write_text, library_versions, machine_info, sha256_file  # noqa: E402
+from edgekit.config import (CalibMethod, PruneConfig, QuantizeConfig, QuantMode,  # noqa: E402
+                            data_config_from_dict)
+from edgekit.data import load_data  # noqa: E402
+from edgekit.model import load_checkpoint  # noqa: E402
+from edgekit.prune import accuracy, measure_latency, model_stats, prune_checkpoint  # noqa: E402
+from edgekit.quantize import quantize_checkpoint  # noqa: E402
+from edgekit.report import RichReporter, markdown_table  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, default=ROOT / "artifacts/ref-cpu/best.pt")
+    parser.add_argument("--calibration", type=Path, default=ROOT / "calibration/cifar10-jpg-512.json")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "artifacts/compress")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks/results")
+    parser.add_argument("--ratio", type=float, default=0.3)
+    parser.add_argument("--finetune-epochs", type=int, default=1)
+    parser.add_argument("--qat-epochs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--latency-runs", type=int, default=300)
+    parser.add_argument("--note", default="")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    reporter = RichReporter()
+    start = time.perf_counter()
+    checkpoint = load_checkpoint(args.checkpoint)
+    data = load_data(data_config_from_dict(checkpoint.extra.get("data_config")), reporter)
+    out = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+
+    def row(name: str, path: Path, model, val: float, test: float, latency_ms: float, stats: dict, **more) -> None:
+        rows.append({"artifact": name, "file": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
+                     "val_accuracy": val, "test_accuracy": test, "params": stats.get("params"),
+                     "macs": stats.get("macs"), "file_bytes": path.stat().st_size, "latency_p50_ms": latency_ms,
+                     **more})
+
+    fp32 = checkpoint.build()
+    base_stats = model_stats(fp32)
+    base_latency = measure_latency(fp32, args.threads, args.latency_runs)["p50_ms"]
+    row("fp32 (reference)", args.checkpoint, fp32, accuracy(fp32, data), accuracy(fp32, data, "test"),
+        base_latency, base_stats)
+
+    pruned_path = out / "pruned.pt"
+    pruned = prune_checkpoint(args.checkpoint, PruneConfig(ratio=args.ratio, finetune_epochs=args.finetune_epochs,
+                                                           threads=args.threads, latency_runs=args.latency_runs),
+                              pruned_path, reporter, data=data)
+    row(f"pruned {args.ratio:.0%}/layer + {args.finetune_epochs} ep fine-tune", pruned_path, None,
+        pruned.after["val_accuracy"], pruned.after["test_accuracy"], pruned.after["latency"]["p50_ms"], pruned.after,
+        macs_reduction=pruned.before["macs"] / pruned.after["macs"],
+        latency_before_same_run_ms=pruned.before["latency"]["p50_ms"])
+
+    def quant(name: str, source: Path, target: Path, config: QuantizeConfig) -> None:
+        result = quantize_checkpoint(source, config, target, reporter, data=data)
+        m = result.metrics
+        stats = model_stats(load_checkpoint(source).build())
+        extra = {"method": json.loads(Path(str(target) + ".manifest.json").read_text())["extra"]["recipe"].get("method"),
+                 "qint8_tensors": m["census"]["qint8_tensors"],
+                 "fp32_parent_val_accuracy": m["fp32_val_accuracy"], "fp32_parent_test_accuracy": m["fp32_test_accuracy"],
+                 "parent_latency_same_run_ms": m["fp32_latency_ms"]}
+        for key in ("ptq_val_accuracy", "ptq_test_accuracy", "qat_fake_quant_val_accuracy",
+                    "qat_fake_quant_test_accuracy"):
+            if key in m:
+                extra[key] = m[key]
+        row(name, target, None, m["val_accuracy"], m["test_accuracy"], m["latency_ms"], stats, **extra)
+
+    common = dict(calibration=str(args.calibration), threads=args.threads, latency_runs=args.latency_runs)
+    quant("dynamic int8 (fc only)", args.checkpoint, out / "dynamic.pt", QuantizeConfig(mode=QuantMode.dynamic,
+                                                                                    threads=args.threads,
+                                                                                    latency_runs=args.latency_runs))
+    quant("static PTQ int8 (auto)", args.checkpoint, out / "ptq.pt", QuantizeConfig(mode=QuantMode.static, **common))
+    quant(f"QAT int8 ({args.qat_epochs} ep)", args.checkpoint, out / "qat.pt",
+          QuantizeConfig(mode=QuantMode.qat, method=CalibMethod.auto, qat_epochs=args.qat_epochs, export_onnx=False,
+                         **common))
+    quant("pruned + static PTQ int8", pruned_path, out / "pruned-ptq.pt",
+          QuantizeConfig(mode=QuantMode.static, **common))
+
+    result = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
+              "calibration": str(args.calibration), "data": data.describe(), "machine": machine_info(),
+              "versions": library_versions(), "threads": args.threads, "latency": "torch eager CPU, batch 1, p50 of "
+              f"{args.latency_runs} runs, threads pinned to {args.threads}; machine shared with other jobs",
+              "note": args.note, "wall_seconds": time.perf_counter() - start, "rows": rows}
+    args.results.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.results / "compress-cpu.json", json.dumps(result, indent=2) + "\n")
+    columns = ["artifact", "val acc", "test acc", "params", "MACs", "file MB", "p50 ms (1 thread)"]
+    table = [[r["artifact"], f"{r['val_accuracy']:.2%}", f"{r['test_accuracy']:.2%}", r["params"], r["macs"],
+              round(r["file_bytes"] / 1e6, 2), round(r["latency_p50_ms"], 3)] for r in rows]
+    md = (f"# Compression on CPU\n\nReference: `{args.checkpoint}`. {args.note}\n\n"
+          f"Machine: {result['machine']['processor']}, {result['machine']['cpu_count']} cores; torch "
+          f"{result['versions'].get('torch')}, torch-pruning {result['versions'].get('torch-pruning')}.\n"
+          f"Latency: {result['latency']}.\n\n" + markdown_table(columns, table))
+    atomic_write_text(args.results / "compress-cpu.md", md)
+    reporter.info(md)
+
+
+if __name__ == "__main__":
+    main()
