@@ -143,8 +143,12 @@ def _topological_sort(graph) -> None:
     graph.node.extend(copies)
 
 
-def quantize_qdq(src: Path, out: Path, images: np.ndarray, batch: int | None = 1) -> Path:
-    """QDQ int8 over calibration images: per-channel int8 weights, uint8 activations (see module doc)."""
+def quantize_qdq(src: Path, out: Path, images: np.ndarray, batch: int | None = 1, symmetric_int8: bool = False) -> Path:
+    """QDQ int8 over calibration images: per-channel int8 weights, uint8 activations (see module doc).
+
+    `symmetric_int8`: int8 activations with zero point 0, the only QDQ form TensorRT accepts
+    (for ONNX Runtime on x86 that form is the slow one, see the module doc).
+    """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -169,9 +173,12 @@ def quantize_qdq(src: Path, out: Path, images: np.ndarray, batch: int | None = 1
         # reads uint8 and fuses. MinMax: the calibration set is small and class-balanced, and
         # percentile clipping cost accuracy on the residual adds in a quick check.
         quantize_static(str(src), str(tmp_out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QInt8 if symmetric_int8 else QuantType.QUInt8,
                         calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"CalibTensorRangeSymmetric": False})
+                        # TensorRT wants float biases (it has no int32 DequantizeLinear); ORT fuses int32 ones.
+                        extra_options={"ActivationSymmetric": symmetric_int8, "WeightSymmetric": True,
+                                       "QuantizeBias": not symmetric_int8})
         model = onnx.load(str(tmp_out))
         onnx.checker.check_model(model)
         with atomic_path(out) as tmp:

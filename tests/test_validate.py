@@ -1,0 +1,103 @@
+"""The parity gate's arithmetic and the tolerance table, on small real numpy models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgekit.errors import ParityError, UnsupportedError
+from edgekit.formats import FORMATS
+from edgekit.validate import TOLERANCES, check, parity, precision_label, tolerance_for, violations
+
+
+class LinearRunner:
+    """A real (if tiny) classifier: logits = flattened pixels @ W."""
+
+    name = "linear"
+
+    def __init__(self, weights: np.ndarray) -> None:
+        self.weights = weights
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return batch.reshape(len(batch), -1) @ self.weights
+
+
+@pytest.fixture
+def setup():
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(3 * 32 * 32, 10)).astype(np.float32)
+    images = rng.random((100, 3, 32, 32), dtype=np.float32)
+    labels = (images.reshape(100, -1) @ weights).argmax(1)  # the source is right on every image
+    return weights, images, labels
+
+
+def test_identical_runners_agree_exactly(setup):
+    weights, images, labels = setup
+    report = parity(LinearRunner(weights), LinearRunner(weights.copy()), images, labels)
+    assert report.top1_agreement == 1.0 and report.max_abs == 0.0
+    assert report.cosine_min == pytest.approx(1.0, abs=1e-6)
+    assert report.source_accuracy == report.exported_accuracy == 1.0
+    check(report, "onnx", "fp32")
+
+
+def test_disagreeing_images_are_named_worst_and_refused(setup):
+    weights, images, labels = setup
+    tampered = weights.copy()
+    tampered[:, 3] += 0.05  # class 3 wins more often
+    report = parity(LinearRunner(weights), LinearRunner(tampered), images, labels)
+    flipped = np.nonzero(LinearRunner(weights).predict(images).argmax(1)
+                         != LinearRunner(tampered).predict(images).argmax(1))[0]
+    assert len(flipped) > 0
+    assert report.top1_agreement == pytest.approx(1 - len(flipped) / 100)
+    assert set(report.worst[: min(len(flipped), 8)]) <= set(flipped.tolist())
+    with pytest.raises(ParityError, match=str(report.worst[0])):
+        check(report, "onnx", "fp32")
+
+
+class SwapTop2Runner(LinearRunner):
+    """The same model, but images whose first pixel is 1.0 get their top-2 logits swapped."""
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        logits = super().predict(batch)
+        order = np.argsort(logits, axis=1)
+        rows = np.nonzero(batch[:, 0, 0, 0] == 1.0)[0]
+        top, second = order[rows, -1], order[rows, -2]
+        logits[rows, top], logits[rows, second] = logits[rows, second], logits[rows, top].copy()
+        return logits
+
+
+def test_int8_accuracy_tolerance_is_stricter_against_a_quantized_source(setup):
+    weights, images, labels = setup
+    images = images * 0.9
+    images[5, 0, 0, 0] = 1.0  # exactly one image of 100 flips: a 1-point drop
+    labels = LinearRunner(weights).predict(images).argmax(1)
+    report = parity(LinearRunner(weights), SwapTop2Runner(weights), images, labels)
+    assert report.accuracy_drop_points == pytest.approx(1.0) and report.worst[0] == 5
+    assert any("accuracy" in p for p in violations(report, "onnx", "int8", source_precision="int8"))
+    assert violations(report, "onnx", "int8", source_precision="fp32") == []
+
+
+def test_tolerance_table_covers_every_target_and_precision():
+    for name, fmt in FORMATS.items():
+        if not fmt.exportable:
+            continue
+        for precision in fmt.precisions:
+            assert (name, precision) in TOLERANCES, (name, precision)
+    with pytest.raises(UnsupportedError):
+        tolerance_for("onnx", "int4")
+
+
+def test_nan_logits_fail_the_gate(setup):
+    weights, images, labels = setup
+    broken = weights.copy()
+    broken[0, 0] = np.nan
+    report = parity(LinearRunner(weights), LinearRunner(broken), images, labels)
+    with pytest.raises(ParityError):
+        check(report, "onnx", "fp16")
+
+
+def test_precision_label_is_counted_not_requested():
+    assert precision_label({"weights_by_dtype": {"float32": 10_000}}) == "fp32"
+    assert precision_label({"weights_by_dtype": {"qint8": 9_000, "float32": 1_000}}) == "mixed(int8 90%, fp32 10%)"
+    assert precision_label({"weights_by_dtype": {"fp16": 10_000, "fp32": 50}}) == "fp16"
+    assert precision_label({}) == "unknown"
