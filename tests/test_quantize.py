@@ -32,7 +32,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("quant")
     path = root / "fp32.pt"
     save_checkpoint(path, result.model, data.classes, {"data_config": to_plain(DATA)})
-    cal = save_calibration(make_calibration(data, DATA, size=128), root / "cal.json")
+    cal = save_calibration(make_calibration(data, DATA, size=64), root / "cal.json")
     assert result.best_val_accuracy > 0.2  # learnable: well above the 10 % chance level
     return path, cal, data
 
