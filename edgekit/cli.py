@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from .config import Averaging, DataConfig, DataSource, Device, Optimizer, Schedule, TrainConfig, quick_profile
+from .config import Averaging, DataConfig, DataSource, Device, Optimizer, Schedule, TrainConfig
 from .errors import EdgekitError
 
 
@@ -215,22 +215,21 @@ def pipeline(
     width: Optional[float] = typer.Option(None, help="override the profile's width multiplier"),
     device: Device = typer.Option(Device.auto),
 ) -> None:
-    """Run every stage in order; a stage whose artifact exists with the same config is skipped.
+    """Train, calibrate, prune, quantize (static, QAT), export every runnable target, bench; resumable.
+
+    A stage whose artifact exists with the same config and parent is skipped.
 
     Example: edgekit pipeline --quick
     """
-    from .pipeline import run_pipeline
+    from .pipeline import PipelineConfig, quick_pipeline_config, run_pipeline
 
-    if quick:
-        data_config, train_config = quick_profile()
-    else:
-        data_config, train_config = _data_config(source, data_dir), TrainConfig()
+    config = quick_pipeline_config() if quick else PipelineConfig(data=_data_config(source, data_dir), train=TrainConfig())
     if epochs is not None:
-        train_config.epochs = epochs
+        config.train.epochs = epochs
     if width is not None:
-        train_config.width = width
-    train_config.device = device
-    run_pipeline(data_config, train_config, out, _reporter())
+        config.train.width = width
+    config.train.device = device
+    run_pipeline(config, out, _reporter())
 
 
 @app.command()
@@ -371,6 +370,54 @@ def quantize(
                             sensitivity=sensitivity, keep_float=keep_float, qat_epochs=qat_epochs, qat_lr=qat_lr,
                             export_onnx=onnx, threads=threads, seed=seed)
     quantize_checkpoint(checkpoint, config, out, _reporter())
+
+
+from .formats import FORMATS as _FORMATS, export_targets as _export_targets  # noqa: E402  (export choices)
+
+# Choices come from the format table, so a new target needs no change here.
+ExportTarget = Enum("ExportTarget", {name: name for name in _export_targets()}, type=str)
+ExportPrecision = Enum("ExportPrecision", {p: p for name in _export_targets() for p in _FORMATS[name].precisions},
+                       type=str)
+
+
+@app.command("export")
+def export_command(
+    artifact: Path = typer.Argument(..., help="an edgekit checkpoint (.pt) to export"),
+    target: ExportTarget = typer.Option(..., "--target", help="the runtime format to write"),
+    precision: ExportPrecision = typer.Option(ExportPrecision("fp32"), "--precision", help="as counted in the file afterwards"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="default: beside the checkpoint, e.g. best.fp16.onnx"),
+    batch: int = typer.Option(1, "--batch", help="static batch dimension"),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="a batch axis of any size instead of --batch"),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset (17 or newer)"),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="calibration definition (needed for int8), from `edgekit calibrate`"),
+    parity_images: int = typer.Option(256, "--parity-images", help="seeded test images the export must agree on"),
+    keep_failed: bool = typer.Option(False, "--keep-failed", help="keep a file that fails the parity gate as *.failed.*"),
+    debug_parity: bool = typer.Option(False, "--debug-parity", help="compare every conv output with torch; report the first divergent layer"),
+    threads: Optional[int] = typer.Option(None, help="runtime threads for the parity run"),
+    seed: int = typer.Option(0, help="seed of the parity image choice"),
+    source: Optional[DataSource] = typer.Option(None, "--source", help="default: the data the checkpoint was trained on"),
+    data_dir: Optional[Path] = DataDirOption,
+) -> None:
+    """Export a checkpoint to ONNX / TensorRT / TFLite / SavedModel, refused unless it matches its source.
+
+    Example: edgekit export artifacts/train/best.pt --target onnx --precision int8 --calibration calibration/cifar10.json
+    """
+    from .config import ExportOptions, data_config_from_dict
+    from .export import export_artifact
+    from .model import load_checkpoint
+
+    options = ExportOptions(batch=batch, dynamic_batch=dynamic_batch, opset=opset,
+                            calibration=str(calibration) if calibration else None, parity_images=parity_images,
+                            keep_failed=keep_failed, debug_parity=debug_parity, threads=threads, seed=seed)
+    data = None
+    if source is not None or data_dir is not None:
+        data = data_config_from_dict(load_checkpoint(artifact).extra.get("data_config"))
+        if source is not None:
+            data.source = source
+        if data_dir is not None:
+            data.data_dir = str(data_dir)
+    result = export_artifact(artifact, target.value, precision.value, out, options, _reporter(), data_config=data)
+    typer.echo(str(result.path))
 
 
 # ---- stage commands above this line ----

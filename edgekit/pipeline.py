@@ -1,62 +1,178 @@
-"""The whole chain in one call: train -> evaluate (-> later stages as they land).
+"""The whole chain in one call: train -> calibrate -> prune -> quantize -> export -> bench.
 
-A stage whose output exists with the same config hash is skipped, so an interrupted pipeline
-resumes where it stopped.
+Each stage's key is a hash of its config and its parent's bytes; a stage whose artifact exists
+under the same key (recorded in `pipeline-state.json`) is skipped, so an interrupted pipeline
+resumes where it stopped and a changed option reruns only what depends on it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from .artifacts import read_manifest
-from .config import DataConfig, TrainConfig
-from .data import load_data
+from .artifacts import atomic_write_text, sha256_file, to_plain
+from .config import (BenchConfig, CalibMethod, DataConfig, ExportOptions, PruneConfig, QuantizeConfig, QuantMode,
+                     TrainConfig)
 from .errors import EdgekitError
-from .model import ModelSpec, build_model, load_checkpoint
+from .formats import FORMATS
 from .report import Reporter, quiet
-from .train import evaluate, train_model
+
+
+@dataclass
+class PipelineConfig:
+    data: DataConfig
+    train: TrainConfig
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    calibration_size: int = 512
+    static_method: CalibMethod = CalibMethod.auto
+    qat_epochs: int = 2
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+
+def quick_pipeline_config() -> PipelineConfig:
+    from .config import quick_profile
+
+    data, train = quick_profile()
+    return PipelineConfig(
+        data=data, train=train,
+        prune=PruneConfig(ratio=0.3, finetune_epochs=1, finetune_lr=0.01, batch_size=128),
+        calibration_size=128, static_method=CalibMethod.minmax, qat_epochs=1,
+        bench=BenchConfig(batches=(1, 8), runs=30, min_seconds=0.5, warmup=5),
+    )
+
+
+@dataclass
+class StageRecord:
+    stage: str
+    status: str  # done | skipped (same config) | refused: ... | unavailable: ...
+    artifact: str = ""
+    detail: str = ""
 
 
 @dataclass
 class PipelineResult:
     out_dir: Path
     checkpoint: Path
-    stages: list[dict[str, Any]] = field(default_factory=list)
+    stages: list[StageRecord] = field(default_factory=list)
+    bench: Any = None
 
 
-def run_pipeline(data_config: DataConfig, train_config: TrainConfig, out_dir: Path,
-                 reporter: Reporter = quiet) -> PipelineResult:
+class _State:
+    """Which artifact was made from which (config, parent) key."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.keys: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+
+    @staticmethod
+    def key(config: Any, parent: Path | None) -> str:
+        payload = json.dumps({"config": to_plain(config), "parent": sha256_file(parent) if parent else None},
+                             sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def fresh(self, artifact: Path, key: str) -> bool:
+        return artifact.exists() and self.keys.get(str(artifact)) == key
+
+    def record(self, artifact: Path, key: str) -> None:
+        self.keys[str(artifact)] = key
+        atomic_write_text(self.path, json.dumps(self.keys, indent=2) + "\n")
+
+
+def run_pipeline(config: PipelineConfig, out_dir: Path, reporter: Reporter = quiet) -> PipelineResult:
+    from .calibrate import make_calibration, save_calibration
+    from .data import load_data
+    from .export import export_artifact
+    from .model import ModelSpec, build_model
+    from .prune import prune_checkpoint
+    from .quantize import quantize_checkpoint
+    from .train import train_model
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = load_data(data_config, reporter)
+    state = _State(out_dir / "pipeline-state.json")
+    records: list[StageRecord] = []
+    data = load_data(config.data, reporter)
     reporter.info(f"data: {data.source}: {len(data.train_y)} train, {len(data.val_y)} val, {len(data.test_y)} test")
-    train_dir = out_dir / "train"
-    checkpoint = train_dir / "best.pt"
-    config_hash = train_config.config_hash(data_config)
-    stages: list[dict[str, Any]] = []
-    if checkpoint.exists() and _recorded_hash(checkpoint) == config_hash:
-        reporter.info(f"train: {checkpoint} exists with the same config ({config_hash}), skipped")
-        stages.append({"stage": "train", "status": "skipped (same config)", "artifact": str(checkpoint)})
-    else:
-        spec = ModelSpec.from_width(train_config.width, data.num_classes)
-        result = train_model(build_model(spec), data, train_config, train_dir, reporter, data_config=data_config)
-        stages.append({"stage": "train", "status": "done", "artifact": str(result.checkpoint),
-                       "test_accuracy": result.test_accuracy})
-    model = load_checkpoint(checkpoint).build()
-    test = evaluate(model, data.test_x, data.test_y)
-    stages.append({"stage": "eval", "status": "done", "artifact": str(checkpoint), "test_accuracy": test["accuracy"]})
-    (out_dir / "pipeline.json").write_text(json.dumps({"stages": stages}, indent=2) + "\n")
-    reporter.table("pipeline", ["stage", "status", "artifact", "test accuracy"],
-                   [[s["stage"], s["status"], s["artifact"], f"{s['test_accuracy']:.2%}" if "test_accuracy" in s else ""]
-                    for s in stages])
-    return PipelineResult(out_dir, checkpoint, stages)
+
+    def stage(name: str, artifact: Path, stage_config: Any, parent: Path | None, make: Callable[[], Any],
+              tolerate: tuple[type[EdgekitError], ...] = ()) -> bool:
+        key = _State.key({"stage": name, "config": stage_config}, parent)
+        if state.fresh(artifact, key):
+            reporter.info(f"{name}: {artifact} is up to date, skipped")
+            records.append(StageRecord(name, "skipped (same config)", str(artifact)))
+            return True
+        try:
+            detail = make()
+        except tolerate as error:  # a refused or unavailable export is a result, not a crash
+            records.append(StageRecord(name, f"{type(error).__name__}: {error.message}", str(artifact), error.hint))
+            reporter.info(f"{name}: {error.message}")
+            return False
+        state.record(artifact, key)
+        records.append(StageRecord(name, "done", str(artifact), detail or ""))
+        return True
+
+    checkpoint = out_dir / "train" / "best.pt"
+    stage("train", checkpoint, {"train": config.train, "data": config.data}, None,
+          lambda: f"test {train_model(build_model(ModelSpec.from_width(config.train.width, data.num_classes)), data, config.train, checkpoint.parent, reporter, data_config=config.data).test_accuracy:.2%}")
+
+    calibration = out_dir / "calibration.json"
+    stage("calibrate", calibration, {"size": config.calibration_size, "data": config.data}, None,
+          lambda: save_calibration(make_calibration(data, config.data, config.calibration_size), calibration) and "")
+
+    pruned = out_dir / "prune" / "pruned.pt"
+    stage("prune", pruned, config.prune, checkpoint,
+          lambda: _describe_prune(prune_checkpoint(checkpoint, config.prune, pruned, reporter, config.data, data)))
+
+    quantized: list[Path] = []
+    for name, source, quant_config in (
+        ("quantize static", checkpoint, QuantizeConfig(mode=QuantMode.static, method=config.static_method,
+                                                       calibration=str(calibration))),
+        ("quantize qat (pruned)", pruned, QuantizeConfig(mode=QuantMode.qat, method=config.static_method,
+                                                         calibration=str(calibration), qat_epochs=config.qat_epochs)),
+    ):
+        artifact = out_dir / "quantize" / f"{source.stem}.{quant_config.mode.value}.int8.pt"
+        if stage(name, artifact, quant_config, source,
+                 lambda: _describe_quant(quantize_checkpoint(source, quant_config, artifact, reporter, config.data, data))):
+            quantized.append(artifact)
+
+    options = ExportOptions(calibration=str(calibration))
+    for source in (checkpoint, pruned):
+        for target, fmt in FORMATS.items():
+            if not fmt.exportable:
+                continue
+            for precision in fmt.precisions:
+                artifact = out_dir / "export" / f"{source.stem}.{precision}{fmt.suffix}"
+                stage(f"export {target} {precision}", artifact, {"options": options, "target": target,
+                                                                 "precision": precision}, source,
+                      lambda: _describe_export(export_artifact(source, target, precision, artifact,
+                                                               replace(options), reporter, config.data)),
+                      tolerate=(EdgekitError,))
+
+    from .bench import bench
+
+    bench_out = out_dir / "bench" / "bench"
+    run = bench([], config.bench, reporter, directory=out_dir, out=bench_out)
+    records.append(StageRecord("bench", "done", str(bench_out) + ".md", f"{len(run.rows)} rows"))
+
+    atomic_write_text(out_dir / "pipeline.json", json.dumps([to_plain(r) for r in records], indent=2) + "\n")
+    reporter.table("pipeline", ["stage", "status", "artifact", "detail"],
+                   [[r.stage, r.status, r.artifact, r.detail] for r in records])
+    return PipelineResult(out_dir, checkpoint, records, run)
 
 
-def _recorded_hash(artifact: Path) -> str | None:
-    try:
-        return read_manifest(artifact).get("extra", {}).get("config_hash")
-    except EdgekitError:
-        return None
+def _describe_prune(result: Any) -> str:
+    before, after = result.before, result.after
+    return (f"MACs {before['macs']:,} -> {after['macs']:,}; val {before.get('val_accuracy', 0):.2%} -> "
+            f"{after.get('val_accuracy', 0):.2%}")
+
+
+def _describe_quant(result: Any) -> str:
+    metrics = result.metrics
+    return ", ".join(f"{k} {v:.2%}" for k, v in metrics.items() if k.endswith("accuracy") and isinstance(v, float))
+
+
+def _describe_export(result: Any) -> str:
+    return f"{result.precision}; top-1 agreement {result.parity.top1_agreement:.2%}"

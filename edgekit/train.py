@@ -91,6 +91,11 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     device = torch.device(device)
     was_training = model.training
     model.eval()
+    # Fake-quant observers keep recording in eval mode; evaluation data must not move QAT ranges.
+    observing = [m for m in model.modules() if getattr(m, "observer_enabled", None) is not None]
+    observer_states = [m.observer_enabled.clone() for m in observing]
+    for module in observing:
+        module.observer_enabled.zero_()
     loss_sum, predictions = 0.0, []
     for x, y in batches(images, labels, batch_size):
         x = to_unit_float(x.to(device, non_blocking=True))
@@ -101,6 +106,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
         predictions.append(logits.argmax(1).cpu())
     model.train(was_training)
+    for module, enabled in zip(observing, observer_states):
+        module.observer_enabled.copy_(enabled)
     predicted = torch.cat(predictions) if predictions else torch.empty(0, dtype=torch.long)
     n = max(1, len(labels))
     return {"accuracy": (predicted == labels.cpu()).float().mean().item() if len(labels) else 0.0,

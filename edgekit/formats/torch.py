@@ -1,4 +1,5 @@
-"""PyTorch eager: the source format. Runs edgekit checkpoints (fp32, pruned) on the CPU."""
+"""PyTorch eager: the source format. Runs edgekit checkpoints (fp32, pruned) and the int8
+models written by `edgekit quantize` (rebuilt by quantize.py from tensors and a recipe)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def _is_int8(path: Path) -> bool:
+    from .. import quantize
+
+    return quantize.is_quantized_artifact(path)
+
+
 class TorchRunner:
     name = "torch-eager"
 
@@ -27,14 +34,26 @@ class TorchRunner:
         return self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).float().numpy()
 
 
-def load_runner(path: Path, threads: int | None = None) -> TorchRunner:
+def load_runner(path: Path, threads: int | None = None):
+    if _is_int8(path):
+        from .. import quantize
+
+        return quantize.load_runner(path, threads)
     return TorchRunner(load_checkpoint(path).build(), threads)
 
 
 def census(path: Path) -> dict:
-    """Parameters of the checkpoint counted by dtype."""
+    """Weights counted by dtype, read from the file (int8 models are counted after their rebuild)."""
     counts: dict[str, int] = {}
-    for tensor in load_checkpoint(path).state_dict.values():
+    if _is_int8(path):
+        from .. import quantize
+
+        tensors = quantize.load_quantized(path)[0].state_dict().values()
+    else:
+        tensors = load_checkpoint(path).state_dict.values()
+    for tensor in tensors:
+        if not isinstance(tensor, torch.Tensor):
+            continue
         key = str(tensor.dtype).replace("torch.", "")
         counts[key] = counts.get(key, 0) + tensor.numel()
     return {"weights_by_dtype": counts}
