@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .artifacts import Manifest, parent_ref, read_manifest, to_plain, write_manifest
-from .config import DataConfig, DataSource, ExportOptions
+from .config import DataConfig, ExportOptions, data_config_from_dict
 from .errors import CheckpointError, ConfigError, DependencyError, ParityError, UnsupportedError
 from .formats import FORMATS, export_targets
 from .report import Reporter, quiet
@@ -61,19 +61,11 @@ def _resolve_target(target: str, precision: str):
     return fmt, module
 
 
-def data_config_from_plain(plain: dict[str, Any]) -> DataConfig:
-    known = {f.name for f in fields(DataConfig)}
-    values = {k: v for k, v in plain.items() if k in known}
-    if "source" in values:
-        values["source"] = DataSource(values["source"])
-    return DataConfig(**values)
-
-
 def _data_config(source_extra: dict[str, Any], options: ExportOptions, explicit: DataConfig | None) -> DataConfig:
     if explicit is not None:
         return explicit
     if isinstance(source_extra.get("data_config"), dict):
-        return data_config_from_plain(source_extra["data_config"])
+        return data_config_from_dict(source_extra["data_config"])
     if options.calibration:
         from .calibrate import calibration_data_config
 
@@ -122,8 +114,8 @@ def export_artifact(source: Path, target: str, precision: str, out: Path | None 
         raise ConfigError(f"parity_images must be >= 1, got {options.parity_images}", "use e.g. 256")
     if precision == "int8" and not options.calibration:
         raise ConfigError(f"int8 {target} export needs a calibration set",
-                          "make one with `edgekit calibrate --size 512 -o calibration/cifar10.json` "
-                          "and pass --calibration calibration/cifar10.json")
+                          "make one with `edgekit calibrate --source ... --size 512` (it writes calibration/<data>-512.json) "
+                          "and pass --calibration calibration/<data>-512.json")
     checkpoint = load_checkpoint(source)
     out = Path(out) if out else default_out_path(source, target, precision)
 
