@@ -568,7 +568,7 @@ def _calibration_for(lin_chain: list[Path], data_config: DataConfig, config: Ben
             return load_calibration(path, data), data
     reporter.info(f"bench: no calibration definition found ({', '.join(map(str, candidates))}); "
                   f"using a fresh seeded {DEFAULT_SIZE}-image set")
-    return make_calibration(data, data_config, DEFAULT_SIZE, seed=config.seed), data
+    return make_calibration(data, data_config, min(DEFAULT_SIZE, len(data.train_y)), seed=config.seed), data
 
 
 def _skip_row(label: str, root: Path, fmt: str, runtime: str, why: str) -> dict[str, Any]:

@@ -11,11 +11,12 @@ import pytest
 
 from edgekit.artifacts import read_manifest
 from edgekit.bench import bench, compare, discover, latency_stats, load_run
-from edgekit.config import BenchConfig, ExportOptions
+from edgekit.config import BenchConfig, DataConfig, DataSource, ExportOptions, TrainConfig
+from edgekit.data import load_data
 from edgekit.errors import ConfigError
 from edgekit.export import export_artifact
-from edgekit.model import load_checkpoint
-from edgekit.train import evaluate
+from edgekit.model import ModelSpec, build_model, load_checkpoint
+from edgekit.train import evaluate, train_model
 
 TEST_LIMIT = 64
 
@@ -28,12 +29,24 @@ def quick_config(**overrides) -> BenchConfig:
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory, tiny_trained):
-    """The tiny checkpoint and its fp32 ONNX export (through edgekit export: real parity gate)."""
+def bench_data(tmp_path_factory):
+    config = DataConfig(source=DataSource.synthetic, synthetic_train=800, synthetic_test=200, val_size=100,
+                        cache_dir=str(tmp_path_factory.mktemp("cache")))
+    return config, load_data(config)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, bench_data):
+    """A tiny checkpoint (one short epoch: the bench needs a real lineage, not a good model) and its
+    fp32 ONNX export through edgekit export (real parity gate)."""
+    data_config, data = bench_data
     folder = tmp_path_factory.mktemp("bench-artifacts")
+    config = TrainConfig(epochs=1, batch_size=64, lr=0.05, width=0.125, warmup_epochs=0.2, threads=2)
+    trained = train_model(build_model(ModelSpec.from_width(0.125)), data, config, folder / "train",
+                          data_config=data_config)
     checkpoint = folder / "best.pt"
-    shutil.copy(tiny_trained.checkpoint, checkpoint)
-    shutil.copy(str(tiny_trained.checkpoint) + ".manifest.json", str(checkpoint) + ".manifest.json")
+    shutil.copy(trained.checkpoint, checkpoint)
+    shutil.copy(str(trained.checkpoint) + ".manifest.json", str(checkpoint) + ".manifest.json")
     onnx = export_artifact(checkpoint, "onnx", "fp32", folder / "model-fp32.onnx",
                            ExportOptions(parity_images=32, dynamic_batch=True)).path
     return folder, checkpoint, onnx
@@ -73,8 +86,9 @@ def test_bench_writes_every_output_with_a_row_per_artifact_and_runtime(run, arti
     assert env["threads"] == 1 and "torch" in env["versions"] and len(env["load_average_start"]) == 3
 
 
-def test_rows_measure_accuracy_agreement_latency_and_size(run, artifacts, tiny_data):
+def test_rows_measure_accuracy_agreement_latency_and_size(run, artifacts, bench_data):
     folder, checkpoint, onnx = artifacts
+    tiny_data = bench_data[1]
     (torch_row,) = rows_by(run, "best.pt", "torch-eager")
     (ort_row,) = rows_by(run, "model-fp32.onnx", "onnxruntime")
     expected = evaluate(load_checkpoint(checkpoint).build(), tiny_data.test_x[:TEST_LIMIT],
