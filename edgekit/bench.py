@@ -89,21 +89,10 @@ def _openvino_unavailable() -> str | None:
     return None
 
 
-def _load_torch(path: Path, threads: int) -> Any:
-    """An edgekit .pt is either a float checkpoint or an int8 model from `edgekit quantize`; the
-    latter is rebuilt by quantize.py. (This belongs in formats/torch.py's load_runner; kept here
-    until that module learns about int8 files.)"""
-    from . import quantize
-
-    if quantize.is_quantized_artifact(path):
-        return quantize.load_runner(path, threads)
-    return FORMATS["torch"].module().load_runner(path, threads)
-
-
 # The default runtime of a format is named after the engine, so rows stay comparable across
 # runs; formats not listed here get one runtime named after the format.
 RUNTIMES: dict[str, tuple[Runtime, ...]] = {
-    "torch": (Runtime("torch-eager", _load_torch, lambda: FORMATS["torch"].unavailable_reason()),),
+    "torch": (_format_runtime(FORMATS["torch"], "torch-eager"),),
     "onnx": (_format_runtime(FORMATS["onnx"], "onnxruntime"),
              Runtime("openvino", lambda path, threads: _OpenVinoRunner(path, threads), _openvino_unavailable)),
     "tflite": (_format_runtime(FORMATS["tflite"], "tflite"),),
@@ -863,6 +852,7 @@ def markdown_text(run: BenchRun, title: str = "edgekit bench") -> str:
              "- rows marked [baseline] are what a user would do without edgekit, measured in the same run", "",
              "## Results", "",
              markdown_table(TABLE_COLUMNS, table_rows(run.rows, markdown=True)), ""]
+    lines += summary_lines(run.rows)
     sweep = [[_label(r), r["runtime"]] + [_fmt((r["throughput"].get(str(b)) or {}).get("images_per_s"), ",.0f")
                                           for b in protocol.get("batches", [])]
              for r in run.rows if r["status"] == "ok"]
@@ -890,6 +880,50 @@ def markdown_text(run: BenchRun, title: str = "edgekit bench") -> str:
     if notes:
         lines += ["## Notes", "", *notes, ""]
     return "\n".join(lines)
+
+
+def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per fp32 root: the fastest artifact within 1 point of its accuracy against the stock paths."""
+    ok = [r for r in rows if r["status"] == "ok" and r.get("latency_ms") and r.get("accuracy") is not None]
+    out = []
+    for root_row in [r for r in ok if r.get("baseline") == "stock torch eager fp32"]:
+        family = [r for r in ok if r["root"] == root_row["root"]]
+        ours = [r for r in family if not r.get("baseline")]
+        close = [r for r in ours if r["accuracy"] >= root_row["accuracy"] - 0.01]
+        stock_int8 = [r for r in family if r.get("baseline") and "int8" in (r.get("precision") or "")]
+        unpruned_int8 = [r for r in ours if "int8" in (r.get("precision") or "") and r["source"] == root_row["root"]]
+
+        def fastest(candidates):
+            return min(candidates, key=lambda r: r["latency_ms"]["p50"]) if candidates else None
+
+        out.append({"root": root_row["root"], "fp32_accuracy": root_row["accuracy"],
+                    "torch_eager_p50_ms": root_row["latency_ms"]["p50"], "best_within_1pt": fastest(close),
+                    "best_stock_int8": fastest(stock_int8), "best_edgekit_unpruned_int8": fastest(unpruned_int8)})
+    return out
+
+
+def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for entry in summary(rows):
+        def describe(r):
+            return (f"{_label(r)} on {r['runtime']}: {r['latency_ms']['p50']:.3f} ms p50, "
+                    f"{100 * r['accuracy']:.2f} %") if r else "none measured"
+
+        best, stock, ours = entry["best_within_1pt"], entry["best_stock_int8"], entry["best_edgekit_unpruned_int8"]
+        lines += [f"## Summary for {Path(entry['root']).name} (fp32 accuracy {100 * entry['fp32_accuracy']:.2f} %, "
+                  f"torch eager {entry['torch_eager_p50_ms']:.3f} ms p50)", "",
+                  f"- fastest edgekit artifact within 1 point of fp32: {describe(best)}",
+                  f"- fastest stock int8 (ORT quantize_static / TFLite converter defaults): {describe(stock)}",
+                  f"- fastest edgekit int8 of the unpruned model: {describe(ours)}"]
+        if best:
+            lines.append(f"- speed-up at batch 1: {entry['torch_eager_p50_ms'] / best['latency_ms']['p50']:.1f}x over "
+                         "torch eager fp32" + (f", {stock['latency_ms']['p50'] / best['latency_ms']['p50']:.2f}x over "
+                                               "the fastest stock int8" if stock else ""))
+        if ours and stock:
+            lines.append(f"- edgekit unpruned int8 vs fastest stock int8: "
+                         f"{stock['latency_ms']['p50'] / ours['latency_ms']['p50']:.2f}x (above 1 = edgekit faster)")
+        lines.append("")
+    return lines
 
 
 def write_outputs(run: BenchRun, out: Path) -> dict[str, Path]:
