@@ -30,6 +30,7 @@ class ExportResult:
     path: Path
     target: str
     precision: str  # as counted in the file
+    executed_precision: str  # as the runtime computes, where the format can tell (else = precision)
     requested_precision: str
     parity: ParityReport
     census: dict[str, Any]
@@ -167,6 +168,10 @@ def export_artifact(source: Path, target: str, precision: str, out: Path | None 
                 raise
         census = module.census(staging)
         label = precision_label(census)
+        executed = precision_label(census, executed=True)
+        if executed != label:
+            reporter.info(f"note: the file stores {label} weights; {exported_runner.name} computes {executed} "
+                          "(see the census in the manifest)")
         _remove(out)
         os.replace(staging, out)
     finally:
@@ -180,13 +185,16 @@ def export_artifact(source: Path, target: str, precision: str, out: Path | None 
                 "parity_images_indices_seed": options.seed, "data": data.describe()},
         seed=options.seed,
         metrics={"parity": report.as_metrics(), "accuracy_parity_images": report.exported_accuracy,
-                 "source_accuracy_parity_images": report.source_accuracy, "census": census},
+                 "source_accuracy_parity_images": report.source_accuracy, "census": census,
+                 "executed_precision": executed},
         extra=(extra_fn(out) if extra_fn else {}) | ({"debug_parity": debug} if debug else {}),
     ))
     reporter.table(f"export {target} {precision} -> {out.name}", ["metric", "value"], [
-        ("precision (counted)", label), ("top-1 agreement", f"{report.top1_agreement:.2%}"),
+        ("precision (counted in file)", label), ("precision (as executed)", executed),
+        ("top-1 agreement", f"{report.top1_agreement:.2%}"),
         ("max |logit error|", report.max_abs), ("cosine (mean)", report.cosine_mean),
         ("accuracy source / export", f"{report.source_accuracy:.2%} / {report.exported_accuracy:.2%}"),
         ("size (bytes)", manifest.size_bytes)])
-    return ExportResult(path=out, target=target, precision=label, requested_precision=precision, parity=report,
+    return ExportResult(path=out, target=target, precision=label, executed_precision=executed,
+                        requested_precision=precision, parity=report,
                         census=to_plain(census), manifest=manifest, debug=debug)

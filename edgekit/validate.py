@@ -166,9 +166,9 @@ NEGLIGIBLE_SHARE = 0.01
 _LABEL_ORDER = ("int8", "fp16", "bf16", "fp32", "fp64")
 
 
-def census_weights(census: dict[str, Any]) -> dict[str, int]:
-    """The weight counts a label is made from: what executes when the format reports it, else the file."""
-    counts = census.get("executed_weights_by_dtype") or census.get("weights_by_dtype") or {}
+def census_weights(census: dict[str, Any], executed: bool = False) -> dict[str, int]:
+    """Weight counts by dtype: stored in the file, or (`executed`) as the runtime computes with them."""
+    counts = (census.get("executed_weights_by_dtype") if executed else None) or census.get("weights_by_dtype") or {}
     normalized: dict[str, int] = {}
     for dtype, count in counts.items():
         key = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64", "qint8": "int8",
@@ -177,9 +177,14 @@ def census_weights(census: dict[str, Any]) -> dict[str, int]:
     return normalized
 
 
-def precision_label(census: dict[str, Any]) -> str:
-    """"fp32" | "fp16" | "int8" | "mixed(int8 x%, fp32 y%)", from counted weights only."""
-    counts = {k: v for k, v in census_weights(census).items() if v > 0 and k in _LABEL_ORDER}
+def precision_label(census: dict[str, Any], executed: bool = False) -> str:
+    """"fp32" | "fp16" | "int8" | "mixed(int8 x%, fp32 y%)", from counted weights only.
+
+    By default: what the file stores. `executed=True`: how the runtime computes (when the format
+    reports it, e.g. ONNX Runtime's optimized graph), which can differ: a QDQ conv left unfused
+    runs in float, and fp16 weights run as fp32 on an x86 CPU.
+    """
+    counts = {k: v for k, v in census_weights(census, executed).items() if v > 0 and k in _LABEL_ORDER}
     total = sum(counts.values())
     if not total:
         return "unknown"

@@ -62,6 +62,10 @@ def test_census_counts_int8_weights_in_int8_file_only(exports):
     assert int8["runtime"]["float_conv_gemm"] == 0 and int8["runtime"]["integer_conv_gemm"] == 21
     assert fp32["runtime"]["integer_conv_gemm"] == 0
     assert exports["fp16"].census["weights_by_dtype"].keys() == {"fp16"}
+    assert exports["int8"].executed_precision == "int8"
+    # ORT on x86 has no fp16 conv kernels: it casts the fp16 weights and computes in fp32, and says so.
+    assert exports["fp16"].executed_precision in ("fp16", "fp32")
+    assert read_manifest(exports["fp16"].path)["metrics"]["executed_precision"] == exports["fp16"].executed_precision
 
 
 def test_file_loads_in_plain_onnxruntime_without_edgekit(exports, tiny_data):
@@ -162,5 +166,6 @@ def test_precision_label_from_counts():
     assert precision_label({"weights_by_dtype": {"int8": 995, "fp32": 5}}) == "int8"
     assert precision_label({"weights_by_dtype": {"int8": 600, "fp32": 400}}) == "mixed(int8 60%, fp32 40%)"
     # What executes wins over what the file holds: QDQ weights run as float convs are not int8.
-    assert precision_label({"weights_by_dtype": {"int8": 100},
-                            "executed_weights_by_dtype": {"int8": 40, "fp32": 60}}) == "mixed(int8 40%, fp32 60%)"
+    census = {"weights_by_dtype": {"int8": 100}, "executed_weights_by_dtype": {"int8": 40, "fp32": 60}}
+    assert precision_label(census) == "int8"
+    assert precision_label(census, executed=True) == "mixed(int8 40%, fp32 60%)"

@@ -264,7 +264,7 @@ def census(path: Path, runtime: bool = True) -> dict[str, Any]:
     `weights_by_dtype`: elements of every initializer except Q/DQ scales and zero points (int32
     quantized biases count as int8 arithmetic). `runtime`: the graph after ORT's optimizer, where
     a QDQ Conv either became QLinearConv (integer) or stayed Conv (float); `executed_weights_by_dtype`
-    counts conv/gemm weights by how they run, which is what `precision_label` prefers.
+    counts conv/gemm weights by how they run (`precision_label(census, executed=True)`).
     """
     import onnx
     from onnx import numpy_helper  # noqa: F401 - keeps onnx's optional helpers importable early
@@ -316,9 +316,13 @@ def runtime_census(path: Path) -> dict[str, Any]:
     def weight_size(name: str) -> tuple[int, str]:
         node = producers.get(name)
         if node is not None and node.op_type in ("DequantizeLinear", "Cast"):
-            # a float conv fed by dequantized (or cast) weights still computes in float
+            # A conv fed by dequantized weights computes in float; so does one fed by ORT's inserted
+            # Casts (x86 has no fp16 conv kernel: fp16 weights are stored, fp32 arithmetic runs).
             numel, _ = sizes.get(node.input[0], (0, 1))
-            return numel, "fp32" if node.op_type == "DequantizeLinear" else "fp16"
+            if node.op_type == "DequantizeLinear":
+                return numel, "fp32"
+            to = next((a.i for a in node.attribute if a.name == "to"), 1)
+            return numel, _dtype_name(to)
         numel, elem = sizes.get(name, (0, 1))
         return numel, _dtype_name(elem)
 
