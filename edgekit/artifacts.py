@@ -30,11 +30,24 @@ TRACKED_LIBRARIES = (
 
 
 def sha256_file(path: str | Path) -> str:
+    """sha256 of a file; of a directory artifact (a SavedModel), over its relative paths and bytes."""
+    path = Path(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
+
+
+def size_bytes(path: str | Path) -> int:
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
 
 
 @contextlib.contextmanager
@@ -164,7 +177,7 @@ def write_manifest(artifact: str | Path, manifest: Manifest) -> Manifest:
     artifact = Path(artifact)
     manifest.file = artifact.name
     manifest.sha256 = sha256_file(artifact)
-    manifest.size_bytes = artifact.stat().st_size
+    manifest.size_bytes = size_bytes(artifact)
     manifest.config = to_plain(manifest.config)
     manifest.metrics = to_plain(manifest.metrics)
     manifest.extra = to_plain(manifest.extra)

@@ -147,14 +147,14 @@ def info(artifact: Path = typer.Argument(..., help="a checkpoint or exported fil
 
     Example: edgekit info artifacts/train/best.pt
     """
-    from .artifacts import manifest_path, read_manifest
+    from .artifacts import manifest_path, read_manifest, size_bytes
     from .errors import CheckpointError
     from .formats import format_of_path
 
     reporter = _reporter()
     if not artifact.exists():
         raise CheckpointError(f"artifact not found: {artifact}", "check the path")
-    size = sum(p.stat().st_size for p in artifact.rglob("*")) if artifact.is_dir() else artifact.stat().st_size
+    size = size_bytes(artifact)
     rows: list[list] = [["file", str(artifact)], ["size (MB)", round(size / 1e6, 3)]]
     fmt = format_of_path(artifact)
     rows.append(["format", fmt.name])
