@@ -97,6 +97,32 @@ def interleaved_latency_ms(paths: dict, threads: int, runs: int, rounds: int = 1
             for key, t in times.items()}
 
 
+def findings(records: list[dict]) -> list[str]:
+    p50 = {(r["model"], r["variant"]): r["latency_ms"]["p50"] for r in records}
+    s8 = next(r for r in records if r["model"] == "pruned" and r["variant"] == "int8 (s8 act)")
+    u8 = "int8 (u8 act, edgekit)"
+    return [
+        "## Findings", "",
+        f"* With int8 activations (S8S8 QDQ) every conv has int8 weights in the file, yet ORT's optimizer fuses "
+        f"only {s8['executed_integer_conv_gemm']} conv/gemm nodes into integer kernels and leaves "
+        f"{s8['executed_float_conv_gemm']} as DequantizeLinear -> float Conv -> QuantizeLinear: the stem, conv1 of "
+        "every block and the 3 downsample convs (the convs fed by the normalized input or a residual output); the "
+        "8 fused are the conv2s fed by a block's inner ReLU. That is the '12 of 20 convolutions stayed float' of "
+        "the compression issue. It is the same 12 on the unpruned model: not caused by pruning's channel counts.",
+        f"* With uint8 activations (edgekit's default) all 20 convs and the fc run as QLinearConv/QGemm, pruned or "
+        f"not. Pruned int8 p50 {p50[('pruned', u8)]:.2f} ms vs unpruned int8 {p50[('unpruned', u8)]:.2f} ms "
+        f"(pruned/unpruned MACs {records[-1]['macs'] / records[0]['macs']:.2f}).",
+        "* Quantizing a graph that ORT already optimized is the other trap: its Conv+ReLU fusion makes "
+        "com.microsoft FusedConv nodes that quantize_static skips (9 float convs in a side check); at "
+        "ORT_ENABLE_ALL the NCHWc rewrite makes quantize_static fail outright. edgekit quantizes the plain "
+        "exported graph.",
+        "* fp16 ONNX stores fp16 weights, but ORT's x86 CPU provider has no fp16 conv kernels: it inserts Casts and "
+        "computes in fp32, so it is no faster than fp32 here (the census says 'executed fp32').",
+        "* The census counts both what the file stores and what ORT executes after optimization "
+        "(`edgekit.formats.onnx.census`), so an int8 file that runs partly in float shows as mixed.", "",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=300)
@@ -154,7 +180,7 @@ def main() -> None:
             f"CPU: {meta['machine']['processor']}, onnxruntime {meta['versions'].get('onnxruntime')}.",
             f"Load average before/after: {load_before[0]:.1f} / {meta['load_average_after'][0]:.1f} "
             "(2 cores shared with other engineers' jobs: latencies are noisy, compare within this table).", "",
-            markdown_table(columns, rows)]
+            markdown_table(columns, rows), "", *findings(records)]
     (RESULTS / "onnx-int8-probe.md").write_text("\n".join(text))
     print("\n".join(text))
 
