@@ -169,3 +169,27 @@ def test_precision_label_from_counts():
     census = {"weights_by_dtype": {"int8": 100}, "executed_weights_by_dtype": {"int8": 40, "fp32": 60}}
     assert precision_label(census) == "int8"
     assert precision_label(census, executed=True) == "mixed(int8 40%, fp32 60%)"
+
+
+def test_export_module_writes_a_qat_fake_quant_model_as_qdq(tmp_path):
+    import torch
+    from torch.ao.quantization import get_default_qat_qconfig, prepare_qat
+
+    from edgekit.model import ModelSpec, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec.from_width(0.125)).eval().fuse_model().train()
+    model.qconfig = get_default_qat_qconfig("x86")  # FusedMovingAvgObsFakeQuantize: not exportable as-is
+    prepare_qat(model, inplace=True)
+    with torch.no_grad():
+        model(torch.rand(16, 3, 32, 32))  # observers see data, so scales are real
+    model.eval()
+    path = onnx_format.export_module(model, tmp_path / "qat.onnx")
+    census = onnx_format.census(path)
+    assert census["convs_with_int8_weights"] == census["convs"] == 20
+    x = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    got = onnx_format.load_runner(path).predict(x)
+    # Same quantization grid; only values above x86's reduced 0..127 activation range differ.
+    assert np.abs(got - expected).max() < 0.1 * np.abs(expected).max()
