@@ -728,7 +728,11 @@ def int8_slowdown_reason(row: dict[str, Any], env: dict[str, Any]) -> str:
     share = _float_share(row.get("census"))
     if share is not None and share > 0.2:
         reasons.append(f"{share:.0%} of compute ops stay in float, so Quantize/Dequantize pairs add work")
-    if row["format"] == "torch":
+    if _contention_notes(env):
+        reasons.insert(0, "the CPU was shared while it ran (see the Shared CPU note); a thread pool that waits for a "
+                          "descheduled thread at every op (torch's OpenMP) loses the most; re-run on a quiet machine "
+                          "or with fewer threads before drawing conclusions")
+    elif row["format"] == "torch":
         reasons.append("torch eager int8 (fbgemm) pays per-op quantize/dequantize and Python dispatch at batch 1")
     return "; ".join(reasons) or "reason not determined from the file and CPU flags"
 
@@ -876,7 +880,7 @@ def markdown_text(run: BenchRun, title: str = "edgekit bench") -> str:
             notes.append(f"- {_label(r)} ({r['runtime']}): {note}")
     for (runtime, why), names in unavailable.items():
         notes.append(f"- **{runtime}** did not run ({', '.join(names)}): {why}")
-    notes = [f"- {note}" for note in run.notes] + notes
+    notes = [f"- {note}" for note in run.notes] + _contention_notes(env) + notes
     if notes:
         lines += ["## Notes", "", *notes, ""]
     return "\n".join(lines)
@@ -926,6 +930,32 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _contention_notes(env: dict[str, Any]) -> list[str]:
+    """Say when the run asked for more threads than the machine had free: the numbers then measure
+    the neighbours as much as the model (OpenMP pools such as torch's suffer most)."""
+    loads = [x for x in (env.get("load_average_start"), env.get("load_average_end")) if x]
+    cores, threads = env.get("cores_usable") or env.get("cores"), env.get("threads")
+    if not loads or not cores or not threads:
+        return []
+    busiest = max(load[0] for load in loads)
+    if busiest + threads <= cores:
+        return []
+    return [f"- **Shared CPU**: the 1-minute load average reached {busiest:.1f} on {cores} cores while each "
+            f"runtime used {threads} threads, so runtimes competed with other processes for cores. Symptoms in "
+            "this table: p90/p99 near a scheduler time slice (~4 ms) and, worst, torch eager, whose OpenMP "
+            "threads wait for each other at every op when one of them is descheduled (its p50 can be 10-100x "
+            "its uncontended value). Compare rows within the run with this in mind, and prefer a quiet machine "
+            "or fewer threads for absolute numbers."]
+
+
+def render(json_path: Path, out: Path | None = None) -> dict[str, Path]:
+    """Re-write the CSV, Markdown and PNG (and the JSON) from a bench JSON, e.g. after a report change."""
+    data = load_run(json_path)
+    run = BenchRun(data["rows"], data["environment"], data["protocol"], notes=data.get("notes", []))
+    target = Path(out) if out else Path(json_path).with_suffix("")
+    return write_outputs(run, target)
+
+
 def write_outputs(run: BenchRun, out: Path) -> dict[str, Path]:
     """<out>.json (everything), .csv, .md and the Pareto .png, each with a manifest."""
     from .report import plot_pareto
@@ -936,7 +966,7 @@ def write_outputs(run: BenchRun, out: Path) -> dict[str, Path]:
     atomic_write_text(paths["json"], json.dumps(to_plain(run.to_dict()), indent=2) + "\n")
     atomic_write_text(paths["csv"], csv_text(run))
     atomic_write_text(paths["md"], markdown_text(run, f"edgekit bench: {out.name}"))
-    points = [{"label": f"{_label(r)} ({r['runtime']})", "latency_ms": r["latency_ms"]["p50"],
+    points = [{"label": f"{Path(r['artifact']).name} ({r['runtime']})" + (" [stock]" if r.get("baseline") else ""), "latency_ms": r["latency_ms"]["p50"],
                "accuracy": r["accuracy"], "size_bytes": r["size_bytes"], "baseline": bool(r.get("baseline"))}
               for r in run.rows if r["status"] == "ok" and r.get("latency_ms")]
     plot_pareto(points, paths["png"], title=f"accuracy vs batch-1 p50 latency ({run.environment.get('threads')} threads, "

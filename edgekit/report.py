@@ -145,17 +145,22 @@ def plot_pareto(points: Sequence[dict], path: Any, title: str = "accuracy vs lat
     """Accuracy against batch-1 p50 latency (log scale), marker area by file size, Pareto front drawn.
 
     Each point: label, latency_ms, accuracy (0-1), size_bytes, baseline (bool: hollow marker).
+    Points are numbered on the plot and named in a key beside it: full labels collide when
+    several files land at the same latency.
     """
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(9, 5.5))
+    figure, axis = plt.subplots(figsize=(13, 6))
+    figure.subplots_adjust(right=0.6)
     sizes = [p.get("size_bytes") or 0 for p in points]
     largest = max(sizes) if sizes and max(sizes) > 0 else 1
-    for point, size in zip(points, sizes):
+    key = []
+    for number, (point, size) in enumerate(zip(points, sizes), 1):
         area = 30 + 600 * size / largest
-        style = {"facecolors": "none", "edgecolors": "tab:red"} if point.get("baseline") else {"color": "tab:blue", "alpha": 0.7}
+        style = {"facecolors": "none", "edgecolors": "tab:red"} if point.get("baseline") else {"color": "tab:blue", "alpha": 0.6}
         axis.scatter(point["latency_ms"], 100 * point["accuracy"], s=area, **style)
-        axis.annotate(point["label"], (point["latency_ms"], 100 * point["accuracy"]), fontsize=7,
-                      xytext=(4, 4), textcoords="offset points")
+        axis.annotate(str(number), (point["latency_ms"], 100 * point["accuracy"]), fontsize=8,
+                      xytext=(3 + 9 * (number % 3), 3 + 7 * (number % 2)), textcoords="offset points")
+        key.append(f"{number:>2}  {point['label']}  ({point['latency_ms']:.3g} ms, {100 * point['accuracy']:.2f} %)")
     # The front: points no other point beats on both latency and accuracy.
     ordered = sorted(points, key=lambda p: (p["latency_ms"], -p["accuracy"]))
     front, best = [], -1.0
@@ -173,4 +178,5 @@ def plot_pareto(points: Sequence[dict], path: Any, title: str = "accuracy vs lat
     axis.set_ylabel("top-1 test accuracy (%)")
     axis.set_title(title + "\nmarker area ~ file size; hollow red = baseline without edgekit", fontsize=9)
     axis.grid(alpha=0.3, which="both")
+    figure.text(0.62, 0.5, "\n".join(key), fontsize=7, family="monospace", va="center")
     _save_figure(figure, path)
