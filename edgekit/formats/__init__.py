@@ -3,7 +3,7 @@
 export, bench and the CLI read this table; nothing else names formats. Each format module
 is imported lazily (TensorFlow, TensorRT and friends are heavy and optional) and offers:
 
-    export(source: Path, out: Path, precision: str, options: ExportOptions, reporter) -> Path
+    export(source: Path, out: Path, precision: str, options: ExportOptions, calibration, reporter) -> Path
     load_runner(path: Path, threads: int | None = None) -> Runner
     census(path: Path) -> dict        # weights and ops counted by dtype, read from the file
     unavailable_reason() -> str | None  # why this machine cannot export/run it, or None
