@@ -110,7 +110,7 @@ def evaluate_command(
     Example: edgekit eval artifacts/train/best.pt --source folder --data-dir data/cifar10-jpg
     """
     from .config import data_config_from_dict
-    from .data import load_data
+    from .data import load_data_for_checkpoint
     from .model import load_checkpoint
     from .train import evaluate
 
@@ -121,8 +121,7 @@ def evaluate_command(
         data_config.source = source
     if data_dir is not None:
         data_config.data_dir = str(data_dir)
-    data = load_data(data_config, reporter)
-    _check_classes(loaded.classes, data.classes, checkpoint)
+    data = load_data_for_checkpoint(loaded, data_config, reporter)
     images, labels = (data.test_x, data.test_y) if split is Split.test else (data.val_x, data.val_y)
     result = evaluate(loaded.build(), images, labels, batch_size)
     recorded = loaded.extra.get("metrics", {}).get("test_accuracy")
@@ -131,14 +130,6 @@ def evaluate_command(
     if recorded is not None and split is Split.test:
         rows.append(["recorded test accuracy", f"{recorded:.2%}"])
     reporter.table("evaluation", ["", ""], rows)
-
-
-def _check_classes(expected: list[str], found: list[str], checkpoint: Path) -> None:
-    from .errors import DataError
-
-    if expected and expected != found:
-        raise DataError(f"{checkpoint} was trained on classes {expected}, the data has {found}",
-                        "evaluate on the data it was trained on (--source/--data-dir)")
 
 
 @app.command()

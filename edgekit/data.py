@@ -102,6 +102,18 @@ def _split(raw: dict, config: DataConfig, origin: str) -> DataSplits:
                       test_x, test_y, classes, origin, raw["fingerprint"])
 
 
+def load_data_for_checkpoint(checkpoint, data_config: DataConfig | None = None,
+                             reporter: Reporter = quiet) -> DataSplits:
+    """The data a checkpoint was trained on (or `data_config`), refused if its classes differ."""
+    from .config import data_config_from_dict
+
+    data = load_data(data_config or data_config_from_dict(checkpoint.extra.get("data_config")), reporter)
+    if checkpoint.classes and list(checkpoint.classes) != list(data.classes):
+        raise DataError(f"the checkpoint was trained on classes {checkpoint.classes}, the data has {data.classes}",
+                        "pass the data the model was trained on (--source/--data-dir)")
+    return data
+
+
 # ---- caching ---------------------------------------------------------------------------------
 
 

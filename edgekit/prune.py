@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from .artifacts import Manifest, parent_ref, to_plain, write_manifest
-from .config import DataConfig, Importance, PruneConfig, TrainConfig, Schedule, data_config_from_dict
-from .data import DataSplits, batches, load_data, to_unit_float
+from .config import DataConfig, Importance, PruneConfig, TrainConfig, Schedule
+from .data import DataSplits, batches, load_data_for_checkpoint, to_unit_float
 from .errors import ConfigError, DependencyError, UnsupportedError
 from .model import BasicBlock, ModelSpec, ResNet18, count_macs, count_parameters, load_checkpoint, save_checkpoint
 from .report import Reporter, quiet
@@ -302,12 +302,7 @@ def prune_checkpoint(source: Path, config: PruneConfig, out: Path, reporter: Rep
     validate_config(config)
     source, out = Path(source), Path(out)
     checkpoint = load_checkpoint(source)
-    if data is None:
-        data_config = data_config or data_config_from_dict(checkpoint.extra.get("data_config"))
-        data = load_data(data_config, reporter)
-    if checkpoint.classes and list(checkpoint.classes) != list(data.classes):
-        raise ConfigError(f"checkpoint classes {checkpoint.classes} differ from the data's {data.classes}",
-                          "pass the data the model was trained on (--source/--data-dir)")
+    data = data if data is not None else load_data_for_checkpoint(checkpoint, data_config, reporter)
     model = checkpoint.build()
     before = model_stats(model, source)
     before["latency"] = measure_latency(model, config.threads, config.latency_runs)

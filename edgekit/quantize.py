@@ -46,9 +46,8 @@ from torch import nn
 
 from .artifacts import Manifest, atomic_torch_save, parent_ref, sha256_file, to_plain, write_manifest
 from .calibrate import CalibrationSet, load_calibration
-from .config import (CalibMethod, DataConfig, QuantizeConfig, QuantMode, Schedule, TrainConfig,
-                     data_config_from_dict)
-from .data import DataSplits, load_data
+from .config import CalibMethod, DataConfig, QuantizeConfig, QuantMode, Schedule, TrainConfig
+from .data import DataSplits, load_data_for_checkpoint
 from .errors import CalibrationError, CheckpointError, ConfigError, UnsupportedError
 from .model import BasicBlock, ModelSpec, ResNet18, build_model, count_macs, load_checkpoint
 from .prune import accuracy, measure_latency
@@ -468,21 +467,10 @@ def load_quantized(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), payload
 
 
-class QuantizedRunner:
-    name = "torch-int8"
+def load_runner(path: Path, threads: int | None = None):
+    from .formats.torch import TorchRunner
 
-    def __init__(self, model: nn.Module, threads: int | None = None) -> None:
-        if threads:
-            torch.set_num_threads(threads)
-        self.model = model.eval()
-
-    @torch.inference_mode()
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).float().numpy()
-
-
-def load_runner(path: Path, threads: int | None = None) -> QuantizedRunner:
-    return QuantizedRunner(load_quantized(path)[0], threads)
+    return TorchRunner(load_quantized(path)[0], threads, name="torch-int8")
 
 
 # ---- the stage --------------------------------------------------------------------------------
@@ -548,12 +536,7 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
         raise ConfigError("--sensitivity/--keep-float apply to static and qat modes", "drop them or use --mode static")
     checkpoint = load_checkpoint(source)
     model = checkpoint.build()
-    if data is None:
-        data_config = data_config or data_config_from_dict(checkpoint.extra.get("data_config"))
-        data = load_data(data_config, reporter)
-    if checkpoint.classes and list(checkpoint.classes) != list(data.classes):
-        raise ConfigError(f"checkpoint classes {checkpoint.classes} differ from the data's {data.classes}",
-                          "pass the data the model was trained on (--source/--data-dir)")
+    data = data if data is not None else load_data_for_checkpoint(checkpoint, data_config, reporter)
     _set_backend(config.backend)
     torch.manual_seed(config.seed)
     fp32 = _accuracies(model, data)

@@ -22,9 +22,8 @@ def _is_int8(path: Path) -> bool:
 
 
 class TorchRunner:
-    name = "torch-eager"
-
-    def __init__(self, model: torch.nn.Module, threads: int | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, threads: int | None = None, name: str = "torch-eager") -> None:
+        self.name = name
         if threads:
             torch.set_num_threads(threads)
         self.model = model.eval()
