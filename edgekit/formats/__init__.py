@@ -18,7 +18,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -74,6 +74,22 @@ def format_of_path(path: str | Path) -> Format:
             return fmt
     raise UnsupportedError(f"cannot tell the format of {path}",
                            f"known suffixes: {', '.join(f.suffix for f in FORMATS.values())}")
+
+
+def predict_in_fixed_batches(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray,
+                             size: int | None) -> np.ndarray:
+    """Run `batch` through a file whose batch dimension is fixed at `size` (None = dynamic):
+    in chunks of `size`, zero-padding the last one and dropping the padded rows' outputs."""
+    if size is None or len(batch) == size:
+        return run(batch)
+    outputs = []
+    for start in range(0, len(batch), size):
+        chunk = batch[start:start + size]
+        real = len(chunk)
+        if real < size:
+            chunk = np.concatenate([chunk, np.zeros((size - real, *chunk.shape[1:]), chunk.dtype)])
+        outputs.append(run(chunk)[:real])
+    return np.concatenate(outputs)
 
 
 def export_targets() -> list[str]:

@@ -34,6 +34,23 @@ from ..model import BLOCKS_PER_STAGE, Checkpoint, ModelSpec
 BN_EPS = 1e-5  # torch BatchNorm2d's default; edgekit never changes it
 
 
+def tensorflow_missing(what: str) -> str | None:
+    """Why `what` cannot run here (TensorFlow not installed), or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        return f"{what} needs TensorFlow, which is not installed (pip install 'edgekit[tflite]')"
+    return None
+
+
+def require_tensorflow(what: str) -> Any:
+    if tensorflow_missing(what) is not None:
+        from ..errors import missing_dependency
+
+        raise missing_dependency("tensorflow", "tflite", what)
+    return import_tensorflow()
+
+
 def import_tensorflow() -> Any:
     """Import TensorFlow quietly (its C++ start-up logs are noise on every CLI run)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -30,6 +30,7 @@ import numpy as np
 from ..artifacts import atomic_path
 from ..errors import CheckpointError, ConfigError, missing_dependency
 from ..report import Reporter, quiet
+from . import predict_in_fixed_batches
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -273,18 +274,8 @@ class OnnxRunner:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
-        size = self.fixed_batch
-        if size is None or len(batch) == size:
-            return self.session.run(None, {self.input_name: batch})[0].astype(np.float32)
-        # A static-batch file: run it in chunks of its batch, zero-padding the last one.
-        outputs = []
-        for start in range(0, len(batch), size):
-            chunk = batch[start:start + size]
-            real = len(chunk)
-            if real < size:
-                chunk = np.concatenate([chunk, np.zeros((size - real, *chunk.shape[1:]), chunk.dtype)])
-            outputs.append(self.session.run(None, {self.input_name: chunk})[0][:real])
-        return np.concatenate(outputs).astype(np.float32)
+        run = lambda chunk: self.session.run(None, {self.input_name: chunk})[0]  # noqa: E731
+        return predict_in_fixed_batches(run, batch, self.fixed_batch).astype(np.float32)
 
 
 def load_runner(path: Path, threads: int | None = None) -> OnnxRunner:

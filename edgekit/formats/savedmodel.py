@@ -12,7 +12,6 @@ integer models are what the TFLite target is for.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -21,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointError, ConfigError, UnsupportedError, missing_dependency
+from ..errors import CheckpointError, ConfigError, UnsupportedError
 from ..report import Reporter, quiet
+from .keras_twin import require_tensorflow, tensorflow_missing
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "pixels"
@@ -30,17 +30,11 @@ OUTPUT_NAME = "logits"
 
 
 def unavailable_reason() -> str | None:
-    if importlib.util.find_spec("tensorflow") is None:
-        return "SavedModel export needs TensorFlow, which is not installed (pip install 'edgekit[tflite]')"
-    return None
+    return tensorflow_missing("SavedModel export")
 
 
 def _tf() -> Any:
-    if unavailable_reason() is not None:
-        raise missing_dependency("tensorflow", "tflite", "SavedModel export")
-    from .keras_twin import import_tensorflow
-
-    return import_tensorflow()
+    return require_tensorflow("SavedModel export")
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import CheckpointError, ConfigError, DependencyError, UnsupportedError
 from ..report import Reporter, quiet
 from . import onnx as onnx_format
+from . import predict_in_fixed_batches
 
 WORKSPACE_BYTES = 1 << 30
 DYNAMIC_MAX_BATCH = 256
@@ -250,17 +251,7 @@ class TensorRTRunner:
         return output.astype(np.float32)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        size = self.fixed_batch
-        if size is None or len(batch) == size:
-            return self._run(batch)
-        outputs = []
-        for start in range(0, len(batch), size):
-            chunk = batch[start:start + size]
-            real = len(chunk)
-            if real < size:
-                chunk = np.concatenate([chunk, np.zeros((size - real, *chunk.shape[1:]), chunk.dtype)])
-            outputs.append(self._run(chunk)[:real])
-        return np.concatenate(outputs)
+        return predict_in_fixed_batches(self._run, batch, self.fixed_batch)
 
     def __del__(self) -> None:
         cudart = getattr(self, "cudart", None)

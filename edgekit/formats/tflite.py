@@ -23,6 +23,7 @@ from ..artifacts import atomic_path
 from ..errors import CalibrationError, CheckpointError, ConfigError, UnsupportedError, missing_dependency
 from ..model import load_checkpoint
 from ..report import Reporter, quiet
+from .keras_twin import require_tensorflow, tensorflow_missing
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # Chunk size for big predict() calls: the interpreter allocates every activation for the whole
@@ -34,17 +35,11 @@ _WEIGHTED_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_C
 
 
 def unavailable_reason() -> str | None:
-    if importlib.util.find_spec("tensorflow") is None:
-        return "TFLite export needs TensorFlow, which is not installed (pip install 'edgekit[tflite]')"
-    return None
+    return tensorflow_missing("TFLite export")
 
 
 def _require_tensorflow() -> Any:
-    if unavailable_reason() is not None:
-        raise missing_dependency("tensorflow", "tflite", "TFLite export")
-    from .keras_twin import import_tensorflow
-
-    return import_tensorflow()
+    return require_tensorflow("TFLite export")
 
 
 def build_twin_from_file(source: Path, batch: int | None) -> Any:
