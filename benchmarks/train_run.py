@@ -48,7 +48,7 @@ def main() -> None:
                              threads=args.threads)
         reporter = RichReporter()
         data = load_data(data_config, reporter)
-        model = build_model(ModelSpec.from_width(args.width, data.num_classes))
+        model = build_model(ModelSpec.from_width(args.width, data.num_classes), seed=0)
         train_model(model, data, config, args.out, reporter, data_config=data_config)
         run_dir = args.out
     write_results(args.name, run_dir)

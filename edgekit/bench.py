@@ -37,16 +37,14 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .artifacts import (Manifest, atomic_write_text, library_versions, machine_info, manifest_path, parent_ref,
-                        read_manifest, sha256_file, to_plain, write_manifest)
+from .artifacts import (Manifest, atomic_write_text, cpu_flags, library_versions, machine_info, manifest_path,
+                        parent_ref, read_manifest, sha256_file, to_plain, write_manifest)
 from .config import BenchConfig, DataConfig, data_config_from_dict
 from .errors import CheckpointError, ConfigError, EdgekitError
 from .formats import FORMATS, Format, format_of_path
 from .report import Reporter, markdown_table, quiet
 
 BENCH_FORMAT = "edgekit-bench/1"
-CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
-                         "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
 
 
 # ---- runtimes: which engines can run a format's file -------------------------------------------
@@ -104,15 +102,6 @@ def runtimes_for(fmt: Format) -> tuple[Runtime, ...]:
 
 
 # ---- environment -------------------------------------------------------------------------------
-
-
-def cpu_flags() -> list[str]:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return [flag for flag in CPU_FLAGS_OF_INTEREST if flag in flags]
-    return []
 
 
 def load_average() -> list[float] | None:

@@ -20,7 +20,7 @@ import numpy as np
 from .artifacts import Manifest, parent_ref, read_manifest, to_plain, write_manifest
 from .config import DataConfig, ExportOptions, data_config_from_dict
 from .errors import CheckpointError, ConfigError, DependencyError, ParityError, UnsupportedError
-from .formats import FORMATS, export_targets
+from .formats import FORMATS, export_targets, load_source
 from .report import Reporter, quiet
 from .validate import LAYER_TOLERANCE, ParityReport, check, parity, precision_label, violations
 
@@ -102,9 +102,8 @@ def parity_subset(count: int, total: int, seed: int) -> np.ndarray:
 def export_artifact(source: Path, target: str, precision: str, out: Path | None = None,
                     options: ExportOptions | None = None, reporter: Reporter = quiet,
                     data_config: DataConfig | None = None) -> ExportResult:
-    """Export `source` (an edgekit checkpoint) to `target` in `precision`, gated on parity."""
+    """Export `source` (an edgekit checkpoint; for int8, also an int8 artifact) to `target`, gated on parity."""
     from .data import load_data, to_unit_float
-    from .model import load_checkpoint
 
     options = options or ExportOptions()
     source = Path(source)
@@ -117,7 +116,7 @@ def export_artifact(source: Path, target: str, precision: str, out: Path | None 
         raise ConfigError(f"int8 {target} export needs a calibration set",
                           "make one with `edgekit calibrate --source ... --size 512` (it writes calibration/<data>-512.json) "
                           "and pass --calibration calibration/<data>-512.json")
-    checkpoint = load_checkpoint(source)
+    checkpoint = load_source(source, precision)
     out = Path(out) if out else default_out_path(source, target, precision)
 
     data = load_data(_data_config(checkpoint.extra, options, data_config), reporter)

@@ -178,7 +178,10 @@ class ResNet18(nn.Module):
         return self
 
 
-def build_model(spec: ModelSpec | None = None) -> ResNet18:
+def build_model(spec: ModelSpec | None = None, seed: int | None = None) -> ResNet18:
+    """A fresh model; with `seed`, its initial weights are that seed's (runs reproduce from the seed alone)."""
+    if seed is not None:
+        torch.manual_seed(seed)
     return ResNet18(spec)
 
 

@@ -35,7 +35,7 @@ from .artifacts import Manifest, parent_ref, to_plain, write_manifest
 from .config import DataConfig, Importance, PruneConfig, TrainConfig, Schedule
 from .data import DataSplits, batches, load_data_for_checkpoint, to_unit_float
 from .errors import ConfigError, DependencyError, UnsupportedError
-from .model import BasicBlock, ModelSpec, ResNet18, count_macs, count_parameters, load_checkpoint, save_checkpoint
+from .model import ModelSpec, ResNet18, count_macs, count_parameters, load_checkpoint, save_checkpoint
 from .report import Reporter, quiet
 
 

@@ -38,18 +38,18 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .artifacts import Manifest, atomic_torch_save, parent_ref, sha256_file, to_plain, write_manifest
+from .artifacts import Manifest, atomic_torch_save, parent_ref, to_plain, write_manifest
 from .calibrate import CalibrationSet, load_calibration
 from .config import CalibMethod, DataConfig, QuantizeConfig, QuantMode, Schedule, TrainConfig
 from .data import DataSplits, load_data_for_checkpoint
-from .errors import CalibrationError, CheckpointError, ConfigError, UnsupportedError
-from .model import BasicBlock, ModelSpec, ResNet18, build_model, count_macs, load_checkpoint
+from .errors import CheckpointError, ConfigError, UnsupportedError
+from .model import BasicBlock, Checkpoint, ModelSpec, ResNet18, build_model, count_macs, load_checkpoint
 from .prune import accuracy, measure_latency
 from .report import Reporter, quiet
 
@@ -496,29 +496,105 @@ def sensitivity_analysis(model: ResNet18, cal: CalibrationSet, data: DataSplits,
     return rows
 
 
-def _export_qdq(model: ResNet18, ptq_prepared: QuantResNet, keep_float: list[str], out: Path, opset: int
-                ) -> Path:
-    """QDQ ONNX of the calibrated model: BN folded, non-fused FakeQuantize with the PTQ ranges."""
-    from .formats.onnx import export_module
+def int8_as_fake_quant(qmodel: nn.Module, spec: ModelSpec, recipe: dict[str, Any]) -> QuantResNet:
+    """A float fake-quant twin of a converted int8 model: its int8 weights and scales, nothing re-measured.
 
+    Built from the converted model alone (so from any int8 artifact on disk, PTQ or QAT): the
+    same fused graph is prepared with non-fused FakeQuantize modules, then every weight fake-quant
+    takes the module's int8 weight (dequantized: exactly on the int8 grid) with its per-channel
+    scales, and every activation fake-quant takes the module's output scale and zero point.
+    Exported through the TorchScript ONNX exporter, that is a QDQ graph of the very numbers the
+    torch int8 model computes with.
+    """
     aoq = _aoq()
-    wrapped = quantizable(model)  # eval fusion: BN folded into the conv weights
+    wrapped = quantizable(build_model(spec).eval())
     wrapped.qconfig = qat_qconfig()
-    _mark_islands(wrapped, keep_float, None)
+    _mark_islands(wrapped, list(recipe.get("keep_float", [])), None)
     wrapped.train()
     aoq.prepare_qat(wrapped, inplace=True)
-    observers = {n: m for n, m in ptq_prepared.named_modules() if isinstance(m, aoq.ObserverBase)}
-    for name, fq in wrapped.named_modules():
-        if isinstance(fq, aoq.FakeQuantize) and not name.endswith("weight_fake_quant") and name in observers:
-            scale, zero = observers[name].calculate_qparams()
-            fq.scale.resize_(scale.shape).copy_(scale)
-            fq.zero_point.resize_(zero.shape).copy_(zero)
-            fq.disable_observer()
-    wrapped.eval()
+    converted = dict(qmodel.named_modules())
     with torch.no_grad():
-        wrapped(torch.rand(1, 3, 32, 32))  # weight observers see the folded weights once
-    wrapped.apply(aoq.disable_observer)
-    return export_module(wrapped, out, opset=opset)
+        for name, fake in wrapped.named_modules():
+            if not isinstance(fake, aoq.FakeQuantize):
+                continue
+            owner_name, _, role = name.rpartition(".")
+            owner = converted.get(owner_name)
+            if owner is None:
+                raise CheckpointError(f"int8 model has no module '{owner_name}' for its fake-quant twin",
+                                      "re-create the int8 artifact with this edgekit version")
+            if role == "weight_fake_quant":
+                weight = owner.weight()
+                float_owner = wrapped.get_submodule(owner_name)
+                float_owner.weight.copy_(weight.dequantize())
+                if owner.bias() is not None:
+                    float_owner.bias = nn.Parameter(owner.bias().detach().clone())
+                scale, zero = weight.q_per_channel_scales().float(), weight.q_per_channel_zero_points()
+                fake.ch_axis = int(weight.q_per_channel_axis())
+            else:
+                scale = torch.tensor([float(owner.scale)])
+                zero = torch.tensor([int(owner.zero_point)], dtype=torch.int32)
+            fake.scale.resize_(scale.shape).copy_(scale)
+            fake.zero_point.resize_(zero.shape).copy_(zero.to(fake.zero_point.dtype))
+            fake.disable_observer()
+        for island_name, island in wrapped.named_modules():
+            if isinstance(island, Island) and isinstance(island.enter, aoq.DeQuantStub):
+                # a float-kept layer: its float weights (BN folded, as in the int8 file) as they are
+                island.inner.load_state_dict(converted[island_name + ".inner"].state_dict())
+    return wrapped.eval()
+
+
+def dequantized_checkpoint(path: Path) -> Checkpoint:
+    """An int8 artifact as a float checkpoint: its int8 weights dequantized, BN already folded into them.
+
+    For exporters that quantize with their own tools (TFLite's converter, TensorRT's QDQ), so
+    their int8 files start from the very weights of the int8 model; their activation ranges come
+    from the shared calibration set again. Each BatchNorm becomes an identity that carries the
+    folded bias (weight 1, mean 0, variance 1 - eps).
+    """
+    qmodel, payload = load_quantized(path)
+    recipe = payload["recipe"]
+    if recipe["mode"] == QuantMode.dynamic.value:
+        raise UnsupportedError(f"{Path(path).name} is a dynamic-int8 model (only fc is int8)",
+                               "export its fp32 parent, or quantize with --mode static or qat")
+    spec = ModelSpec.from_dict(payload["spec"])
+    twin = int8_as_fake_quant(qmodel, spec, recipe)
+    model = build_model(spec).eval()
+
+    def float_conv(name: str) -> nn.Module:
+        module = twin.model.get_submodule(name)
+        module = module.inner if isinstance(module, Island) else module
+        # a float fused ConvReLU2d is a Sequential(conv, relu); a QAT one is itself the conv
+        return module if isinstance(getattr(module, "weight", None), torch.Tensor) else module[0]
+
+    with torch.no_grad():
+        for parent, groups in fusion_groups(model):
+            prefix = next(n for n, m in model.named_modules() if m is parent)
+            for group in groups:
+                conv_name, bn_name = (f"{prefix}.{g}" if prefix else g for g in group[:2])
+                source = float_conv(conv_name)
+                model.get_submodule(conv_name).weight.copy_(source.weight)
+                bn = model.get_submodule(bn_name)
+                bn.weight.fill_(1.0)
+                bn.bias.copy_(source.bias)
+                bn.running_mean.zero_()
+                bn.running_var.fill_(1.0 - bn.eps)
+        fc = float_conv("fc")
+        model.fc.weight.copy_(fc.weight)
+        model.fc.bias.copy_(fc.bias)
+    extra = dict(payload.get("extra", {}))
+    return Checkpoint(spec=spec, state_dict=model.state_dict(), classes=list(payload.get("classes", [])), extra=extra)
+
+
+def export_qdq_onnx(path: Path, out: Path, opset: int = 17, batch: int = 1, dynamic_batch: bool = False) -> Path:
+    """QDQ ONNX of an int8 artifact (static PTQ or QAT) with int8 weight initializers."""
+    from .formats.onnx import export_module
+
+    qmodel, payload = load_quantized(path)
+    if payload["recipe"]["mode"] == QuantMode.dynamic.value:
+        raise UnsupportedError(f"{Path(path).name} is a dynamic-int8 model (only fc is int8); it has no QDQ graph",
+                               "export its fp32 parent, or quantize with --mode static or qat")
+    twin = int8_as_fake_quant(qmodel, ModelSpec.from_dict(payload["spec"]), payload["recipe"])
+    return export_module(twin, out, opset=opset, dynamic_batch=dynamic_batch, batch=batch)
 
 
 def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporter: Reporter = quiet,
@@ -635,14 +711,13 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
                                         "sensitivity": sensitivity}))
     if mode is not QuantMode.dynamic and config.export_onnx:
         try:
-            onnx_path = _export_qdq(model, ptq_prepared if mode is QuantMode.static else ptq_prepared,
-                                    recipe["keep_float"], out.with_suffix(".qdq.onnx"), config.opset)
+            onnx_path = export_qdq_onnx(out, out.with_suffix(".qdq.onnx"), config.opset)
             write_manifest(onnx_path, Manifest(
                 kind="export", format="onnx", precision="int8 (QDQ)", parent=parent_ref(out),
                 config={"quantize": config}, seed=config.seed,
                 metrics={"ptq_val_accuracy": metrics["ptq_val_accuracy"]},
                 extra={"calibration": extra.get("calibration"), "recipe": recipe,
-                       "note": "QDQ of the calibrated PTQ ranges (BN folded); for QAT weights export the QAT model"}))
+                       "note": "QDQ of this int8 model's own weights and scales (BN folded, int8 initializers)"}))
         except ImportError as exc:
             reporter.info(f"quantize: QDQ ONNX export skipped ({exc})")
     rows = [["mode", mode.value], ["method", recipe.get("method", "-")],

@@ -10,7 +10,8 @@ Choices, and why:
 - No weight decay on BN parameters and biases: decaying them only fights the normalization.
 - Augmentation on whole batches on the training device, with random numbers drawn from one
   seeded CPU generator: reproducible and resumable on any device.
-- bf16 autocast on CUDA (fp16 + GradScaler where bf16 is not supported), channels_last.
+- bf16 autocast on CUDA (fp16 + GradScaler where bf16 is not supported), opt-in on CPUs with native bf16;
+  channels_last.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .artifacts import Manifest, atomic_torch_save, atomic_write_text, parent_ref, to_plain, write_manifest
+from .artifacts import (Manifest, atomic_torch_save, atomic_write_text, cpu_flags, parent_ref, to_plain,
+                        write_manifest)
 from .config import Averaging, DataConfig, Device, Optimizer, Schedule, TrainConfig
 from .data import DataSplits, augment, batches, to_unit_float
 from .errors import CheckpointError, ConfigError, DependencyError
@@ -76,7 +78,19 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
 
 
+def cpu_has_native_bf16() -> bool:
+    """bf16 matmuls in hardware (AVX512-BF16 or AMX); elsewhere CPU bf16 is emulated and slower than fp32."""
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
+
+
 def _autocast(device: torch.device, config: TrainConfig):
+    if device.type == "cpu" and config.cpu_bf16:
+        if not cpu_has_native_bf16():
+            raise ConfigError("--cpu-bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX); this one has neither",
+                              "drop --cpu-bf16 (emulated bf16 is slower than fp32)")
+        # Opt-in: measured on a 2-core EPYC with AVX512-BF16, width-0.5 training ran at 305 img/s against
+        # 169 in fp32, but two runs with one seed did not give identical weights, and width 0.125 got slower.
+        return torch.autocast("cpu", dtype=torch.bfloat16), None
     if device.type != "cuda" or not config.amp:
         return torch.autocast(device.type, enabled=False), None
     if torch.cuda.is_bf16_supported():

@@ -38,5 +38,5 @@ def tiny_train_config() -> TrainConfig:
 def tiny_trained(tmp_path_factory, tiny_data, tiny_data_config, tiny_train_config):
     """A width-0.125 ResNet18 trained for a few seconds on synthetic data, saved with its manifest."""
     out = tmp_path_factory.mktemp("trained")
-    model = build_model(ModelSpec.from_width(TINY_WIDTH, tiny_data.num_classes))
+    model = build_model(ModelSpec.from_width(TINY_WIDTH, tiny_data.num_classes), seed=0)
     return train_model(model, tiny_data, tiny_train_config, out, data_config=tiny_data_config)

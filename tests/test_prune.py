@@ -9,7 +9,7 @@ from edgekit.artifacts import read_manifest, to_plain
 from edgekit.config import DataConfig, DataSource, Importance, PruneConfig, TrainConfig
 from edgekit.data import load_data
 from edgekit.errors import CheckpointError, ConfigError
-from edgekit.model import ModelSpec, ResNet18, count_macs, load_checkpoint, save_checkpoint
+from edgekit.model import ModelSpec, build_model, count_macs, load_checkpoint, save_checkpoint
 from edgekit.prune import prune_checkpoint
 from edgekit.train import train_model
 
@@ -20,7 +20,7 @@ DATA = DataConfig(source=DataSource.synthetic, synthetic_train=1000, synthetic_t
 def trained(tmp_path_factory):
     torch.set_num_threads(2)
     data = load_data(DATA)
-    model = ResNet18(ModelSpec.from_width(0.125))
+    model = build_model(ModelSpec.from_width(0.125), seed=0)
     result = train_model(model, data, TrainConfig(epochs=2, batch_size=128, lr=0.1, warmup_epochs=0.5,
                                                   width=0.125, channels_last=False, eval_batch_size=500))
     path = tmp_path_factory.mktemp("prune") / "fp32.pt"

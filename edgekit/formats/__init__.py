@@ -18,11 +18,14 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
 from ..errors import UnsupportedError
+
+if TYPE_CHECKING:
+    from ..model import Checkpoint
 
 
 class Runner(Protocol):
@@ -94,3 +97,21 @@ def predict_in_fixed_batches(run: Callable[[np.ndarray], np.ndarray], batch: np.
 
 def export_targets() -> list[str]:
     return [name for name, fmt in FORMATS.items() if fmt.exportable]
+
+
+def load_source(source: Path, precision: str) -> Checkpoint:
+    """The float checkpoint an exporter starts from.
+
+    An edgekit checkpoint (fp32 or pruned) as it is. An int8 artifact (static PTQ or QAT) only
+    for an int8 export, as its dequantized twin: writing it as fp32/fp16 would silently undo
+    the quantization its accuracy was measured with.
+    """
+    from ..model import load_checkpoint
+    from ..quantize import dequantized_checkpoint, is_quantized_artifact
+
+    if not is_quantized_artifact(source):
+        return load_checkpoint(source)
+    if precision != "int8":
+        raise UnsupportedError(f"{Path(source).name} is an int8 model; a {precision} export of it would be its "
+                               "dequantized copy", "export its float parent (named in its manifest) for fp32/fp16")
+    return dequantized_checkpoint(source)

@@ -80,21 +80,61 @@ def export_module(module, out: str | Path, opset: int = 17, dynamic_batch: bool 
 
             model = onnxslim.slim(model)
             onnx.checker.check_model(model)
+        if store_int8_weights(model):
+            onnx.checker.check_model(model)
         onnx.save(model, str(tmp))
     return out
 
 
+def store_int8_weights(model) -> int:
+    """Fold QuantizeLinear of constant weights into int8 initializers; returns how many were folded.
+
+    The TorchScript exporter writes a fake-quantized weight as float initializer -> QuantizeLinear
+    -> DequantizeLinear, so the file holds fp32 weights and is as large as the fp32 model. Storing
+    the quantized values (as ONNX Runtime's own quantizer does) makes an int8 file hold int8.
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    folded = []
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear" or len(node.input) < 3:
+            continue
+        if not all(name in initializers for name in node.input[:3]):
+            continue
+        weight, scale, zero = (numpy_helper.to_array(initializers[name]) for name in node.input[:3])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if scale.ndim == 1 and scale.size > 1:
+            shape = [1] * weight.ndim
+            shape[axis] = -1
+            scale, zero = scale.reshape(shape), zero.reshape(shape)
+        info = np.iinfo(zero.dtype)
+        quantized = np.clip(np.rint(weight / scale) + zero.astype(np.int64), info.min, info.max).astype(zero.dtype)
+        graph.initializer.append(numpy_helper.from_array(quantized, node.output[0]))
+        folded.append(node)
+    if not folded:
+        return 0
+    for node in folded:
+        graph.node.remove(node)
+    still_used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    for init in list(graph.initializer):
+        if init.name not in still_used:
+            graph.initializer.remove(init)
+    return len(folded)
+
+
 class _FrozenFakeQuant:
-    """Stand-in for a trained FakeQuantize: its learned scale/zero point as plain fake-quant ops.
+    """Stand-in for a trained FakeQuantize: its learned range as plain fake-quant ops.
 
     torch's QAT default (FusedMovingAvgObsFakeQuantize) calls an op the TorchScript exporter
     cannot write; fake_quantize_per_{tensor,channel}_affine export as QuantizeLinear +
     DequantizeLinear. ONNX allows only the full 8-bit ranges, so a reduced range (x86's 0..127
-    activations, kept there for VPMADDUBSW overflow) is exported at the same scale over 0..255:
-    identical for values inside the calibrated range, unclipped above it. An exact Clip would
-    sit between Relu and QuantizeLinear and stop ORT from fusing any conv into QLinearConv (all
-    21 ran float in a check), so the parity gate (0.5 points vs the QAT source) judges the
-    difference instead.
+    activations, kept there for VPMADDUBSW overflow) is exported as the *same real range* over
+    0..255: values beyond the calibrated range clip exactly where torch clips them (that matters
+    for percentile/KL/MSE ranges, which clip on purpose), and inside it the grid is twice as fine.
+    An explicit Clip between Relu and QuantizeLinear would keep torch's grid but stops ONNX
+    Runtime from fusing QLinearConv (all 21 ran float in a check).
     """
 
 
@@ -112,13 +152,19 @@ def exportable_fake_quant(module):
     class Frozen(torch.nn.Module, _FrozenFakeQuant):
         def __init__(self, fq) -> None:
             super().__init__()
-            scale, zero_point = fq.calculate_qparams()
+            # the buffers the fake-quant last ran with (calculate_qparams would re-derive them from an
+            # observer that may never have run)
+            scale, zero_point = fq.scale, fq.zero_point
             self.enabled = bool(fq.fake_quant_enabled[0])
             self.per_channel = scale.numel() > 1 or getattr(fq, "is_per_channel", False)
             self.axis = int(getattr(fq, "ch_axis", 0))
-            full = (-128, 127) if int(fq.quant_min) < 0 else (0, 255)
-            self.register_buffer("scale", scale.detach().float().reshape(-1))
-            self.register_buffer("zero_point", zero_point.detach().reshape(-1).to(torch.int32))
+            qmin, qmax = int(fq.quant_min), int(fq.quant_max)
+            full = (-128, 127) if qmin < 0 else (0, 255)
+            stretch = (full[1] - full[0]) / (qmax - qmin)
+            scale = scale.detach().double().reshape(-1) / stretch
+            zero_point = full[0] + torch.round((zero_point.detach().double().reshape(-1) - qmin) * stretch)
+            self.register_buffer("scale", scale.float())
+            self.register_buffer("zero_point", zero_point.to(torch.int32))
             self.full = full
 
         def forward(self, x):
@@ -136,10 +182,18 @@ def exportable_fake_quant(module):
 
 
 def export(source: Path, out: Path, precision: str, options, calibration=None, reporter: Reporter = quiet) -> Path:
-    """Write `source` (an edgekit checkpoint) as ONNX in `precision`; returns `out`."""
-    from ..model import load_checkpoint
+    """Write `source` as ONNX in `precision`; returns `out`.
 
-    model = load_checkpoint(source).build()
+    An edgekit checkpoint is exported (and for int8, quantized by ONNX Runtime on the calibration
+    set); an int8 artifact (static PTQ or QAT) is written as QDQ with its own weights and scales.
+    """
+    from ..quantize import export_qdq_onnx, is_quantized_artifact
+    from . import load_source
+
+    if is_quantized_artifact(source) and precision == "int8":
+        reporter.info("onnx: QDQ int8 from the int8 model's own weights and scales")
+        return export_qdq_onnx(source, out, options.opset, options.batch, options.dynamic_batch)
+    model = load_source(source, precision).build()
     return export_model(model, out, precision, options, calibration, reporter)
 
 

@@ -71,7 +71,7 @@ def export(source: Path, out: Path, precision: str, options: Any, calibration: A
     from .tflite import build_twin_from_file
 
     batch = None if options.dynamic_batch else int(options.batch)
-    _, model = build_twin_from_file(source, batch)
+    _, model = build_twin_from_file(source, batch, precision)
     # A plain tf.Module rather than Keras' ExportArchive: the archive tracks every variable under
     # two names and writes the weights twice (a 2x larger variables file, measured).
     spec = tf.TensorSpec([batch, 32, 32, 3], tf.float32, name=INPUT_NAME)

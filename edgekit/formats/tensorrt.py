@@ -117,12 +117,14 @@ def _timing_cache_path(out: Path, record: dict[str, Any]) -> Path:
 
 
 def export(source: Path, out: Path, precision: str, options, calibration=None, reporter: Reporter = quiet) -> Path:
-    from ..model import load_checkpoint
+    from . import load_source
 
     reason = unavailable_reason()
     if reason:
         raise DependencyError(f"cannot build a TensorRT engine: {reason}", "pip install 'edgekit[tensorrt]'")
-    model = load_checkpoint(source).build()
+    # an int8 artifact gives its dequantized weights; TensorRT wants symmetric int8 activations, so
+    # they are calibrated again on the same set rather than copied from torch's uint8 ones
+    model = load_source(source, precision).build()
     with tempfile.TemporaryDirectory(prefix="edgekit-trt-") as scratch:
         onnx_path = prepare_onnx(model, Path(scratch) / f"model.{precision}.onnx", precision, options, calibration)
         return build_engine(onnx_path, Path(out), precision, options, reporter)

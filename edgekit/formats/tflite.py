@@ -21,7 +21,6 @@ import numpy as np
 
 from ..artifacts import atomic_path
 from ..errors import CalibrationError, CheckpointError, ConfigError, UnsupportedError, missing_dependency
-from ..model import load_checkpoint
 from ..report import Reporter, quiet
 from .keras_twin import require_tensorflow, tensorflow_missing
 
@@ -42,17 +41,19 @@ def _require_tensorflow() -> Any:
     return require_tensorflow("TFLite export")
 
 
-def build_twin_from_file(source: Path, batch: int | None) -> Any:
-    """Load an edgekit checkpoint and build its Keras twin; a malformed state dict is a CheckpointError."""
+def build_twin_from_file(source: Path, batch: int | None, precision: str = "fp32") -> Any:
+    """Load an edgekit checkpoint (or an int8 artifact, for int8) and build its Keras twin.
+
+    A malformed state dict is a CheckpointError."""
+    from . import load_source
     from .keras_twin import build_twin
 
-    checkpoint = load_checkpoint(source)
+    checkpoint = load_source(source, precision)
     try:
         return checkpoint, build_twin(checkpoint, batch=batch)
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {source} does not fit its recorded ResNet18 shape ({exc})",
-                              "re-create it with edgekit train/prune; quantized torch checkpoints cannot be exported, "
-                              "export the fp32 checkpoint with --precision int8 instead") from exc
+                              "re-create it with edgekit train/prune/quantize") from exc
 
 
 def _check_calibration(calibration: Any, spec: Any) -> np.ndarray:
@@ -75,7 +76,10 @@ def _check_calibration(calibration: Any, spec: Any) -> np.ndarray:
 
 def export(source: Path, out: Path, precision: str, options: Any, calibration: Any = None,
            reporter: Reporter = quiet) -> Path:
-    """Write `out` (.tflite) from the edgekit checkpoint `source` at `precision`; return `out`."""
+    """Write `out` (.tflite) from the edgekit checkpoint `source` at `precision`; return `out`.
+
+    An int8 artifact as `source` (int8 only) gives its dequantized weights to the converter,
+    which calibrates activations on the same calibration set."""
     if precision not in PRECISIONS:
         raise UnsupportedError(f"TFLite cannot write precision '{precision}'", f"choose one of: {', '.join(PRECISIONS)}")
     if precision != "int8" and getattr(options, "int8_io", False):
@@ -85,7 +89,7 @@ def export(source: Path, out: Path, precision: str, options: Any, calibration: A
     batch = None if options.dynamic_batch else int(options.batch)
     if batch is not None and batch < 1:
         raise ConfigError(f"batch must be at least 1, got {batch}", "pass --batch 1 or --dynamic-batch")
-    checkpoint, model = build_twin_from_file(source, batch)
+    checkpoint, model = build_twin_from_file(source, batch, precision)
     images = _check_calibration(calibration, checkpoint.spec) if precision == "int8" else None
 
     from .keras_twin import concrete_function
