@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,37 @@ from edgekit.quantize import quantize_checkpoint  # noqa: E402
 from edgekit.report import RichReporter, markdown_table  # noqa: E402
 
 
+def targets_table(rows: list[dict]) -> str:
+    by_name = {r["artifact"].split(" (")[0].split(",")[0]: r for r in rows}
+    fp32 = rows[0]
+
+    def drop(row: dict) -> float:
+        return 100 * (fp32["test_accuracy"] - row["test_accuracy"])
+
+    checks = []
+    pruned = next((r for r in rows if r["artifact"].startswith("pruned ")), None)
+    for name, row, limit in (("static PTQ drop", by_name.get("static PTQ int8"), 0.5),
+                             ("QAT drop", next((r for r in rows if r["artifact"].startswith("QAT")), None), 0.2),
+                             ("pruned drop", pruned, 0.5)):
+        if row:
+            checks.append([name, f"{drop(row):+.2f} pt", f"<= {limit} pt", "met" if drop(row) <= limit else "missed"])
+    if pruned:
+        checks.append(["pruned MACs reduction", f"{pruned['macs_reduction']:.2f}x", ">= 2x",
+                       "met" if pruned["macs_reduction"] >= 2 else "missed"])
+        checks.append(["pruned fp32 speed-up (torch eager, batch 1)", f"{pruned['latency_speedup_same_run']:.2f}x",
+                       ">= 1.7x", "met" if pruned["latency_speedup_same_run"] >= 1.7 else "missed"])
+    ptq = by_name.get("static PTQ int8")
+    if ptq:
+        checks.append(["int8 file", f"{ptq['file_bytes'] / 1e6:.2f} MB", "<= 11.3 MB",
+                       "met" if ptq["file_bytes"] <= 11.3e6 else "missed"])
+    for row in rows:
+        if row["artifact"].startswith("pruned + "):
+            ok = drop(row) <= 1.0 and row["file_bytes"] <= 5e6
+            checks.append([row["artifact"], f"{drop(row):+.2f} pt, {row['file_bytes'] / 1e6:.2f} MB",
+                           "<= 1 pt, <= 5 MB", "met" if ok else "missed"])
+    return markdown_table(["target", "measured", "limit", ""], checks)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=ROOT / "artifacts/ref-cpu/best.pt")
@@ -37,7 +69,11 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=ROOT / "artifacts/compress")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks/results")
     parser.add_argument("--ratio", type=float, default=0.3)
-    parser.add_argument("--finetune-epochs", type=int, default=1)
+    parser.add_argument("--finetune-epochs", type=int, default=1, help="per step")
+    parser.add_argument("--finetune-lr", type=float, default=0.02)
+    parser.add_argument("--steps", type=int, default=1, help="prune -> fine-tune rounds")
+    parser.add_argument("--cpu-bf16", action="store_true", help="fine-tune in bf16 on a CPU with native bf16")
+    parser.add_argument("--pruned-qat", action="store_true", help="also QAT the pruned model")
     parser.add_argument("--qat-epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--latency-runs", type=int, default=300)
@@ -67,11 +103,14 @@ def main() -> None:
 
     pruned_path = out / "pruned.pt"
     pruned = prune_checkpoint(args.checkpoint, PruneConfig(ratio=args.ratio, finetune_epochs=args.finetune_epochs,
-                                                           threads=args.threads, latency_runs=args.latency_runs),
+                                                           finetune_lr=args.finetune_lr, steps=args.steps,
+                                                           cpu_bf16=args.cpu_bf16, threads=args.threads,
+                                                           latency_runs=args.latency_runs),
                               pruned_path, reporter, data=data)
-    row(f"pruned {args.ratio:.0%}/layer + {args.finetune_epochs} ep fine-tune", pruned_path, None,
+    row(f"pruned {args.ratio:.0%}/layer, {args.steps} step(s) x {args.finetune_epochs} ep fine-tune", pruned_path, None,
         pruned.after["val_accuracy"], pruned.after["test_accuracy"], pruned.after["latency"]["p50_ms"], pruned.after,
         macs_reduction=pruned.before["macs"] / pruned.after["macs"],
+        latency_speedup_same_run=pruned.before["latency"]["p50_ms"] / pruned.after["latency"]["p50_ms"],
         latency_before_same_run_ms=pruned.before["latency"]["p50_ms"])
 
     def quant(name: str, source: Path, target: Path, config: QuantizeConfig) -> None:
@@ -94,25 +133,33 @@ def main() -> None:
                                                                                     latency_runs=args.latency_runs))
     quant("static PTQ int8 (auto)", args.checkpoint, out / "ptq.pt", QuantizeConfig(mode=QuantMode.static, **common))
     quant(f"QAT int8 ({args.qat_epochs} ep)", args.checkpoint, out / "qat.pt",
-          QuantizeConfig(mode=QuantMode.qat, method=CalibMethod.auto, qat_epochs=args.qat_epochs, export_onnx=False,
-                         **common))
+          QuantizeConfig(mode=QuantMode.qat, method=CalibMethod.auto, qat_epochs=args.qat_epochs, **common))
     quant("pruned + static PTQ int8", pruned_path, out / "pruned-ptq.pt",
           QuantizeConfig(mode=QuantMode.static, **common))
+    if args.pruned_qat:
+        quant(f"pruned + QAT int8 ({args.qat_epochs} ep)", pruned_path, out / "pruned-qat.pt",
+              QuantizeConfig(mode=QuantMode.qat, method=CalibMethod.auto, qat_epochs=args.qat_epochs, **common))
 
     result = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
               "calibration": str(args.calibration), "data": data.describe(), "machine": machine_info(),
               "versions": library_versions(), "threads": args.threads, "latency": "torch eager CPU, batch 1, p50 of "
-              f"{args.latency_runs} runs, threads pinned to {args.threads}; machine shared with other jobs",
+              f"{args.latency_runs} runs, threads pinned to {args.threads}",
+              "load_average_end": [round(x, 2) for x in os.getloadavg()],
               "note": args.note, "wall_seconds": time.perf_counter() - start, "rows": rows}
     args.results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.results / "compress-cpu.json", json.dumps(result, indent=2) + "\n")
-    columns = ["artifact", "val acc", "test acc", "params", "MACs", "file MB", "p50 ms (1 thread)"]
-    table = [[r["artifact"], f"{r['val_accuracy']:.2%}", f"{r['test_accuracy']:.2%}", r["params"], r["macs"],
+    reference = rows[0]["test_accuracy"]
+    columns = ["artifact", "val acc", "test acc", "drop vs fp32 (pt)", "params", "MACs", "file MB",
+               "p50 ms (1 thread)"]
+    table = [[r["artifact"], f"{r['val_accuracy']:.2%}", f"{r['test_accuracy']:.2%}",
+              f"{100 * (reference - r['test_accuracy']):+.2f}", r["params"], r["macs"],
               round(r["file_bytes"] / 1e6, 2), round(r["latency_p50_ms"], 3)] for r in rows]
     md = (f"# Compression on CPU\n\nReference: `{args.checkpoint}`. {args.note}\n\n"
           f"Machine: {result['machine']['processor']}, {result['machine']['cpu_count']} cores; torch "
-          f"{result['versions'].get('torch')}, torch-pruning {result['versions'].get('torch-pruning')}.\n"
-          f"Latency: {result['latency']}.\n\n" + markdown_table(columns, table))
+          f"{result['versions'].get('torch')}, torch-pruning {result['versions'].get('torch-pruning')}; "
+          f"load average at the end {result['load_average_end']}.\n"
+          f"Latency: {result['latency']}.\n\n" + markdown_table(columns, table)
+          + "\n\n## Against the compression issue's targets (test accuracy)\n\n" + targets_table(rows) + "\n")
     atomic_write_text(args.results / "compress-cpu.md", md)
     reporter.info(md)
 

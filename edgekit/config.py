@@ -162,6 +162,7 @@ class PruneConfig:
     finetune_epochs: int = 2  # per step; 0 = no fine-tune
     finetune_lr: float = 0.02
     batch_size: int = 256
+    cpu_bf16: bool = False  # fine-tune in bf16 autocast on a CPU with native bf16 (see TrainConfig)
     bn_batches: int = 20  # training batches for BN recalibration
     taylor_batches: int = 4
     unstructured: bool = False  # zero weights by magnitude instead (no dense speed-up)

@@ -139,12 +139,15 @@ def run_pipeline(config: PipelineConfig, out_dir: Path, reporter: Reporter = qui
             quantized.append(artifact)
 
     options = ExportOptions(calibration=str(calibration))
-    for source in (checkpoint, pruned):
+    # float models to every precision; int8 children to int8 only (their float form is the parent)
+    sources = [(checkpoint, None), (pruned, None)] + [(path, ("int8",)) for path in quantized]
+    for source, only in sources:
         for target, fmt in FORMATS.items():
             if not fmt.exportable:
                 continue
-            for precision in fmt.precisions:
-                artifact = out_dir / "export" / f"{source.stem}.{precision}{fmt.suffix}"
+            for precision in (p for p in fmt.precisions if only is None or p in only):
+                stem = source.stem if source.stem.endswith(f".{precision}") else f"{source.stem}.{precision}"
+                artifact = out_dir / "export" / f"{stem}{fmt.suffix}"
                 stage(f"export {target} {precision}", artifact, {"options": options, "target": target,
                                                                  "precision": precision}, source,
                       lambda: _describe_export(export_artifact(source, target, precision, artifact,

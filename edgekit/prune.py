@@ -202,7 +202,7 @@ def _finetune(model: ResNet18, data: DataSplits, config: PruneConfig, reporter: 
 
     train_config = TrainConfig(epochs=config.finetune_epochs, batch_size=config.batch_size, lr=config.finetune_lr,
                                schedule=Schedule.cosine, warmup_epochs=0.0, channels_last=False,
-                               seed=config.seed, eval_batch_size=500)
+                               seed=config.seed, eval_batch_size=500, cpu_bf16=config.cpu_bf16)
     result = train_model(model, data, train_config, reporter=reporter)
     return {"finetune_epochs": config.finetune_epochs, "finetune_best_val": result.best_val_accuracy}
 
