@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 from edgekit.artifacts import atomic_write_text, library_versions, machine_info, read_manifest
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
     parser.add_argument("--train-per-class", type=int)
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--note", default="", help="what else ran on the machine, or anything a reader should know")
     args = parser.parse_args()
 
     run_dir = args.from_run
@@ -51,10 +53,10 @@ def main() -> None:
         model = build_model(ModelSpec.from_width(args.width, data.num_classes), seed=0)
         train_model(model, data, config, args.out, reporter, data_config=data_config)
         run_dir = args.out
-    write_results(args.name, run_dir)
+    write_results(args.name, run_dir, args.note)
 
 
-def write_results(name: str, run_dir: Path) -> None:
+def write_results(name: str, run_dir: Path, note: str = "") -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     manifest = read_manifest(run_dir / "best.pt")
     history, summary, config, data = metrics["history"], metrics["metrics"], metrics["config"], metrics["data"]
@@ -74,7 +76,10 @@ def write_results(name: str, run_dir: Path) -> None:
         f"({machine.get('cpu_count')} cores, torch threads {config.get('threads')}, no GPU).\n\n"
         f"- model: ResNet18, width {config['width']}; epochs {config['epochs']}, batch {config['batch_size']}, "
         f"peak lr {config['lr']}, {config['optimizer']} / {config['schedule']}, label smoothing {config['label_smoothing']}\n"
-        f"- data: {data['source']}; {data['train']} train images (subset), {data['val']} validation, "
+        f"- arithmetic: {'bf16 autocast on the CPU (--cpu-bf16)' if config.get('cpu_bf16') else 'fp32'}\n"
+        f"- data: {data['source']}; {data['train']} train images"
+        f"{' (a per-class subset)' if ((manifest.get('config') or {}).get('data') or {}).get('train_per_class') else ''}, "
+        f"{data['val']} validation, "
         f"{data['test']} test (the JPEG test split)\n"
         f"- **test accuracy (best-by-validation weights): {summary['test_accuracy']:.2%}** "
         f"(best validation {summary['best_val_accuracy']:.2%} at epoch {summary['best_epoch']})\n"
@@ -82,9 +87,13 @@ def write_results(name: str, run_dir: Path) -> None:
         f"- command: `{result['command']}`\n\n"
         "This is a shortened, narrowed run made to fit a 2-core CPU: it shows the recipe learning on the real "
         "data, not the >= 95 % target, which needs width 1 and the full 40-epoch schedule on a GPU.\n"
-        "Other jobs shared the CPU during this run, so images/s is a lower bound.\n\n"
+        + (f"{note}\n" if note else "") + "\n"
         + markdown_table(["epoch", "train loss", "val", "test", "images/s", "elapsed s"], rows)
     )
+    for picture, caption in (("curves", "training curves"), ("confusion", "confusion matrix (test split)")):
+        if (run_dir / f"{picture}.png").exists():
+            shutil.copyfile(run_dir / f"{picture}.png", RESULTS / f"{name}-{picture}.png")
+            text += f"\n![{caption}]({name}-{picture}.png)\n"
     atomic_write_text(RESULTS / f"{name}.md", text)
     print(f"wrote {RESULTS / name}.json and .md")
 
