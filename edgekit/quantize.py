@@ -219,15 +219,19 @@ class RangeSearchObserver(torch.ao.quantization.HistogramObserver):
     def _kl(hist, edges, lo, hi, levels) -> float:
         a = max(0, int(np.searchsorted(edges, lo, side="right")) - 1)
         b = min(len(hist), int(np.searchsorted(edges, hi, side="left")))
-        if b - a < 2:
+        # Fewer bins than levels would quantize losslessly in this model and hide the clipping cost.
+        if b - a < levels:
             return math.inf
-        p = hist[a:b].copy()
+        inside = hist[a:b]
+        p = inside.copy()
         p[0] += hist[:a].sum()  # clipped mass lands on the edges, as the quantizer puts it there
         p[-1] += hist[b:].sum()
-        chunks = np.array_split(np.arange(len(p)), min(levels, len(p)))
+        # q: the in-range histogram alone, spread over `levels` buckets, as TensorRT's entropy
+        # calibration does; p carries the clipped mass, so KL(p || q) charges for clipping.
+        chunks = np.array_split(np.arange(len(p)), levels)
         q = np.zeros_like(p)
         for chunk in chunks:
-            mass, nonzero = p[chunk].sum(), (hist[a:b][chunk] > 0)
+            mass, nonzero = inside[chunk].sum(), (inside[chunk] > 0)
             if nonzero.any():
                 q[chunk[nonzero]] = mass / nonzero.sum()
         p, q = p / p.sum(), q / max(q.sum(), 1e-12)
