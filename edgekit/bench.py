@@ -508,14 +508,16 @@ def _pin_threads(threads: int) -> None:
 
 
 def _baseline_label(path: Path, fmt: Format) -> str | None:
-    """Baselines made by make_baselines say so in their manifest; the fp32 root checkpoint run in
-    torch eager is what a user without edgekit would ship."""
+    """Baselines made by make_baselines say so in their manifest; a trained float checkpoint run in
+    torch eager is what a user without edgekit would ship. That includes a reference stored with
+    fp16 weights (benchmarks/models/): it is rebuilt in fp32 and computes in fp32."""
     with contextlib.suppress(EdgekitError):
         manifest = read_manifest(path)
         if manifest.get("extra", {}).get("baseline"):
             return manifest["extra"]["baseline"]
-        if (fmt is FORMATS["torch"] and manifest.get("kind") == "checkpoint" and manifest.get("precision") == "fp32"
-                and not manifest.get("parent")):
+        precision = manifest.get("precision") or ""
+        if (fmt is FORMATS["torch"] and manifest.get("kind") == "checkpoint"
+                and (precision == "fp32" or precision.startswith("fp16 storage"))):
             return "stock torch eager fp32"
     return None
 

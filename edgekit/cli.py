@@ -319,6 +319,7 @@ def prune(
     steps: int = typer.Option(1, help="prune -> fine-tune -> BN recalibration rounds"),
     finetune_epochs: int = typer.Option(2, help="fine-tune epochs per step (0 = none)"),
     finetune_lr: float = typer.Option(0.02),
+    distill: float = typer.Option(0.5, help="share of the fine-tune loss distilled from the unpruned model (0 = labels only)"),
     cpu_bf16: bool = typer.Option(False, "--cpu-bf16", help="fine-tune in bf16 on a CPU with AVX512-BF16/AMX"),
     unstructured: bool = typer.Option(False, "--unstructured", help="zero weights instead (no dense speed-up)"),
     out: Path = typer.Option(Path("artifacts/pruned.pt")),
@@ -335,8 +336,8 @@ def prune(
     config = PruneConfig(ratio=ratio if ratio is not None else (None if target_macs else 0.3),
                          target_macs=int(target_macs) if target_macs else None, importance=importance,
                          global_pruning=global_pruning, round_to=round_to, steps=steps,
-                         finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, cpu_bf16=cpu_bf16,
-                         unstructured=unstructured, threads=threads, seed=seed)
+                         finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, distill_alpha=distill,
+                         cpu_bf16=cpu_bf16, unstructured=unstructured, threads=threads, seed=seed)
     prune_checkpoint(checkpoint, config, out, _reporter())
 
 

@@ -72,6 +72,10 @@ class TrainConfig:
     averaging: Averaging = Averaging.none
     ema_decay: float = 0.999
     grad_clip: float | None = None
+    # Knowledge distillation (used when train_model gets a teacher, e.g. the unpruned model in a
+    # prune fine-tune): loss = (1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T).
+    distill_alpha: float = 0.0
+    distill_temperature: float = 4.0
     amp: bool = True  # bf16 autocast on CUDA
     cpu_bf16: bool = False  # bf16 autocast on CPUs with native bf16 (AVX512-BF16, AMX): faster, not bit-reproducible
     channels_last: bool = True
@@ -161,6 +165,10 @@ class PruneConfig:
     steps: int = 1  # iterative prune -> fine-tune -> BN recalibration rounds
     finetune_epochs: int = 2  # per step; 0 = no fine-tune
     finetune_lr: float = 0.02
+    # Fine-tune against the unpruned model's logits as well as the labels (0 = labels only): the
+    # unpruned model is the best teacher a pruned child can have, and it is already at hand.
+    distill_alpha: float = 0.5
+    distill_temperature: float = 4.0
     batch_size: int = 256
     cpu_bf16: bool = False  # fine-tune in bf16 autocast on a CPU with native bf16 (see TrainConfig)
     bn_batches: int = 20  # training batches for BN recalibration

@@ -10,8 +10,8 @@ together; a hand-written pruner would have to re-derive that coupling.
 
 The flow, per step (`steps` rounds): prune (ratio or MAC target, importance by L1/L2 weight
 magnitude, BN scale or Taylor; uniform or global; channel counts rounded to `round_to`) ->
-BN recalibration -> fine-tune with `train.train_model` (short, small lr) -> BN recalibration
-(kept only if it does not lower validation accuracy).
+BN recalibration -> fine-tune with `train.train_model` (short, small lr, distilling from the
+unpruned model) -> BN recalibration (kept only if it does not lower validation accuracy).
 
 No pickle: the pruned network's conv widths are read back into a plain `ModelSpec`
 (`stage_channels`: one per stage, shared by the residual-coupled convs; `block_channels`: each
@@ -218,21 +218,30 @@ def validate_config(config: PruneConfig) -> None:
         raise ConfigError(f"--target-macs must be positive, got {config.target_macs}", "e.g. --target-macs 250e6")
     if config.steps < 1 or config.round_to < 1 or config.finetune_epochs < 0:
         raise ConfigError("--steps and --round-to must be >= 1 and --finetune-epochs >= 0", "check the options")
+    if not 0.0 <= config.distill_alpha <= 1.0:
+        raise ConfigError(f"--distill must be between 0 and 1, got {config.distill_alpha}",
+                          "e.g. --distill 0.5 (half the fine-tune loss from the unpruned model) or 0 (labels only)")
 
 
-def _finetune(model: ResNet18, data: DataSplits, config: PruneConfig, reporter: Reporter) -> dict[str, Any]:
+def _finetune(model: ResNet18, data: DataSplits, config: PruneConfig, reporter: Reporter,
+              teacher: nn.Module | None = None) -> dict[str, Any]:
     from .train import train_model
 
     train_config = TrainConfig(epochs=config.finetune_epochs, batch_size=config.batch_size, lr=config.finetune_lr,
                                schedule=Schedule.cosine, warmup_epochs=0.0, channels_last=False,
-                               seed=config.seed, eval_batch_size=500, cpu_bf16=config.cpu_bf16)
-    result = train_model(model, data, train_config, reporter=reporter)
-    return {"finetune_epochs": config.finetune_epochs, "finetune_best_val": result.best_val_accuracy}
+                               seed=config.seed, eval_batch_size=500, cpu_bf16=config.cpu_bf16,
+                               distill_alpha=config.distill_alpha if teacher is not None else 0.0,
+                               distill_temperature=config.distill_temperature)
+    result = train_model(model, data, train_config, reporter=reporter, teacher=teacher)
+    return {"finetune_epochs": config.finetune_epochs, "finetune_best_val": result.best_val_accuracy,
+            "distill_alpha": train_config.distill_alpha}
 
 
-def prune_model(model: ResNet18, data: DataSplits, config: PruneConfig, reporter: Reporter = quiet
-                ) -> tuple[ResNet18, list[dict[str, Any]]]:
-    """Prune `model` in place (structured, Torch-Pruning) with fine-tuning; return it and the history."""
+def prune_model(model: ResNet18, data: DataSplits, config: PruneConfig, reporter: Reporter = quiet,
+                teacher: nn.Module | None = None) -> tuple[ResNet18, list[dict[str, Any]]]:
+    """Prune `model` in place (structured, Torch-Pruning) with fine-tuning; return it and the history.
+
+    `teacher` (the unpruned model) is distilled from during fine-tuning when `config.distill_alpha > 0`."""
     validate_config(config)
     tp = _tp()
     torch.manual_seed(config.seed)
@@ -275,7 +284,7 @@ def prune_model(model: ResNet18, data: DataSplits, config: PruneConfig, reporter
         recalibrate_bn(model, data, config.bn_batches, config.batch_size, config.seed)
         record["val_accuracy_bn_recalibrated"] = accuracy(model, data)
         if config.finetune_epochs:
-            record.update(_finetune(model, data, config, reporter))
+            record.update(_finetune(model, data, config, reporter, teacher))
             before = accuracy(model, data)
             state = {k: v.clone() for k, v in model.state_dict().items()}
             recalibrate_bn(model, data, config.bn_batches, config.batch_size, config.seed)
@@ -339,7 +348,8 @@ def prune_checkpoint(source: Path, config: PruneConfig, out: Path, reporter: Rep
         spec, diff = checkpoint.spec, 0.0
         fresh = model
     else:
-        model, history = prune_model(model, data, config, reporter)
+        teacher = copy.deepcopy(original) if config.distill_alpha > 0 else None
+        model, history = prune_model(model, data, config, reporter, teacher)
         fresh, diff = rebuild(model, checkpoint.spec)
         spec = fresh.spec
     after = model_stats(fresh)

@@ -12,6 +12,9 @@ Choices, and why:
   seeded CPU generator: reproducible and resumable on any device.
 - bf16 autocast on CUDA (fp16 + GradScaler where bf16 is not supported), opt-in on CPUs with native bf16;
   channels_last.
+- Optional knowledge distillation from a teacher (Hinton et al.: temperature-softened KL, scaled
+  by T^2 so its gradients stay comparable to the label loss): prune fine-tunes use the unpruned
+  model, which recovers more accuracy per epoch than labels alone.
 """
 
 from __future__ import annotations
@@ -133,12 +136,25 @@ def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classe
     return torch.bincount(index, minlength=num_classes**2).view(num_classes, num_classes)
 
 
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), batch mean."""
+    log_student = nn.functional.log_softmax(student_logits / temperature, dim=1)
+    log_teacher = nn.functional.log_softmax(teacher_logits / temperature, dim=1)
+    return nn.functional.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * temperature ** 2
+
+
 def train_model(model: ResNet18, data: DataSplits, config: TrainConfig, out_dir: Path | None = None,
                 reporter: Reporter = quiet, resume: bool = False, parent: Path | None = None,
-                data_config: DataConfig | None = None) -> TrainResult:
-    """Train `model` in place with the config's recipe; return it with the best-by-validation weights."""
+                data_config: DataConfig | None = None, teacher: nn.Module | None = None) -> TrainResult:
+    """Train `model` in place with the config's recipe; return it with the best-by-validation weights.
+
+    With a `teacher` and `config.distill_alpha > 0`, the loss mixes in distillation from the
+    teacher's logits on the same augmented batch."""
     if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
         raise ConfigError("epochs, batch size and learning rate must be positive", "check --epochs/--batch-size/--lr")
+    if not 0.0 <= config.distill_alpha <= 1.0 or config.distill_temperature <= 0:
+        raise ConfigError("distillation alpha must be in [0, 1] and its temperature positive",
+                          "e.g. --distill 0.5 (half the loss from the teacher) or --distill 0 (labels only)")
     if len(data.train_y) == 0:
         raise ConfigError("the training split is empty", "use more data or a smaller --val-size")
     if config.threads:
@@ -165,6 +181,11 @@ def train_model(model: ResNet18, data: DataSplits, config: TrainConfig, out_dir:
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
     step_model = torch.compile(model) if config.compile else model
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    distill = teacher is not None and config.distill_alpha > 0
+    if distill:
+        teacher.to(device).to(memory_format=memory_format).eval()
+        for param in teacher.parameters():
+            param.requires_grad_(False)
     generator = torch.Generator().manual_seed(config.seed)
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
 
@@ -206,6 +227,11 @@ def train_model(model: ResNet18, data: DataSplits, config: TrainConfig, out_dir:
                 with autocast:
                     logits = step_model(x)
                     loss = criterion(logits.float(), y)
+                    if distill:
+                        with torch.no_grad():
+                            teacher_logits = teacher(x).float()
+                        loss = ((1 - config.distill_alpha) * loss + config.distill_alpha
+                                * distillation_loss(logits.float(), teacher_logits, config.distill_temperature))
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -246,6 +272,8 @@ def train_model(model: ResNet18, data: DataSplits, config: TrainConfig, out_dir:
                               history, best_val, best_epoch, best_state, config_hash)
 
     model.to("cpu").to(memory_format=torch.contiguous_format)
+    if distill:
+        teacher.to("cpu").to(memory_format=torch.contiguous_format)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

@@ -85,3 +85,26 @@ def test_fine_tune_manifest_records_its_parent_hash(tmp_path, tiny_trained, tiny
     result = train_model(model, tiny_data, config, tmp_path, parent=parent, data_config=tiny_data_config)
     manifest = read_manifest(result.checkpoint)
     assert manifest["parent"] == {"path": str(parent), "sha256": sha256_file(parent)}
+
+
+def test_distillation_alone_teaches_a_fresh_student_the_teachers_answers(tiny_trained, tiny_data):
+    # alpha 1: the labels carry no weight, so whatever the student learns comes from the teacher's logits.
+    from edgekit.train import distillation_loss
+
+    teacher = tiny_trained.model
+    student = build_model(ModelSpec.from_width(0.125, tiny_data.num_classes), seed=1)
+    config = TrainConfig(epochs=2, batch_size=64, lr=0.1, width=0.125, warmup_epochs=0.5, threads=2,
+                         distill_alpha=1.0, channels_last=False)
+    result = train_model(student, tiny_data, config, teacher=teacher)
+    teacher_answers = evaluate(teacher, tiny_data.test_x, tiny_data.test_y)["predictions"]
+    student_answers = evaluate(result.model, tiny_data.test_x, tiny_data.test_y)["predictions"]
+    assert (teacher_answers == student_answers).float().mean().item() > 0.5  # chance agreement is ~10 %
+    logits = torch.randn(8, 10)
+    assert distillation_loss(logits, logits, 4.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert distillation_loss(logits, torch.randn(8, 10), 4.0).item() > 0.0
+
+
+def test_distillation_settings_are_checked(tiny_data):
+    model = build_model(ModelSpec.from_width(0.125, tiny_data.num_classes), seed=0)
+    with pytest.raises(ConfigError, match="distillation"):
+        train_model(model, tiny_data, TrainConfig(epochs=1, distill_alpha=1.5), teacher=model)
