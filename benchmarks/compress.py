@@ -1,6 +1,6 @@
 """Compression benchmark: prune (+ fine-tune), static PTQ, QAT, pruned + int8, measured on this CPU.
 
-    .venv/bin/python benchmarks/compress.py --checkpoint artifacts/ref-cpu/best.pt
+    .venv/bin/python benchmarks/compress.py --checkpoint benchmarks/models/resnet18-w0.5-cpu.fp16.pt
 
 Writes benchmarks/results/compress-cpu.json and .md: accuracy (val and test), params, MACs,
 file size and torch-eager CPU batch-1 latency (threads pinned) of every artifact, with the
@@ -119,11 +119,14 @@ def remeasure(result: dict, extra: list[str], runs: int, rounds: int = 5) -> dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, default=ROOT / "artifacts/ref-cpu/best.pt")
+    parser.add_argument("--checkpoint", type=Path, default=ROOT / "benchmarks/models/resnet18-w0.5-cpu.fp16.pt")
     parser.add_argument("--calibration", type=Path, default=ROOT / "calibration/cifar10-jpg-512.json")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "artifacts/compress")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks/results")
     parser.add_argument("--ratio", type=float, default=0.3)
+    parser.add_argument("--target-macs", type=float, default=None, help="instead of --ratio: prune until MACs <= this")
+    parser.add_argument("--distill", type=float, default=PruneConfig.distill_alpha,
+                        help="share of the fine-tune loss distilled from the unpruned model")
     parser.add_argument("--finetune-epochs", type=int, default=1, help="per step")
     parser.add_argument("--finetune-lr", type=float, default=0.02)
     parser.add_argument("--steps", type=int, default=1, help="prune -> fine-tune rounds")
@@ -161,17 +164,22 @@ def main() -> None:
 
     fp32 = checkpoint.build()
     base_stats = model_stats(fp32)
+    fp32_macs = base_stats["macs"]
     base_latency = measure_latency(fp32, args.threads, args.latency_runs)["p50_ms"]
     row("fp32 (reference)", args.checkpoint, fp32, accuracy(fp32, data), accuracy(fp32, data, "test"),
         base_latency, base_stats)
 
     pruned_path = out / "pruned.pt"
-    pruned = prune_checkpoint(args.checkpoint, PruneConfig(ratio=args.ratio, finetune_epochs=args.finetune_epochs,
+    target = int(args.target_macs) if args.target_macs else None
+    pruned = prune_checkpoint(args.checkpoint, PruneConfig(ratio=None if target else args.ratio, target_macs=target,
+                                                           finetune_epochs=args.finetune_epochs,
                                                            finetune_lr=args.finetune_lr, steps=args.steps,
-                                                           cpu_bf16=args.cpu_bf16, threads=args.threads,
-                                                           latency_runs=args.latency_runs),
+                                                           distill_alpha=args.distill, cpu_bf16=args.cpu_bf16,
+                                                           threads=args.threads, latency_runs=args.latency_runs),
                               pruned_path, reporter, data=data)
-    row(f"pruned {args.ratio:.0%}/layer, {args.steps} step(s) x {args.finetune_epochs} ep fine-tune", pruned_path, None,
+    how = f"to a {fp32_macs / target:.2f}x MACs target" if target else f"{args.ratio:.0%}/layer"
+    distilled = f", distilled ({args.distill:g})" if args.distill else ""
+    row(f"pruned {how}, {args.steps} step(s) x {args.finetune_epochs} ep fine-tune{distilled}", pruned_path, None,
         pruned.after["val_accuracy"], pruned.after["test_accuracy"], pruned.after["latency"]["p50_ms"], pruned.after,
         macs_reduction=pruned.before["macs"] / pruned.after["macs"],
         latency_speedup_same_run=pruned.before["latency"]["p50_ms"] / pruned.after["latency"]["p50_ms"],

@@ -218,3 +218,28 @@ def test_cli_bench_and_compare(artifacts, tmp_path):
     assert result.exit_code == 0 and "best.pt" in result.output
     result = runner.invoke(app, ["bench", str(checkpoint), "--batches", "1,x"])
     assert result.exit_code == 2 and "--batches" in result.output
+
+
+def test_a_reference_stored_in_fp16_is_the_stock_torch_eager_row(artifacts, tmp_path):
+    # benchmarks/models keeps the reference with fp16 weights (half the bytes); it is rebuilt and run in fp32.
+    from edgekit.artifacts import Manifest, parent_ref, write_manifest
+    from edgekit.bench import _baseline_label
+    from edgekit.formats import FORMATS
+    from edgekit.model import save_checkpoint
+
+    _, checkpoint, _ = artifacts
+    source = load_checkpoint(checkpoint)
+    stored = save_checkpoint(tmp_path / "reference.fp16.pt", source.build(), source.classes, source.extra, half=True)
+    write_manifest(stored, Manifest(kind="checkpoint", format="torch", precision="fp16 storage (fp32 compute)",
+                                    parent=parent_ref(checkpoint)))
+    assert all(t.dtype.itemsize == 2 for t in load_checkpoint(stored).state_dict.values() if t.is_floating_point())
+    x = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
+    runner = FORMATS["torch"].module().load_runner(stored)
+    assert runner.predict(x).dtype == np.float32
+    np.testing.assert_allclose(runner.predict(x), FORMATS["torch"].module().load_runner(checkpoint).predict(x),
+                               atol=0.05)
+    assert _baseline_label(stored, FORMATS["torch"]) == "stock torch eager fp32"
+    pruned_like = tmp_path / "pruned.pt"
+    shutil.copy(stored, pruned_like)
+    write_manifest(pruned_like, Manifest(kind="pruned", format="torch", precision="fp32", parent=parent_ref(stored)))
+    assert _baseline_label(pruned_like, FORMATS["torch"]) is None
