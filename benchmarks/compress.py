@@ -212,7 +212,9 @@ def main() -> None:
         quant(f"pruned + QAT int8 ({args.qat_epochs} ep)", pruned_path, out / "pruned-qat.pt",
               QuantizeConfig(mode=QuantMode.qat, method=CalibMethod.auto, qat_epochs=args.qat_epochs, **common))
 
-    result = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
+    shown = args.checkpoint.resolve()
+    shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
+    result = {"checkpoint": str(shown), "checkpoint_sha256": sha256_file(args.checkpoint),
               "calibration": str(args.calibration), "data": data.describe(), "machine": machine_info(),
               "versions": library_versions(), "threads": args.threads, "latency": "torch eager CPU, batch 1, p50 of "
               f"{args.latency_runs} runs, threads pinned to {args.threads}",
