@@ -152,17 +152,26 @@ class Lineage:
         return self.chain[-1]
 
 
+def _normalized(path: Path) -> Path:
+    """One spelling per file (relative to the working directory when inside it), so a root named
+    on the command line and the same root recorded as an absolute parent path are one root."""
+    resolved = path.resolve()
+    with contextlib.suppress(ValueError):
+        return resolved.relative_to(Path.cwd().resolve())
+    return resolved
+
+
 def _resolve_parent(child: Path, recorded: str) -> Path | None:
     """A parent path as recorded (relative to where the command ran), or beside the child."""
     candidate = Path(recorded)
     for path in (candidate, child.parent / candidate.name, child.parent / candidate):
         if path.exists():
-            return path
+            return _normalized(path)
     return None
 
 
 def lineage(artifact: Path) -> Lineage:
-    chain, notes, seen = [artifact], [], {artifact.resolve()}
+    chain, notes, seen = [_normalized(artifact) if artifact.exists() else artifact], [], {artifact.resolve()}
     current = artifact
     while True:
         try:
@@ -630,9 +639,11 @@ def make_baselines(artifacts: list[Path], config: BenchConfig,
     made: list[Path] = []
     skipped: list[dict[str, Any]] = []
     lineages = {p: lineage(p) for p in artifacts if p.exists()}
-    roots = []
+    # A root reached through a manifest's recorded (relative) parent path and the same file named
+    # on the command line must count as one root.
+    roots: list[Path] = []
     for lin in lineages.values():
-        if lin.root not in roots and _torch_checkpoint(lin.root) is not None:
+        if lin.root.resolve() not in {r.resolve() for r in roots} and _torch_checkpoint(lin.root) is not None:
             roots.append(lin.root)
     out_dir = Path(config.baseline_dir)
     for root in roots:
@@ -640,13 +651,13 @@ def make_baselines(artifacts: list[Path], config: BenchConfig,
         try:
             ctx = _Context(config, reporter)
             data_config = ctx.data_config_for(Lineage([root]))
-            chains = [lin.chain for lin in lineages.values() if lin.root == root]
+            chains = [lin.chain for lin in lineages.values() if lin.root.resolve() == root.resolve()]
             calibration, _ = _calibration_for([p for chain in chains for p in chain], data_config, config, reporter)
         except EdgekitError as exc:
             skipped.append(_skip_row("int8 baselines", root, "-", "-", f"no calibration set: {_why(exc)}"))
             continue
         tag = f"{root.stem}-{sha256_file(root)[:8]}"
-        fp32_onnx = next((p for p, lin in lineages.items() if len(lin.chain) == 2 and lin.root == root
+        fp32_onnx = next((p for p, lin in lineages.items() if len(lin.chain) == 2 and lin.root.resolve() == root.resolve()
                           and format_of_path_or_none(p) is FORMATS["onnx"]
                           and (read_manifest(p).get("precision") or "").startswith("fp32")), None)
         for activation, label, suffix in (("default", "stock ORT quantize_static (defaults: QDQ, s8 act.)", "s8"),
@@ -857,6 +868,7 @@ def markdown_text(run: BenchRun, title: str = "edgekit bench") -> str:
     notes = []
     # One note per (runtime, reason) for runtimes missing here, instead of one per file.
     unavailable: dict[tuple[str, str], list[str]] = {}
+    lineage_ends: dict[str, None] = {}
     for r in run.rows:
         slow = r.get("int8_slower_than_fp32")
         if slow:
@@ -868,7 +880,11 @@ def markdown_text(run: BenchRun, title: str = "edgekit bench") -> str:
         elif r["status"] != "ok":
             notes.append(f"- **{_label(r)}** ({r['runtime']}): {r['status']}: {r['why']}")
         for note in r.get("notes") or []:
+            if "lineage stops there" in note:  # the same for every row of a lineage: said once below
+                lineage_ends.setdefault(note, None)
+                continue
             notes.append(f"- {_label(r)} ({r['runtime']}): {note}")
+    notes += [f"- every row of that lineage: {note}" for note in lineage_ends]
     for (runtime, why), names in unavailable.items():
         notes.append(f"- **{runtime}** did not run ({', '.join(names)}): {why}")
     notes = [f"- {note}" for note in run.notes] + _contention_notes(env) + notes

@@ -243,3 +243,18 @@ def test_a_reference_stored_in_fp16_is_the_stock_torch_eager_row(artifacts, tmp_
     shutil.copy(stored, pruned_like)
     write_manifest(pruned_like, Manifest(kind="pruned", format="torch", precision="fp32", parent=parent_ref(stored)))
     assert _baseline_label(pruned_like, FORMATS["torch"]) is None
+
+
+def test_a_root_named_relative_and_recorded_absolute_is_one_root(tmp_path, monkeypatch):
+    # compress benchmarks record absolute parent paths; the command line names the same file relative.
+    from edgekit.artifacts import Manifest, parent_ref, write_manifest
+    from edgekit.bench import lineage
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "root.pt").write_bytes(b"root")
+    (tmp_path / "child.pt").write_bytes(b"child")
+    write_manifest(tmp_path / "child.pt", Manifest(kind="pruned", format="torch", precision="fp32",
+                                                   parent=parent_ref((tmp_path / "root.pt").resolve())))
+    from pathlib import Path
+
+    assert lineage(Path("child.pt")).root == lineage(Path("root.pt")).root == Path("root.pt")
