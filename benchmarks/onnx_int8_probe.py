@@ -81,7 +81,13 @@ def quantize_s8s8(src: Path, out: Path, images: np.ndarray) -> None:
 
 def interleaved_latency_ms(paths: dict, threads: int, runs: int, rounds: int = 10) -> dict:
     """Batch-1 latency of every file, timed in interleaved rounds so each sees the same background load."""
-    runners = {key: onnx_format.load_runner(path, threads) for key, path in paths.items()}
+    return interleaved_runner_latency_ms({key: onnx_format.load_runner(path, threads) for key, path in paths.items()},
+                                         runs, rounds)
+
+
+def interleaved_runner_latency_ms(runners: dict, runs: int, rounds: int = 10) -> dict:
+    """Batch-1 latency of every runner (anything with predict(batch)): 20 warm-up calls each, then
+    `runs` timed calls each, spread over `rounds` interleaved rounds."""
     x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
     times: dict = {key: [] for key in runners}
     for runner in runners.values():

@@ -21,13 +21,11 @@ import json
 import logging
 import os
 import tempfile
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
-
-from types import SimpleNamespace
 
 from edgekit.artifacts import library_versions, machine_info
 from edgekit.bench import RUNTIMES, environment
@@ -36,6 +34,7 @@ from edgekit.formats import FORMATS
 from edgekit.formats import onnx as onnx_format
 from edgekit.model import ModelSpec, ResNet18, count_macs, save_checkpoint
 from edgekit.report import markdown_table
+from onnx_int8_probe import interleaved_runner_latency_ms  # benchmarks/ is the script's directory
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -57,21 +56,6 @@ def with_bn_statistics(model: ResNet18) -> ResNet18:
         for _ in range(4):
             model(torch.rand(32, 3, 32, 32))
     return model.eval()
-
-
-def interleaved(runners: dict, runs: int, rounds: int = 10) -> dict:
-    x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
-    times: dict = {key: [] for key in runners}
-    for runner in runners.values():
-        for _ in range(20):
-            runner.predict(x)
-    for _ in range(rounds):
-        for key, runner in runners.items():
-            for _ in range(max(1, runs // rounds)):
-                start = time.perf_counter()
-                runner.predict(x)
-                times[key].append((time.perf_counter() - start) * 1e3)
-    return {key: {"p50": float(np.percentile(t, 50)), "p90": float(np.percentile(t, 90))} for key, t in times.items()}
 
 
 def main() -> None:
@@ -108,7 +92,7 @@ def main() -> None:
                 path = tflite.module().export(checkpoint, base.with_suffix(".int8.tflite"), "int8", ExportOptions(),
                                               calibration)
                 runners[(ratio, "int8", "tflite")] = tflite.module().load_runner(path, args.threads)
-        latency = interleaved(runners, args.runs)
+        latency = interleaved_runner_latency_ms(runners, args.runs)
     base_macs = shapes[args.ratios[0]]["macs"]
     records, rows = [], []
     for (ratio, precision, runtime), lat in latency.items():

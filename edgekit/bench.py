@@ -639,11 +639,9 @@ def make_baselines(artifacts: list[Path], config: BenchConfig,
     made: list[Path] = []
     skipped: list[dict[str, Any]] = []
     lineages = {p: lineage(p) for p in artifacts if p.exists()}
-    # A root reached through a manifest's recorded (relative) parent path and the same file named
-    # on the command line must count as one root.
-    roots: list[Path] = []
+    roots = []
     for lin in lineages.values():
-        if lin.root.resolve() not in {r.resolve() for r in roots} and _torch_checkpoint(lin.root) is not None:
+        if lin.root not in roots and _torch_checkpoint(lin.root) is not None:
             roots.append(lin.root)
     out_dir = Path(config.baseline_dir)
     for root in roots:
@@ -651,13 +649,13 @@ def make_baselines(artifacts: list[Path], config: BenchConfig,
         try:
             ctx = _Context(config, reporter)
             data_config = ctx.data_config_for(Lineage([root]))
-            chains = [lin.chain for lin in lineages.values() if lin.root.resolve() == root.resolve()]
+            chains = [lin.chain for lin in lineages.values() if lin.root == root]
             calibration, _ = _calibration_for([p for chain in chains for p in chain], data_config, config, reporter)
         except EdgekitError as exc:
             skipped.append(_skip_row("int8 baselines", root, "-", "-", f"no calibration set: {_why(exc)}"))
             continue
         tag = f"{root.stem}-{sha256_file(root)[:8]}"
-        fp32_onnx = next((p for p, lin in lineages.items() if len(lin.chain) == 2 and lin.root.resolve() == root.resolve()
+        fp32_onnx = next((p for p, lin in lineages.items() if len(lin.chain) == 2 and lin.root == root
                           and format_of_path_or_none(p) is FORMATS["onnx"]
                           and (read_manifest(p).get("precision") or "").startswith("fp32")), None)
         for activation, label, suffix in (("default", "stock ORT quantize_static (defaults: QDQ, s8 act.)", "s8"),
