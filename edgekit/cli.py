@@ -68,7 +68,9 @@ def train(
     optimizer: Optimizer = typer.Option(Optimizer.sgd),
     schedule: Schedule = typer.Option(Schedule.onecycle),
     label_smoothing: float = typer.Option(TrainConfig.label_smoothing),
-    cutout: int = typer.Option(0, help="Cutout square side in pixels (0 = off)"),
+    decay_norm_and_bias: bool = typer.Option(TrainConfig.decay_norm_and_bias, "--decay-norm-and-bias/--no-decay-norm-and-bias",
+                                             help="weight decay on BN parameters and biases too"),
+    cutout: int = typer.Option(TrainConfig.cutout, help="Cutout square side in pixels (0 = off)"),
     averaging: Averaging = typer.Option(Averaging.none, help="ema: evaluate and keep an EMA of the weights"),
     grad_clip: Optional[float] = typer.Option(None, help="clip the gradient norm to this value"),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model"),
@@ -93,7 +95,8 @@ def train(
     reporter = _reporter()
     data_config = _data_config(source, data_dir, val_size, train_per_class, seed)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, width=width, optimizer=optimizer,
-                         schedule=schedule, label_smoothing=label_smoothing, cutout=cutout, averaging=averaging,
+                         schedule=schedule, label_smoothing=label_smoothing, cutout=cutout,
+                         decay_norm_and_bias=decay_norm_and_bias, averaging=averaging,
                          grad_clip=grad_clip, compile=compile, amp=amp, cpu_bf16=cpu_bf16, device=device, seed=seed,
                          threads=threads)
     data = load_data(data_config, reporter)

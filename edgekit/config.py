@@ -56,19 +56,27 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """The default recipe targets >= 95 % on CIFAR-10 at width 1 (see README, 'Training recipe')."""
+    """The default recipe targets >= 95 % on CIFAR-10 at width 1 (see README, 'Training recipe').
 
-    epochs: int = 40
+    It follows the published ResNet-18 baseline of KellerJordan/cifar10-zoo
+    (airbench/baselines/train_resnet18_96.py: 95.5 % at 80 epochs without test-time
+    augmentation): batch ~500, peak lr 0.2 with Nesterov, wd 5e-4, a triangular schedule that
+    warms up from 0.2x over the first 20 % of steps, flip + 4-px translate + 12-px Cutout.
+    """
+
+    epochs: int = 80
     batch_size: int = 512
     optimizer: Optimizer = Optimizer.sgd
     lr: float = 0.2  # peak learning rate, for batch 512
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    decay_norm_and_bias: bool = True  # weight decay on BN scales/shifts and biases too (the baselines do)
     label_smoothing: float = 0.1
     schedule: Schedule = Schedule.onecycle
-    warmup_epochs: float = 2.0
-    cutout: int = 0  # side of the Cutout square in pixels; 0 = off
+    warmup_epochs: float | None = None  # None = the first 20 % of the run
+    warmup_start: float = 0.2  # learning-rate factor at the first step of the warm-up
+    cutout: int = 12  # side of the Cutout square in pixels (always fully inside the image); 0 = off
     averaging: Averaging = Averaging.none
     ema_decay: float = 0.999
     grad_clip: float | None = None
@@ -86,15 +94,40 @@ class TrainConfig:
     eval_batch_size: int = 1024
     threads: int | None = None
 
+    def warmup_steps(self, steps_per_epoch: int) -> int:
+        epochs = 0.2 * self.epochs if self.warmup_epochs is None else self.warmup_epochs
+        return int(epochs * steps_per_epoch)
+
     def config_hash(self, data: DataConfig) -> str:
         payload = json.dumps({"train": asdict(self), "data": asdict(data)}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+# Settings that change how fast a run goes or where it reads from, never the weights it reaches:
+# a resumed run may differ from the interrupted one in these.
+RESUME_FREE_FIELDS = frozenset({"threads", "eval_batch_size", "cache_dir", "data_dir"})
+
+
+def resume_mismatches(recorded: dict, current: dict, defaults: dict) -> list[str]:
+    """Fields of `current` that differ from the interrupted run's `recorded` ones.
+
+    A field the recorded run did not have yet (it was added to edgekit later) matches when it
+    still has its default, so a long run survives an upgrade that adds an option."""
+    mismatched = []
+    for name, value in current.items():
+        if name in RESUME_FREE_FIELDS:
+            continue
+        reference = recorded[name] if name in recorded else defaults.get(name)
+        if json.dumps(value, sort_keys=True, default=str) != json.dumps(reference, sort_keys=True, default=str):
+            mismatched.append(name)
+    return mismatched
+
+
 def quick_profile() -> tuple[DataConfig, TrainConfig]:
     """The offline demo: synthetic data, a narrow model, a couple of minutes on two CPU cores."""
     data = DataConfig(source=DataSource.synthetic, val_size=500, synthetic_train=5000, synthetic_test=1000)
-    train = TrainConfig(epochs=4, batch_size=128, lr=0.1, width=0.25, warmup_epochs=0.5)
+    # No Cutout: a 12-px hole can erase most of a synthetic shape, which is the whole label.
+    train = TrainConfig(epochs=4, batch_size=128, lr=0.1, width=0.25, warmup_epochs=0.5, cutout=0)
     return data, train
 
 

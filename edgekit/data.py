@@ -309,8 +309,12 @@ def synthetic_dataset(train: int, test: int, seed: int = 0) -> dict:
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True,
-            cutout: int = 0) -> torch.Tensor:
+            cutout: int = 0, cutout_fill: float | tuple[float, ...] = 0.0) -> torch.Tensor:
     """Random crop with `pad` pixels of reflection padding, horizontal flip, optional Cutout.
+
+    Cutout blanks one `cutout` x `cutout` square per image, placed uniformly so that it lies
+    wholly inside the image (the airbench baselines' variant: every image loses the same area),
+    with `cutout_fill` (a value, or one per channel).
 
     Works on a whole float batch on whatever device it lives on; the random numbers come from
     a CPU generator so a run is reproducible (and resumable) whatever the device.
@@ -329,12 +333,14 @@ def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4, flip
         flip_mask = (torch.rand(n, generator=generator) < 0.5).to(device).view(n, 1, 1, 1)
         images = torch.where(flip_mask, images.flip(3), images)
     if cutout:
-        cy = torch.randint(0, h, (n,), generator=generator).to(device).view(n, 1, 1, 1)
-        cx = torch.randint(0, w, (n,), generator=generator).to(device).view(n, 1, 1, 1)
+        size = min(cutout, h, w)
+        top = torch.randint(0, h - size + 1, (n,), generator=generator).to(device).view(n, 1, 1, 1)
+        left = torch.randint(0, w - size + 1, (n,), generator=generator).to(device).view(n, 1, 1, 1)
         ys = torch.arange(h, device=device).view(1, 1, h, 1)
         xs = torch.arange(w, device=device).view(1, 1, 1, w)
-        hole = ((ys - cy).abs() <= cutout // 2) & ((xs - cx).abs() <= cutout // 2)
-        images = images.masked_fill(hole, 0.0)
+        hole = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
+        fill = torch.as_tensor(cutout_fill, dtype=images.dtype, device=device).reshape(1, -1, 1, 1)
+        images = torch.where(hole, fill, images)
     return images
 
 

@@ -228,7 +228,7 @@ def _finetune(model: ResNet18, data: DataSplits, config: PruneConfig, reporter: 
     from .train import train_model
 
     train_config = TrainConfig(epochs=config.finetune_epochs, batch_size=config.batch_size, lr=config.finetune_lr,
-                               schedule=Schedule.cosine, warmup_epochs=0.0, channels_last=False,
+                               schedule=Schedule.cosine, warmup_epochs=0.0, channels_last=False, cutout=0,
                                seed=config.seed, eval_batch_size=500, cpu_bf16=config.cpu_bf16,
                                distill_alpha=config.distill_alpha if teacher is not None else 0.0,
                                distill_temperature=config.distill_temperature)

@@ -674,7 +674,7 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
             epochs_b = config.qat_epochs - epochs_a
             def train_config(epochs: int) -> TrainConfig:
                 return TrainConfig(epochs=epochs, batch_size=config.batch_size, lr=config.qat_lr,
-                                   schedule=Schedule.cosine, warmup_epochs=0.0, channels_last=False,
+                                   schedule=Schedule.cosine, warmup_epochs=0.0, channels_last=False, cutout=0,
                                    seed=config.seed, eval_batch_size=500, label_smoothing=0.1)
             train_model(qat, data, train_config(epochs_a), reporter=reporter)
             # Observers and BN statistics frozen from here: the last epochs fit the weights to fixed

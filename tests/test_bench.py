@@ -41,7 +41,7 @@ def artifacts(tmp_path_factory, bench_data):
     fp32 ONNX export through edgekit export (real parity gate)."""
     data_config, data = bench_data
     folder = tmp_path_factory.mktemp("bench-artifacts")
-    config = TrainConfig(epochs=1, batch_size=64, lr=0.05, width=0.125, warmup_epochs=0.2, threads=2)
+    config = TrainConfig(epochs=1, batch_size=64, lr=0.05, width=0.125, warmup_epochs=0.2, threads=2, cutout=0)
     trained = train_model(build_model(ModelSpec.from_width(0.125), seed=0), data, config, folder / "train",
                           data_config=data_config)
     checkpoint = folder / "best.pt"

@@ -18,7 +18,7 @@ def config(tmp_path_factory) -> PipelineConfig:
                       cache_dir=str(tmp_path_factory.mktemp("cache")))
     return PipelineConfig(
         data=data,
-        train=TrainConfig(epochs=1, batch_size=64, lr=0.1, width=0.125, warmup_epochs=0.2, threads=2),
+        train=TrainConfig(epochs=1, batch_size=64, lr=0.1, width=0.125, warmup_epochs=0.2, threads=2, cutout=0),
         prune=PruneConfig(ratio=0.3, finetune_epochs=0, latency_runs=5),
         calibration_size=32, static_method=CalibMethod.minmax, qat_epochs=1,
         bench=BenchConfig(batches=(1,), runs=3, min_seconds=0.0, warmup=1, sweep_seconds=0.05, test_limit=64),

@@ -22,7 +22,7 @@ def trained(tmp_path_factory):
     data = load_data(DATA)
     model = build_model(ModelSpec.from_width(0.125), seed=0)
     result = train_model(model, data, TrainConfig(epochs=2, batch_size=128, lr=0.1, warmup_epochs=0.5,
-                                                  width=0.125, channels_last=False, eval_batch_size=500))
+                                                  width=0.125, channels_last=False, eval_batch_size=500, cutout=0))
     path = tmp_path_factory.mktemp("prune") / "fp32.pt"
     save_checkpoint(path, result.model, data.classes, {"data_config": to_plain(DATA)})
     return path, data

@@ -30,7 +30,7 @@ def trained(tmp_path_factory):
     data = load_data(DATA)
     model = build_model(ModelSpec.from_width(0.125), seed=0)
     result = train_model(model, data, TrainConfig(epochs=3, batch_size=64, lr=0.1, warmup_epochs=0.5,
-                                                  width=0.125, channels_last=False, eval_batch_size=500))
+                                                  width=0.125, channels_last=False, eval_batch_size=500, cutout=0))
     root = tmp_path_factory.mktemp("quant")
     path = root / "fp32.pt"
     save_checkpoint(path, result.model, data.classes, {"data_config": to_plain(DATA)})

@@ -94,7 +94,7 @@ def test_distillation_alone_teaches_a_fresh_student_the_teachers_answers(tiny_tr
     teacher = tiny_trained.model
     student = build_model(ModelSpec.from_width(0.125, tiny_data.num_classes), seed=1)
     config = TrainConfig(epochs=2, batch_size=64, lr=0.1, width=0.125, warmup_epochs=0.5, threads=2,
-                         distill_alpha=1.0, channels_last=False)
+                         distill_alpha=1.0, channels_last=False, cutout=0)
     result = train_model(student, tiny_data, config, teacher=teacher)
     teacher_answers = evaluate(teacher, tiny_data.test_x, tiny_data.test_y)["predictions"]
     student_answers = evaluate(result.model, tiny_data.test_x, tiny_data.test_y)["predictions"]
@@ -107,4 +107,41 @@ def test_distillation_alone_teaches_a_fresh_student_the_teachers_answers(tiny_tr
 def test_distillation_settings_are_checked(tiny_data):
     model = build_model(ModelSpec.from_width(0.125, tiny_data.num_classes), seed=0)
     with pytest.raises(ConfigError, match="distillation"):
-        train_model(model, tiny_data, TrainConfig(epochs=1, distill_alpha=1.5), teacher=model)
+        train_model(model, tiny_data, TrainConfig(epochs=1, distill_alpha=1.5, cutout=0), teacher=model)
+
+
+def test_resume_accepts_an_option_added_later_at_its_default_and_refuses_a_changed_one():
+    from edgekit.artifacts import to_plain
+    from edgekit.config import resume_mismatches
+
+    defaults = to_plain(TrainConfig())
+    recorded = dict(defaults)
+    del recorded["warmup_start"]  # a run started before edgekit had this option
+    recorded["threads"] = 2
+    assert resume_mismatches(recorded, to_plain(TrainConfig(threads=1)), defaults) == []
+    assert resume_mismatches(recorded, to_plain(TrainConfig(warmup_start=0.5)), defaults) == ["warmup_start"]
+    assert resume_mismatches(recorded, to_plain(TrainConfig(epochs=81)), defaults) == ["epochs"]
+
+
+def test_lr_schedule_is_the_published_triangle():
+    from edgekit.config import Schedule
+    from edgekit.train import lr_factor
+
+    config = TrainConfig(epochs=10)
+    warmup = config.warmup_steps(steps_per_epoch=100)  # 20 % of 1,000 steps
+    assert warmup == 200
+    factors = [lr_factor(step, 1000, warmup, Schedule.onecycle, config.warmup_start) for step in range(1000)]
+    assert factors[0] == pytest.approx(0.2) and factors[100] == pytest.approx(0.6)
+    assert factors[200] == pytest.approx(1.0) and factors[600] == pytest.approx(0.5)
+    assert max(factors) == pytest.approx(1.0) and factors[-1] == pytest.approx(1 / 800)
+
+
+def test_cutout_blanks_one_square_of_the_given_side_inside_every_image():
+    from edgekit.data import augment
+
+    images = torch.rand(64, 3, 32, 32) * 0.5 + 0.5  # never equal to the fill
+    out = augment(images, torch.Generator().manual_seed(0), pad=0, flip=False, cutout=12, cutout_fill=(0.1, 0.2, 0.3))
+    blank = (out == torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)).all(1)  # [N, 32, 32]
+    assert (blank.flatten(1).sum(1) == 144).all()
+    rows, cols = blank.any(2), blank.any(1)
+    assert (rows.sum(1) == 12).all() and (cols.sum(1) == 12).all()  # one 12x12 square, not clipped at a border
