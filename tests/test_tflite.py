@@ -244,7 +244,8 @@ def test_through_the_export_stage(source, tmp_path):
 def test_int8_artifact_exports_from_its_own_weights(source, calibration, tiny_data, tmp_path, test_images):
     """An int8 torch model as the source: the TFLite int8 file starts from its dequantized weights."""
     from edgekit.config import CalibMethod, QuantizeConfig, QuantMode
-    from edgekit.quantize import load_quantized, quantize_checkpoint
+    from edgekit.qmodel import load_quantized
+    from edgekit.quantize import quantize_checkpoint
 
     int8 = tmp_path / "int8.pt"
     cal_path = tmp_path / "cal.json"
