@@ -398,6 +398,7 @@ def export_command(
     parity_images: int = typer.Option(256, "--parity-images", help="seeded test images the export must agree on"),
     keep_failed: bool = typer.Option(False, "--keep-failed", help="keep a file that fails the parity gate as *.failed.*"),
     debug_parity: bool = typer.Option(False, "--debug-parity", help="compare every conv output with torch; report the first divergent layer"),
+    int8_io: bool = typer.Option(False, "--int8-io", help="int8 input/output tensors (integer-only TFLite); runners still take floats"),
     threads: Optional[int] = typer.Option(None, help="runtime threads for the parity run"),
     seed: int = typer.Option(0, help="seed of the parity image choice"),
     source: Optional[DataSource] = typer.Option(None, "--source", help="default: the data the checkpoint was trained on"),
@@ -413,7 +414,8 @@ def export_command(
 
     options = ExportOptions(batch=batch, dynamic_batch=dynamic_batch, opset=opset,
                             calibration=str(calibration) if calibration else None, parity_images=parity_images,
-                            keep_failed=keep_failed, debug_parity=debug_parity, threads=threads, seed=seed)
+                            keep_failed=keep_failed, debug_parity=debug_parity, int8_io=int8_io, threads=threads,
+                            seed=seed)
     data = None
     if source is not None or data_dir is not None:
         data = data_config_from_dict(torch_artifact_spec(artifact)[1].get("data_config"))

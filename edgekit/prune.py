@@ -34,7 +34,7 @@ from torch import nn
 from .artifacts import Manifest, parent_ref, to_plain, write_manifest
 from .config import DataConfig, Importance, PruneConfig, TrainConfig, Schedule
 from .data import DataSplits, batches, load_data_for_checkpoint, to_unit_float
-from .errors import ConfigError, DependencyError, UnsupportedError
+from .errors import ConfigError, DependencyError
 from .model import ModelSpec, ResNet18, count_macs, count_parameters, load_checkpoint, save_checkpoint
 from .report import Reporter, quiet
 from .timing import percentiles, time_calls
@@ -140,12 +140,15 @@ def spec_of(model: ResNet18, base: ModelSpec) -> ModelSpec:
     for stage in stages:
         widths = {block.conv2.out_channels for block in stage}
         if len(widths) != 1:
-            raise UnsupportedError("pruning left residual-coupled convs with different widths",
-                                   "this is a Torch-Pruning dependency bug; prune with --importance l1 or report it")
+            # A bug (Torch-Pruning's dependency graph or ours), not a user error: a plain exception
+            # keeps its traceback for the report.
+            raise RuntimeError("pruning left residual-coupled convs with different widths (a Torch-Pruning "
+                               "dependency bug; --importance l1 avoids it); please report it with this traceback")
         stage_channels.append(widths.pop())
         block_channels += [block.conv1.out_channels for block in stage]
     if model.conv1.out_channels != stage_channels[0]:
-        raise UnsupportedError("pruned stem width differs from stage 1", "report this as a bug")
+        raise RuntimeError("pruned stem width differs from stage 1: an edgekit bug, please report it with this "
+                           "traceback")
     return dataclasses.replace(base, stage_channels=tuple(stage_channels), block_channels=tuple(block_channels))
 
 
@@ -160,8 +163,8 @@ def rebuild(model: ResNet18, base: ModelSpec) -> tuple[ResNet18, float]:
     x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     diff = (fresh(x) - model(x)).abs().max().item()
     if diff > 1e-5:
-        raise UnsupportedError(f"rebuilt pruned model differs from the pruned module (max |diff| {diff:.3g})",
-                               "report this as a bug; the pruned checkpoint was not written")
+        raise RuntimeError(f"rebuilt pruned model differs from the pruned module (max |diff| {diff:.3g}); the "
+                           "pruned checkpoint was not written. An edgekit bug: please report it with this traceback")
     return fresh, diff
 
 

@@ -251,8 +251,9 @@ def _topological_sort(graph) -> None:
     while pending:
         ready = [n for n in pending if all(name in available for name in n.input)]
         if not ready:
-            raise CheckpointError("ONNX graph has a cycle or a dangling input after fp16 conversion",
-                                  "export fp32 and report the model")
+            # the converter broke the graph: a bug to report (with the traceback), not a user error
+            raise RuntimeError("ONNX graph has a cycle or a dangling input after fp16 conversion; "
+                               "please report it (fp32 export is unaffected)")
         for node in ready:
             ordered.append(node)
             available.update(node.output)

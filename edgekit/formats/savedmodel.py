@@ -97,7 +97,7 @@ class SavedModelRunner:
         path = Path(path)
         if not (path / "saved_model.pb").is_file():
             raise CheckpointError(f"no SavedModel at {path} (saved_model.pb missing)",
-                                  "export one with `edgekit export --format savedmodel`")
+                                  "export one with `edgekit export --target savedmodel`")
         tf = _tf()
         if threads:
             # Only possible before TensorFlow's runtime starts; afterwards the first setting stays.

@@ -177,7 +177,7 @@ class TFLiteRunner:
     def __init__(self, path: Path, threads: int | None = None, max_batch: int = MAX_INVOKE_BATCH) -> None:
         path = Path(path)
         if not path.is_file():
-            raise CheckpointError(f"TFLite file not found: {path}", "export one with `edgekit export --format tflite`")
+            raise CheckpointError(f"TFLite file not found: {path}", "export one with `edgekit export --target tflite`")
         interpreter_class = _interpreter_class()
         try:
             self.interpreter = interpreter_class(model_path=str(path), num_threads=threads)
