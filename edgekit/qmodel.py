@@ -48,6 +48,10 @@ from .model import BasicBlock, Checkpoint, ModelSpec, ResNet18, build_model, loa
 
 QUANTIZED_FORMAT = "edgekit-quantized/1"
 
+# Eager torch.ao.quantization is the deliberate int8 path (see above), so its deprecation notice,
+# and that one alone, is not repeated at every command; every other deprecation stays visible.
+warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*", category=DeprecationWarning)
+
 def _aoq():
     import torch.ao.quantization as aoq
 
