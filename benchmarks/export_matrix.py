@@ -29,7 +29,7 @@ from edgekit.config import ExportOptions  # noqa: E402
 from edgekit.errors import EdgekitError  # noqa: E402
 from edgekit.export import export_artifact  # noqa: E402
 from edgekit.formats import FORMATS, export_targets  # noqa: E402
-from edgekit.quantize import is_quantized_artifact  # noqa: E402
+from edgekit.qmodel import is_quantized_artifact  # noqa: E402
 from edgekit.report import RichReporter, markdown_table  # noqa: E402
 from edgekit.validate import tolerance_for  # noqa: E402
 
@@ -137,7 +137,7 @@ def main() -> None:
           "(ORT's optimized graph for ONNX). 'drop pt' is source accuracy minus export accuracy. "
           "'int convs (ORT)': convolutions and Gemm ONNX Runtime runs as integer kernels.\n\n"
           + markdown_table(columns, table)
-          + "\n\nGates (edgekit/validate.py TOLERANCES):\n\n"
+          + "\n\nGates (each format's tolerances in edgekit/formats/__init__.py):\n\n"
           + "\n".join(sorted({f"- {r['target']} {r['requested_precision']} from {r['source_precision']}: {r['gate']}"
                               for r in rows})) + "\n")
     atomic_write_text(results / f"{args.name}.md", md)

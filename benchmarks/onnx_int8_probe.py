@@ -20,7 +20,6 @@ import logging
 import os
 import platform
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from edgekit.artifacts import library_versions, machine_info
 from edgekit.formats import onnx as onnx_format
 from edgekit.model import BasicBlock, ModelSpec, ResNet18, count_macs, count_parameters
 from edgekit.report import markdown_table
+from edgekit.timing import percentiles, time_interleaved
 from edgekit.validate import precision_label
 
 RESULTS = Path(__file__).parent / "results"
@@ -87,20 +87,12 @@ def interleaved_latency_ms(paths: dict, threads: int, runs: int, rounds: int = 1
 
 def interleaved_runner_latency_ms(runners: dict, runs: int, rounds: int = 10) -> dict:
     """Batch-1 latency of every runner (anything with predict(batch)): 20 warm-up calls each, then
-    `runs` timed calls each, spread over `rounds` interleaved rounds."""
+    `runs` timed calls each, spread over `rounds` interleaved rounds (edgekit.timing's loop and rule)."""
     x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
-    times: dict = {key: [] for key in runners}
-    for runner in runners.values():
-        for _ in range(20):
-            runner.predict(x)
-    for _ in range(rounds):
-        for key, runner in runners.items():
-            for _ in range(max(1, runs // rounds)):
-                start = time.perf_counter()
-                runner.predict(x)
-                times[key].append((time.perf_counter() - start) * 1e3)
-    return {key: {"p50": float(np.percentile(t, 50)), "p90": float(np.percentile(t, 90)), "mean": float(np.mean(t))}
-            for key, t in times.items()}
+    samples = time_interleaved({key: (lambda _, r=runner: r.predict(x)) for key, runner in runners.items()},
+                               runs, warmup=20, rounds=rounds)
+    return {key: {k: stats[k] for k in ("p50", "p90", "mean")}
+            for key, stats in ((key, percentiles(t)) for key, t in samples.items())}
 
 
 def findings(records: list[dict]) -> list[str]:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from edgekit.artifacts import library_versions, machine_info
-from edgekit.bench import RUNTIMES, environment
+from edgekit.bench import environment
 from edgekit.config import ExportOptions
 from edgekit.formats import FORMATS
 from edgekit.formats import onnx as onnx_format
@@ -72,7 +72,7 @@ def main() -> None:
     torch.set_num_threads(1)
     calib = np.random.default_rng(1).random((64, 3, 32, 32), dtype=np.float32)
     env = environment(args.threads)
-    runtimes = [r for r in RUNTIMES["onnx"] if r.unavailable() is None]
+    runtimes = [r for r in FORMATS["onnx"].all_runtimes() if r.unavailable() is None]
     tflite = FORMATS["tflite"] if FORMATS["tflite"].unavailable_reason() is None else None
     shapes, runners = {}, {}
     with tempfile.TemporaryDirectory(prefix="prune-probe-") as scratch:

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ from edgekit.calibrate import calibration_data_config, load_calibration  # noqa:
 from edgekit.config import ExportOptions  # noqa: E402
 from edgekit.data import load_data, to_unit_float  # noqa: E402
 from edgekit.formats import tflite  # noqa: E402
+from edgekit.timing import percentiles, time_calls, time_interleaved  # noqa: E402
 from edgekit.model import ModelSpec, build_model, count_macs, save_checkpoint  # noqa: E402
 
 CALIBRATION = ROOT / "calibration" / "cifar10-jpg-128.json"
@@ -45,45 +45,28 @@ def invoke_timer(runner: tflite.TFLiteRunner, image: np.ndarray):
     x = runner._quantize(np.ascontiguousarray(image.transpose(0, 2, 3, 1)))
     index_in, index_out = runner._input["index"], runner._output["index"]
 
-    def once() -> float:
-        start = time.perf_counter()
+    def once(_: int) -> None:
         interpreter.set_tensor(index_in, x)
         interpreter.invoke()
         interpreter.get_tensor(index_out)
-        return (time.perf_counter() - start) * 1e3
 
     return once
 
 
-def time_interleaved(timers: dict[str, object], warmup: int, runs: int, block: int = 10) -> dict[str, dict]:
-    """Time the precisions in alternating blocks, so load from other users of the shared CPU
-    lands on all of them alike instead of on whichever ran during a busy minute."""
-    for once in timers.values():
-        for _ in range(warmup):
-            once()
-    samples: dict[str, list[float]] = {name: [] for name in timers}
-    while min(len(v) for v in samples.values()) < runs:
-        for name, once in timers.items():
-            samples[name] += [once() for _ in range(block)]
+def time_interleaved_stats(timers: dict[str, object], warmup: int, runs: int) -> dict[str, dict]:
+    """Time the precisions in alternating rounds (edgekit.timing), so load from other users of the
+    shared CPU lands on all of them alike instead of on whichever ran during a busy minute."""
     stats = {}
-    for name, values in samples.items():
-        values.sort()
-        stats[name] = {"p50_ms": statistics.median(values), "p90_ms": values[int(0.9 * (len(values) - 1))],
-                       "mean_ms": statistics.fmean(values), "min_ms": values[0], "runs": len(values),
-                       "warmup": warmup}
+    for name, values in time_interleaved(timers, runs, warmup, rounds=max(1, runs // 10)).items():
+        summary = percentiles(values)
+        stats[name] = {"p50_ms": summary["p50"], "p90_ms": summary["p90"], "mean_ms": summary["mean"],
+                       "min_ms": summary["min"], "runs": summary["runs"], "warmup": warmup}
     return stats
 
 
 def time_predict(runner: tflite.TFLiteRunner, image: np.ndarray, warmup: int, runs: int) -> float:
     """The Runner contract's cost (NCHW float in, layout change and (de)quantization included): p50 ms."""
-    for _ in range(warmup):
-        runner.predict(image)
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        runner.predict(image)
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
+    return percentiles(time_calls(lambda _: runner.predict(image), runs, warmup))["p50"]
 
 
 def main() -> None:
@@ -121,7 +104,7 @@ def main() -> None:
                 "top1_agreement_vs_torch": float((logits.argmax(1) == reference.argmax(1)).mean()),
                 "float_ops": census["float_ops"] if precision == "int8" else None,
             })
-        timings = time_interleaved({p: invoke_timer(r, images[:1]) for p, r in runners.items()},
+        timings = time_interleaved_stats({p: invoke_timer(r, images[:1]) for p, r in runners.items()},
                                    args.warmup, args.runs)
         for row in rows:
             row.update({k: round(v, 3) if isinstance(v, float) else v for k, v in timings[row["precision"]].items()})

@@ -36,6 +36,7 @@ from .config import DataConfig, DataSource
 from .data import DataSplits, to_unit_float
 from .errors import CalibrationError, ConfigError
 from .model import CIFAR10_MEAN, CIFAR10_STD, ModelSpec
+from .timing import batch_slices
 
 CALIBRATION_FORMAT = "edgekit-calibration/1"
 DEFAULT_SIZE = 512
@@ -73,8 +74,8 @@ class CalibrationSet:
 
     def batches(self, batch_size: int = 128):
         """float32 torch batches, for feeding observers."""
-        for start in range(0, len(self), batch_size):
-            yield torch.from_numpy(self.images[start:start + batch_size])
+        for batch in batch_slices(len(self), batch_size):
+            yield torch.from_numpy(self.images[batch])
 
 
 # ---- hashes and descriptions -----------------------------------------------------------------

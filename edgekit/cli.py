@@ -147,7 +147,7 @@ def info(artifact: Path = typer.Argument(..., help="a checkpoint or exported fil
     """
     from .artifacts import manifest_path, read_manifest, size_bytes
     from .errors import CheckpointError
-    from .formats import format_of_path
+    from .formats import SOURCE_FORMAT, format_of_path
 
     reporter = _reporter()
     if not artifact.exists():
@@ -156,12 +156,14 @@ def info(artifact: Path = typer.Argument(..., help="a checkpoint or exported fil
     rows: list[list] = [["file", str(artifact)], ["size (MB)", round(size / 1e6, 3)]]
     fmt = format_of_path(artifact)
     rows.append(["format", fmt.name])
-    if fmt.name == "torch":
-        from .model import count_macs, count_parameters, load_checkpoint
+    if fmt is SOURCE_FORMAT:
+        from .model import build_model, count_macs, count_parameters
+        from .qmodel import torch_artifact_spec
 
-        model = load_checkpoint(artifact).build()
+        spec, _, int8 = torch_artifact_spec(artifact)
+        model = build_model(spec)  # the architecture: an int8 file has the same shapes, its weights int8
         rows += [["parameters", count_parameters(model)], ["MACs (batch 1)", count_macs(model)],
-                 ["stage channels", list(model.spec.stage_channels)]]
+                 ["stage channels", list(spec.stage_channels)], ["int8 model", "yes" if int8 else "no"]]
     rows.append(["census", json.dumps(fmt.module().census(artifact))])
     if manifest_path(artifact).exists():
         manifest = read_manifest(artifact)
@@ -275,7 +277,10 @@ def bench(
                          baseline_dir=str(baseline_dir), calibration=str(calibration) if calibration else None, data=data)
     if out is None:
         out = Path("benchmarks/results") / f"bench-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    run_bench(artifacts or [], config, reporter, directory=directory, out=out)
+    result = run_bench(artifacts or [], config, reporter, directory=directory, out=out)
+    if not any(row["status"] == "ok" for row in result.rows):
+        typer.echo(f"error: no row of the bench ran (see the notes in {out}.md)", err=True)
+        raise typer.Exit(1)
 
 
 from .config import CalibMethod, Importance, QuantMode  # noqa: E402  (compression stage choices)
@@ -393,6 +398,7 @@ def export_command(
     parity_images: int = typer.Option(256, "--parity-images", help="seeded test images the export must agree on"),
     keep_failed: bool = typer.Option(False, "--keep-failed", help="keep a file that fails the parity gate as *.failed.*"),
     debug_parity: bool = typer.Option(False, "--debug-parity", help="compare every conv output with torch; report the first divergent layer"),
+    int8_io: bool = typer.Option(False, "--int8-io", help="int8 input/output tensors (integer-only TFLite); runners still take floats"),
     threads: Optional[int] = typer.Option(None, help="runtime threads for the parity run"),
     seed: int = typer.Option(0, help="seed of the parity image choice"),
     source: Optional[DataSource] = typer.Option(None, "--source", help="default: the data the checkpoint was trained on"),
@@ -404,14 +410,15 @@ def export_command(
     """
     from .config import ExportOptions, data_config_from_dict
     from .export import export_artifact
-    from .model import load_checkpoint
+    from .qmodel import torch_artifact_spec
 
     options = ExportOptions(batch=batch, dynamic_batch=dynamic_batch, opset=opset,
                             calibration=str(calibration) if calibration else None, parity_images=parity_images,
-                            keep_failed=keep_failed, debug_parity=debug_parity, threads=threads, seed=seed)
+                            keep_failed=keep_failed, debug_parity=debug_parity, int8_io=int8_io, threads=threads,
+                            seed=seed)
     data = None
     if source is not None or data_dir is not None:
-        data = data_config_from_dict(load_checkpoint(artifact).extra.get("data_config"))
+        data = data_config_from_dict(torch_artifact_spec(artifact)[1].get("data_config"))
         if source is not None:
             data.source = source
         if data_dir is not None:

@@ -13,16 +13,19 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .artifacts import Manifest, parent_ref, read_manifest, to_plain, write_manifest
 from .config import DataConfig, ExportOptions, data_config_from_dict
 from .errors import CheckpointError, ConfigError, DependencyError, ParityError, UnsupportedError
-from .formats import FORMATS, export_targets, load_source
+from .formats import FORMATS, SOURCE_FORMAT, export_targets, load_source
 from .report import Reporter, quiet
 from .validate import LAYER_TOLERANCE, ParityReport, check, parity, precision_label, violations
+
+if TYPE_CHECKING:
+    from .data import DataSplits
 
 
 @dataclass
@@ -101,8 +104,10 @@ def parity_subset(count: int, total: int, seed: int) -> np.ndarray:
 
 def export_artifact(source: Path, target: str, precision: str, out: Path | None = None,
                     options: ExportOptions | None = None, reporter: Reporter = quiet,
-                    data_config: DataConfig | None = None) -> ExportResult:
-    """Export `source` (an edgekit checkpoint; for int8, also an int8 artifact) to `target`, gated on parity."""
+                    data_config: DataConfig | None = None, data: DataSplits | None = None) -> ExportResult:
+    """Export `source` (an edgekit checkpoint; for int8, also an int8 artifact) to `target`, gated on parity.
+
+    `data`: the splits already loaded by the caller (the quantize stage), else loaded here."""
     from .data import load_data, to_unit_float
 
     options = options or ExportOptions()
@@ -119,7 +124,8 @@ def export_artifact(source: Path, target: str, precision: str, out: Path | None 
     checkpoint = load_source(source, precision)
     out = Path(out) if out else default_out_path(source, target, precision)
 
-    data = load_data(_data_config(checkpoint.extra, options, data_config), reporter)
+    if data is None:
+        data = load_data(_data_config(checkpoint.extra, options, data_config), reporter)
     if checkpoint.classes and list(checkpoint.classes) != list(data.classes):
         raise ConfigError(f"{source.name} was trained on classes {checkpoint.classes}, the data has {data.classes}",
                           "load the data the checkpoint was trained on")
@@ -139,7 +145,7 @@ def export_artifact(source: Path, target: str, precision: str, out: Path | None 
     debug = None
     try:
         module.export(source, staging, precision, options, calibration, reporter)
-        source_runner = FORMATS["torch"].module().load_runner(source, options.threads)
+        source_runner = SOURCE_FORMAT.module().load_runner(source, options.threads)
         exported_runner = module.load_runner(staging, options.threads)
         reporter.info(f"parity: {len(images)} seeded test images, {source_runner.name} vs {exported_runner.name}")
         report = parity(source_runner, exported_runner, images, labels)

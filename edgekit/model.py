@@ -246,6 +246,7 @@ def load_checkpoint(path: str | Path, expect: ModelSpec | None = None) -> Checkp
                 raise CheckpointError(
                     f"checkpoint {path.name} has {name}={getattr(spec, name)} but the model here expects "
                     f"{getattr(expect, name)}",
-                    "pass the matching --width / --num-classes, or the checkpoint made for this model")
+                    "pass the matching --width (the class count comes from the data), or the checkpoint made "
+                    "for this model")
     return Checkpoint(spec=spec, state_dict=payload["state_dict"], classes=list(payload.get("classes", [])),
                       extra=payload.get("extra", {}))

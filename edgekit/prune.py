@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,9 +34,10 @@ from torch import nn
 from .artifacts import Manifest, parent_ref, to_plain, write_manifest
 from .config import DataConfig, Importance, PruneConfig, TrainConfig, Schedule
 from .data import DataSplits, batches, load_data_for_checkpoint, to_unit_float
-from .errors import ConfigError, DependencyError, UnsupportedError
+from .errors import ConfigError, DependencyError
 from .model import ModelSpec, ResNet18, count_macs, count_parameters, load_checkpoint, save_checkpoint
 from .report import Reporter, quiet
+from .timing import percentiles, time_calls
 
 
 @dataclass
@@ -56,34 +56,25 @@ class PruneResult:
 @torch.inference_mode()
 def measure_latency(model: nn.Module, threads: int = 1, runs: int = 200, warmup: int = 20,
                     batch: int = 1) -> dict[str, Any]:
-    """CPU batch-`batch` latency of torch eager, threads pinned; milliseconds, median and spread."""
+    """CPU batch-`batch` latency of torch eager, threads pinned; milliseconds (edgekit.timing's rule)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         model.eval()
         x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-        for _ in range(warmup):
-            model(x)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - start) * 1e3)
+        stats = percentiles(time_calls(lambda _: model(x), runs, warmup))
     finally:
         torch.set_num_threads(previous)
-    times.sort()
-    return {"p50_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))],
-            "mean_ms": statistics.fmean(times), "runs": runs, "threads": threads, "batch": batch,
-            "runtime": "torch eager (CPU)"}
+    return {"p50_ms": stats["p50"], "p90_ms": stats["p90"], "mean_ms": stats["mean"], "runs": runs,
+            "threads": threads, "batch": batch, "runtime": "torch eager (CPU)"}
 
 
 def compare_latency(models: dict[str, nn.Module], threads: int = 1, runs: int = 200, rounds: int = 5
                     ) -> dict[str, dict[str, Any]]:
     """Latency of several models measured in alternating rounds, so drift (other processes, allocator
     and cache state after training) hits them alike; each p50 is the median of the rounds' p50s.
-
-    Measured here: after four epochs of fine-tuning in the same process, one-shot before/after
-    measurements gave a 1.2x speed-up where a fresh process measured 1.8x.
+    (One-shot before/after measurements in the process that just fine-tuned disagreed with a fresh
+    process; no recorded figure backs the size of that effect, so none is quoted.)
     """
     per_round = max(10, runs // rounds)
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in models}
@@ -149,12 +140,15 @@ def spec_of(model: ResNet18, base: ModelSpec) -> ModelSpec:
     for stage in stages:
         widths = {block.conv2.out_channels for block in stage}
         if len(widths) != 1:
-            raise UnsupportedError("pruning left residual-coupled convs with different widths",
-                                   "this is a Torch-Pruning dependency bug; prune with --importance l1 or report it")
+            # A bug (Torch-Pruning's dependency graph or ours), not a user error: a plain exception
+            # keeps its traceback for the report.
+            raise RuntimeError("pruning left residual-coupled convs with different widths (a Torch-Pruning "
+                               "dependency bug; --importance l1 avoids it); please report it with this traceback")
         stage_channels.append(widths.pop())
         block_channels += [block.conv1.out_channels for block in stage]
     if model.conv1.out_channels != stage_channels[0]:
-        raise UnsupportedError("pruned stem width differs from stage 1", "report this as a bug")
+        raise RuntimeError("pruned stem width differs from stage 1: an edgekit bug, please report it with this "
+                           "traceback")
     return dataclasses.replace(base, stage_channels=tuple(stage_channels), block_channels=tuple(block_channels))
 
 
@@ -169,8 +163,8 @@ def rebuild(model: ResNet18, base: ModelSpec) -> tuple[ResNet18, float]:
     x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     diff = (fresh(x) - model(x)).abs().max().item()
     if diff > 1e-5:
-        raise UnsupportedError(f"rebuilt pruned model differs from the pruned module (max |diff| {diff:.3g})",
-                               "report this as a bug; the pruned checkpoint was not written")
+        raise RuntimeError(f"rebuilt pruned model differs from the pruned module (max |diff| {diff:.3g}); the "
+                           "pruned checkpoint was not written. An edgekit bug: please report it with this traceback")
     return fresh, diff
 
 

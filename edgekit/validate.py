@@ -3,7 +3,8 @@
 An exported file is only as good as its agreement with the model it came from. `parity` runs
 the source runner and the exported runner on the same seeded real images and measures top-1
 agreement, logit error and cosine similarity; `check` refuses a file beyond the tolerance of its
-(target, precision) row in TOLERANCES. `precision_label` names what a file holds from its
+(target, precision) row, read from the format table (edgekit.formats: each format owns its
+tolerances). `precision_label` names what a file holds from its
 counted weights, never from the flag that asked for it.
 """
 
@@ -14,45 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ParityError
+from .errors import ParityError, UnsupportedError
+from .formats import FORMATS, Tolerance
+from .timing import predict_batched
 
-
-@dataclass(frozen=True)
-class Tolerance:
-    min_agreement: float  # top-1 agreement with the source, fraction
-    max_abs: float | None = None  # largest logit difference allowed (None: not gated)
-    min_cosine: float | None = None  # mean per-image cosine similarity of logits
-    # int8: accuracy on the parity images may drop this much (points) below the source's
-    max_drop_vs_int8_source: float | None = None  # source already quantized (PTQ/QAT): same arithmetic
-    max_drop_vs_fp32_source: float | None = None  # source fp32: quantization error itself is allowed
-
-
-_BASE = {
-    "fp32": Tolerance(min_agreement=0.999, max_abs=1e-3, min_cosine=0.99999),
-    "fp16": Tolerance(min_agreement=0.995, max_abs=None, min_cosine=0.999),
-    # vs an fp32 source the gate is the accuracy: at most 2 points lower on the parity images
-    # (one image of 256 is 0.4 points), with logits still pointing the same way (cosine 0.99).
-    # Top-1 agreement is only loosely gated (85 %): PTQ flips low-margin images both ways, and a
-    # weak model has many (a 50 %-accurate tiny test model agrees ~90 %; a 95 % CIFAR model ~98 %).
-    # vs an int8/QAT source the export should reproduce the same integer model: 0.5 points.
-    "int8": Tolerance(min_agreement=0.85, max_abs=None, min_cosine=0.98,
-                      max_drop_vs_int8_source=0.5, max_drop_vs_fp32_source=2.0),
-}
-
-# One row per (target, precision). TensorRT may run fp32 layers in TF32 on Ampere and newer,
-# so its fp32 row gates on agreement and cosine rather than a tight max-abs.
-TOLERANCES: dict[tuple[str, str], Tolerance] = {
-    ("onnx", "fp32"): _BASE["fp32"],
-    ("onnx", "fp16"): _BASE["fp16"],
-    ("onnx", "int8"): _BASE["int8"],
-    ("tensorrt", "fp32"): Tolerance(min_agreement=0.999, max_abs=5e-2, min_cosine=0.9999),
-    ("tensorrt", "fp16"): _BASE["fp16"],
-    ("tensorrt", "int8"): _BASE["int8"],
-    ("tflite", "fp32"): _BASE["fp32"],
-    ("tflite", "fp16"): _BASE["fp16"],
-    ("tflite", "int8"): _BASE["int8"],
-    ("savedmodel", "fp32"): _BASE["fp32"],
-}
 
 # Layer-wise relative error above which `--debug-parity` calls a layer divergent.
 LAYER_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8": 0.15}
@@ -83,8 +49,7 @@ class ParityReport:
 
 
 def _predict_all(runner, images: np.ndarray, batch_size: int) -> np.ndarray:
-    return np.concatenate([np.asarray(runner.predict(images[i:i + batch_size]), dtype=np.float32)
-                           for i in range(0, len(images), batch_size)])
+    return predict_batched(runner.predict, images, batch_size)
 
 
 def parity(source_runner, exported_runner, images: np.ndarray, labels: np.ndarray, batch_size: int = 64,
@@ -122,13 +87,12 @@ def parity(source_runner, exported_runner, images: np.ndarray, labels: np.ndarra
 
 
 def tolerance_for(target: str, precision: str) -> Tolerance:
-    try:
-        return TOLERANCES[(target, precision)]
-    except KeyError:
-        from .errors import UnsupportedError
-
+    fmt = FORMATS.get(target)
+    tolerance = fmt.tolerances.get(precision) if fmt is not None else None
+    if tolerance is None:
         raise UnsupportedError(f"no parity tolerance for {target} {precision}",
-                               "add a row to edgekit.validate.TOLERANCES") from None
+                               "add it to the format's tolerances in edgekit/formats/__init__.py")
+    return tolerance
 
 
 def violations(report: ParityReport, target: str, precision: str, source_precision: str = "fp32") -> list[str]:

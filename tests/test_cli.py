@@ -64,3 +64,29 @@ def test_unknown_option_and_choice_are_refused():
     assert invoke("train", "--no-such-option").exit_code == 2
     result = invoke("train", "--optimizer", "adagrad")
     assert result.exit_code == 2 and "adagrad" in result.output
+
+
+def test_info_and_export_source_read_an_int8_artifact(trained_dir, tmp_path):
+    # `info` and `export --source` used to call load_checkpoint, which refuses every int8 file.
+    from edgekit.config import QuantizeConfig, QuantMode
+    from edgekit.quantize import quantize_checkpoint
+
+    from edgekit.calibrate import make_calibration, save_calibration
+    from edgekit.config import data_config_from_dict
+    from edgekit.data import load_data
+    from edgekit.model import load_checkpoint
+
+    cal = tmp_path / "cal.json"
+    config = data_config_from_dict(load_checkpoint(trained_dir / "best.pt").extra["data_config"])
+    save_calibration(make_calibration(load_data(config), config, size=32), cal)
+    int8 = tmp_path / "int8.pt"
+    quantize_checkpoint(trained_dir / "best.pt", QuantizeConfig(mode=QuantMode.static, method="minmax",
+                                                                calibration=str(cal), latency_runs=2,
+                                                                export_onnx=False), int8)
+    result = invoke("info", int8)
+    assert result.exit_code == 0, result.output
+    assert "MACs" in result.output and "int8 model" in result.output and "yes" in result.output
+    result = invoke("export", int8, "--target", "onnx", "--precision", "fp32", "--source", "synthetic")
+    # past the data options (which used to fail on the int8 file), to export's own refusal of fp32
+    assert result.exit_code == 1 and "int8 model" in result.output, result.output
+    assert "Traceback" not in result.output

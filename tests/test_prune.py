@@ -81,3 +81,19 @@ def test_bad_input(trained, tmp_path):
     with pytest.raises(CheckpointError, match="not an edgekit checkpoint"):
         prune_checkpoint(junk, PruneConfig(), tmp_path / "x.pt", data=data)
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_internal_inconsistencies_are_plain_exceptions_not_user_errors():
+    # "Please report it" cases are bugs: a plain exception keeps its traceback at the CLI edge,
+    # where an EdgekitError would be turned into one line and lose it.
+    from torch import nn
+
+    from edgekit.errors import EdgekitError
+    from edgekit.prune import spec_of
+
+    spec = ModelSpec.from_width(0.125)
+    model = build_model(spec)
+    model.conv1 = nn.Conv2d(3, spec.stage_channels[0] + 1, 3, padding=1, bias=False)
+    with pytest.raises(RuntimeError, match="report") as raised:
+        spec_of(model, spec)
+    assert not isinstance(raised.value, EdgekitError)

@@ -16,12 +16,26 @@ from edgekit.data import load_data, to_unit_float
 from edgekit.errors import CalibrationError, CheckpointError, ConfigError
 from edgekit.model import ModelSpec, build_model, save_checkpoint
 from edgekit.prune import accuracy
-from edgekit.quantize import int8_census, load_quantized, quantize_checkpoint
+from edgekit.qmodel import int8_census, load_quantized
+from edgekit.quantize import quantize_checkpoint
 from edgekit.train import train_model
 
 DATA = DataConfig(source=DataSource.synthetic, synthetic_train=1000, synthetic_test=200, val_size=200)
 # Tolerance for PTQ on the tiny model: 200 validation images, so one image is 0.5 pt.
 PTQ_TOLERANCE = 0.05
+
+
+@pytest.fixture(autouse=True)
+def loose_int8_vs_int8_gate(monkeypatch):
+    """This width-0.125 model is ~30 % accurate with logit margins below int8 noise: two int8
+    renderings of it (torch's requantizing kernels, ORT's QLinearConv) flip a few of 200 images
+    (2 pt when this test was written). The gate's mechanics are under test here, for the QDQ file
+    quantize writes beside its output as for `edgekit export`; the 0.5-point int8-vs-int8
+    tolerance itself belongs to the real model (benchmarks/results/export-cpu.md)."""
+    from edgekit.formats import FORMATS
+
+    tolerances = FORMATS["onnx"].tolerances
+    monkeypatch.setitem(tolerances, "int8", dataclasses.replace(tolerances["int8"], max_drop_vs_int8_source=5.0))
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +73,11 @@ def test_static_ptq_int8_weights_and_accuracy(trained, tmp_path):
     assert manifest["parent"]["sha256"] and manifest["extra"]["calibration"]["pixels_sha256"]
     assert manifest["precision"] == "int8"
     assert "test_accuracy" in manifest["metrics"] and "val_accuracy" in manifest["metrics"]
+    # the QDQ file beside it went through export's gate: a counted label, parity in its manifest
     assert result.onnx is not None and result.onnx.exists()
+    side = read_manifest(result.onnx)
+    assert side["precision"] == "int8" and side["metrics"]["parity"]["images"] > 0
+    assert side["parent"]["sha256"] == manifest["sha256"]
 
 
 def _assert_qdq_reproduces_int8(onnx_path, int8_model, data, convs_int8):
@@ -84,19 +102,12 @@ def _assert_qdq_reproduces_int8(onnx_path, int8_model, data, convs_int8):
     assert abs((got.argmax(1) == labels).mean() - (expected.argmax(1) == labels).mean()) <= 0.04
 
 
-def test_int8_artifact_exports_through_the_gate_and_refuses_float(trained, tmp_path, monkeypatch):
-    from edgekit import validate
+def test_int8_artifact_exports_through_the_gate_and_refuses_float(trained, tmp_path):
     from edgekit.config import ExportOptions
     from edgekit.errors import UnsupportedError
     from edgekit.export import export_artifact
 
     source, cal, data = trained
-    # This width-0.125 model is ~30 % accurate with logit margins below int8 noise: two int8
-    # renderings of it (torch's requantizing kernels, ORT's QLinearConv) flip a few of 200 images
-    # (measured: 2 pt). The gate's mechanics are under test here; its 0.5-point int8-vs-int8
-    # tolerance is measured on the real model (benchmarks/results/export-cpu.md).
-    loose = dataclasses.replace(validate.TOLERANCES[("onnx", "int8")], max_drop_vs_int8_source=5.0)
-    monkeypatch.setitem(validate.TOLERANCES, ("onnx", "int8"), loose)
     int8 = tmp_path / "int8.pt"
     made = quantize_checkpoint(source, QuantizeConfig(mode=QuantMode.static, method=CalibMethod.minmax,
                                                       calibration=str(cal), latency_runs=5), int8, data=data)

@@ -1,21 +1,28 @@
 """The format table: every target edgekit can write and run, listed once.
 
-export, bench and the CLI read this table; nothing else names formats. Each format module
-is imported lazily (TensorFlow, TensorRT and friends are heavy and optional) and offers:
+export, validate, bench, pipeline and the CLI read this table; nothing else names formats
+(tests/test_format_names.py checks). Each entry owns, for its format: the module with its
+exporter and runner, the runtimes that can run its files (an ONNX file: ONNX Runtime, and
+OpenVINO when installed), its parity tolerances per precision, its stock baselines (what a user
+would do without edgekit) and its availability check. Format modules are imported lazily
+(TensorFlow, TensorRT and friends are heavy and optional) and offer:
 
     export(source: Path, out: Path, precision: str, options: ExportOptions, calibration, reporter) -> Path
     load_runner(path: Path, threads: int | None = None) -> Runner
     census(path: Path) -> dict        # weights and ops counted by dtype, read from the file
     unavailable_reason() -> str | None  # why this machine cannot export/run it, or None
+    make_baseline(baseline: StockBaseline, start: Path, out: Path, calibration) -> Path   # if it has baselines
+    int8_slowdown_reasons(row: dict) -> list[str]   # optional: why an int8 file of it can run slower
 
-A Runner takes float32 pixels in [0, 1], NCHW [N, 3, 32, 32], and returns float32 logits [N, C],
-whatever the file holds inside; layout and dtype conversion live in the runner.
+A runtime module offers load_runner and unavailable_reason. A Runner takes float32 pixels in
+[0, 1], NCHW [N, 3, 32, 32], and returns float32 logits [N, C], whatever the file holds inside;
+layout and dtype conversion live in the runner.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Callable, Protocol
@@ -23,6 +30,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import numpy as np
 
 from ..errors import UnsupportedError
+from ..timing import batch_slices
 
 if TYPE_CHECKING:
     from ..model import Checkpoint
@@ -35,6 +43,59 @@ class Runner(Protocol):
 
 
 @dataclass(frozen=True)
+class Tolerance:
+    """How close an exported file must stay to its source on the parity images (edgekit.validate)."""
+
+    min_agreement: float  # top-1 agreement with the source, fraction
+    max_abs: float | None = None  # largest logit difference allowed (None: not gated)
+    min_cosine: float | None = None  # mean per-image cosine similarity of logits
+    # int8: accuracy on the parity images may drop this much (points) below the source's
+    max_drop_vs_int8_source: float | None = None  # source already quantized (PTQ/QAT): same arithmetic
+    max_drop_vs_fp32_source: float | None = None  # source fp32: quantization error itself is allowed
+
+
+TOLERANCE_FP32 = Tolerance(min_agreement=0.999, max_abs=1e-3, min_cosine=0.99999)
+TOLERANCE_FP16 = Tolerance(min_agreement=0.995, max_abs=None, min_cosine=0.999)
+# vs an fp32 source the gate is the accuracy: at most 2 points lower on the parity images
+# (one image of 256 is 0.4 points), with logits still pointing the same way (cosine 0.99).
+# Top-1 agreement is only loosely gated (85 %): PTQ flips low-margin images both ways, and a
+# weak model has many (a 50 %-accurate tiny test model agrees ~90 %; a 95 % CIFAR model ~98 %).
+# vs an int8/QAT source the export should reproduce the same integer model: 0.5 points.
+TOLERANCE_INT8 = Tolerance(min_agreement=0.85, max_abs=None, min_cosine=0.98,
+                           max_drop_vs_int8_source=0.5, max_drop_vs_fp32_source=2.0)
+STANDARD_TOLERANCES = {"fp32": TOLERANCE_FP32, "fp16": TOLERANCE_FP16, "int8": TOLERANCE_INT8}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """One engine that runs files of a format; `module_name` offers load_runner and unavailable_reason."""
+
+    name: str  # rows are named after the engine, so they stay comparable across runs
+    module_name: str
+
+    def module(self) -> ModuleType:
+        return importlib.import_module(self.module_name)
+
+    def load(self, path: Path, threads: int | None = None) -> Runner:
+        return self.module().load_runner(path, threads)
+
+    def unavailable(self) -> str | None:
+        return self.module().unavailable_reason()
+
+
+@dataclass(frozen=True)
+class StockBaseline:
+    """A file made the way a user would without edgekit, by the format module's make_baseline."""
+
+    label: str  # as shown in the bench table
+    slug: str  # in the file name
+    # True: starts from the fp32 export of the root in this format (found among the benched
+    # artifacts); False: from the root checkpoint itself.
+    from_fp32_export: bool
+    variant: str = "default"  # which recipe make_baseline follows
+
+
+@dataclass(frozen=True)
 class Format:
     name: str
     module_name: str
@@ -42,6 +103,9 @@ class Format:
     precisions: tuple[str, ...]
     extra: str  # the pip extra that brings its runtime
     exportable: bool = True  # torch is a source format, not an export target
+    runtimes: tuple[Runtime, ...] = ()  # empty: one runtime, the format module, named after the format
+    tolerances: dict[str, Tolerance] = field(default_factory=dict, hash=False, compare=False)
+    baselines: tuple[StockBaseline, ...] = ()
 
     def module(self) -> ModuleType:
         return importlib.import_module(self.module_name)
@@ -49,17 +113,36 @@ class Format:
     def unavailable_reason(self) -> str | None:
         return self.module().unavailable_reason()
 
+    def all_runtimes(self) -> tuple[Runtime, ...]:
+        return self.runtimes or (Runtime(self.name, self.module_name),)
+
 
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
-        Format("torch", "edgekit.formats.torch", ".pt", ("fp32", "int8"), "", exportable=False),
-        Format("onnx", "edgekit.formats.onnx", ".onnx", ("fp32", "fp16", "int8"), "onnx"),
-        Format("tensorrt", "edgekit.formats.tensorrt", ".engine", ("fp32", "fp16", "int8"), "tensorrt"),
-        Format("tflite", "edgekit.formats.tflite", ".tflite", ("fp32", "fp16", "int8"), "tflite"),
-        Format("savedmodel", "edgekit.formats.savedmodel", ".savedmodel", ("fp32",), "tflite"),
+        Format("torch", "edgekit.formats.torch", ".pt", ("fp32", "int8"), "", exportable=False,
+               runtimes=(Runtime("torch-eager", "edgekit.formats.torch"),)),
+        Format("onnx", "edgekit.formats.onnx", ".onnx", ("fp32", "fp16", "int8"), "onnx",
+               runtimes=(Runtime("onnxruntime", "edgekit.formats.onnx"), Runtime("openvino", "edgekit.formats.openvino")),
+               tolerances=dict(STANDARD_TOLERANCES),
+               baselines=(StockBaseline("stock ORT quantize_static (defaults: QDQ, s8 act.)", "ort-qdq-s8", True),
+                          StockBaseline("stock ORT quantize_static (QDQ, u8 act.)", "ort-qdq-u8", True, "uint8"))),
+        # TensorRT may run fp32 layers in TF32 on Ampere and newer, so its fp32 row gates on
+        # agreement and cosine rather than a tight max-abs.
+        Format("tensorrt", "edgekit.formats.tensorrt", ".engine", ("fp32", "fp16", "int8"), "tensorrt",
+               tolerances={**STANDARD_TOLERANCES,
+                           "fp32": Tolerance(min_agreement=0.999, max_abs=5e-2, min_cosine=0.9999)}),
+        Format("tflite", "edgekit.formats.tflite", ".tflite", ("fp32", "fp16", "int8"), "tflite",
+               tolerances=dict(STANDARD_TOLERANCES),
+               baselines=(StockBaseline("stock TFLite converter (full-integer defaults)", "tflite-default-int8",
+                                        False),)),
+        Format("savedmodel", "edgekit.formats.savedmodel", ".savedmodel", ("fp32",), "tflite",
+               tolerances={"fp32": TOLERANCE_FP32}),
     )
 }
+
+# The format every other one is exported from, and whose runner is the parity gate's reference.
+SOURCE_FORMAT = FORMATS["torch"]
 
 
 def get_format(name: str) -> Format:
@@ -86,8 +169,8 @@ def predict_in_fixed_batches(run: Callable[[np.ndarray], np.ndarray], batch: np.
     if size is None or len(batch) == size:
         return run(batch)
     outputs = []
-    for start in range(0, len(batch), size):
-        chunk = batch[start:start + size]
+    for rows in batch_slices(len(batch), size):
+        chunk = batch[rows]
         real = len(chunk)
         if real < size:
             chunk = np.concatenate([chunk, np.zeros((size - real, *chunk.shape[1:]), chunk.dtype)])
@@ -107,7 +190,7 @@ def load_source(source: Path, precision: str) -> Checkpoint:
     the quantization its accuracy was measured with.
     """
     from ..model import load_checkpoint
-    from ..quantize import dequantized_checkpoint, is_quantized_artifact
+    from ..qmodel import dequantized_checkpoint, is_quantized_artifact
 
     if not is_quantized_artifact(source):
         return load_checkpoint(source)

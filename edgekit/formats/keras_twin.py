@@ -127,6 +127,20 @@ def build_twin(checkpoint: Checkpoint, batch: int | None = None) -> Any:
     return keras.Model(inputs, logits, name="edgekit_resnet18")
 
 
+def build_twin_from_file(source: Any, batch: int | None, precision: str = "fp32") -> tuple[Checkpoint, Any]:
+    """Load an edgekit checkpoint (or an int8 artifact, for int8) and build its Keras twin: the
+    common start of the TFLite and SavedModel exporters. A malformed state dict is a CheckpointError."""
+    from ..errors import CheckpointError
+    from . import load_source
+
+    checkpoint = load_source(source, precision)
+    try:
+        return checkpoint, build_twin(checkpoint, batch=batch)
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {source} does not fit its recorded ResNet18 shape ({exc})",
+                              "re-create it with edgekit train/prune/quantize") from exc
+
+
 def concrete_function(model: Any) -> Any:
     """The model as a traced tf.function with its weights frozen into constants: the converter's input.
 

@@ -187,7 +187,7 @@ def export(source: Path, out: Path, precision: str, options, calibration=None, r
     An edgekit checkpoint is exported (and for int8, quantized by ONNX Runtime on the calibration
     set); an int8 artifact (static PTQ or QAT) is written as QDQ with its own weights and scales.
     """
-    from ..quantize import export_qdq_onnx, is_quantized_artifact
+    from ..qmodel import is_quantized_artifact
     from . import load_source
 
     if is_quantized_artifact(source) and precision == "int8":
@@ -195,6 +195,21 @@ def export(source: Path, out: Path, precision: str, options, calibration=None, r
         return export_qdq_onnx(source, out, options.opset, options.batch, options.dynamic_batch)
     model = load_source(source, precision).build()
     return export_model(model, out, precision, options, calibration, reporter)
+
+
+def export_qdq_onnx(path: Path, out: Path, opset: int = 17, batch: int = 1, dynamic_batch: bool = False) -> Path:
+    """QDQ ONNX of an int8 artifact (static PTQ or QAT) with int8 weight initializers."""
+    from ..config import QuantMode
+    from ..errors import UnsupportedError
+    from ..model import ModelSpec
+    from ..qmodel import int8_as_fake_quant, load_quantized
+
+    qmodel, payload = load_quantized(path)
+    if payload["recipe"]["mode"] == QuantMode.dynamic.value:
+        raise UnsupportedError(f"{Path(path).name} is a dynamic-int8 model (only fc is int8); it has no QDQ graph",
+                               "export its fp32 parent, or quantize with --mode static or qat")
+    twin = int8_as_fake_quant(qmodel, ModelSpec.from_dict(payload["spec"]), payload["recipe"])
+    return export_module(twin, out, opset=opset, dynamic_batch=dynamic_batch, batch=batch)
 
 
 def export_model(model, out: Path, precision: str, options, calibration=None, reporter: Reporter = quiet) -> Path:
@@ -236,8 +251,9 @@ def _topological_sort(graph) -> None:
     while pending:
         ready = [n for n in pending if all(name in available for name in n.input)]
         if not ready:
-            raise CheckpointError("ONNX graph has a cycle or a dangling input after fp16 conversion",
-                                  "export fp32 and report the model")
+            # the converter broke the graph: a bug to report (with the traceback), not a user error
+            raise RuntimeError("ONNX graph has a cycle or a dangling input after fp16 conversion; "
+                               "please report it (fp32 export is unaffected)")
         for node in ready:
             ordered.append(node)
             available.update(node.output)
@@ -249,6 +265,69 @@ def _topological_sort(graph) -> None:
     graph.node.extend(copies)
 
 
+def calibration_reader(input_name: str, images: np.ndarray, step: int, drop_last: bool):
+    """The one feed of calibration images to onnxruntime.quantization: `step` images per call
+    (a file with a static batch takes exactly that many, so a short last batch is dropped)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    stop = len(images) - len(images) % step if drop_last else len(images)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._starts = iter(range(0, stop, step))
+
+        def get_next(self):
+            start = next(self._starts, None)
+            return None if start is None else {input_name: images[start:start + step]}
+
+        def rewind(self) -> None:  # part of the reader interface in newer ORT
+            self._starts = iter(range(0, stop, step))
+
+    return Reader()
+
+
+def make_baseline(baseline, start: Path, out: Path, calibration) -> Path:
+    """onnxruntime.quantization.quantize_static of the fp32 file `start` with its defaults, except
+    (variant "uint8") the activation type: what a user would do without edgekit."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_static
+
+    from ..artifacts import Manifest, parent_ref, write_manifest
+
+    graph_input = onnx.load(str(start), load_external_data=False).graph.input[0]
+    static = graph_input.type.tensor_type.shape.dim[0].dim_value
+    reader = calibration_reader(graph_input.name, calibration.images, static or 32, drop_last=True)
+    kwargs = {"activation_type": QuantType.QUInt8} if baseline.variant == "uint8" else {}
+    with atomic_path(out) as tmp:
+        quantize_static(str(start), str(tmp), reader, **kwargs)
+    write_manifest(out, Manifest(
+        kind="baseline", format="onnx", precision="int8", parent=parent_ref(start),
+        config={"tool": "onnxruntime.quantization.quantize_static", "quant_format": "QDQ (default)",
+                "activation_type": "QUInt8" if kwargs else "QInt8 (default)",
+                "weight_type": "QInt8 (default)", "per_channel": False, "calibrate_method": "MinMax (default)"},
+        extra={"baseline": baseline.label, "calibration": calibration.manifest_ref()}))
+    return out
+
+
+def int8_slowdown_reasons(row: dict[str, Any]) -> list[str]:
+    """Why an int8 ONNX file can run slower than its fp32 one, read from its manifest and census."""
+    import json
+
+    reasons = []
+    activation = json.dumps(row.get("manifest_config") or {}).lower()
+    if row.get("runtime") == "onnxruntime" and '"activation_type": "qint8' in activation:
+        reasons.append("ONNX Runtime's x86 int8 convolutions are fastest with uint8 activations (u8s8); int8 "
+                       "activations take a slower path")
+    runtime = (row.get("census") or {}).get("runtime")
+    if isinstance(runtime, dict) and "float_conv_gemm" in runtime:
+        total = runtime.get("integer_conv_gemm", 0) + runtime["float_conv_gemm"]
+        if total and runtime["float_conv_gemm"] / total > 0.2:
+            reasons.append(f"{runtime['float_conv_gemm'] / total:.0%} of convolutions/Gemms run in float after "
+                           "ONNX Runtime's fusions, so Quantize/Dequantize pairs add work")
+    return reasons
+
+
 def quantize_qdq(src: Path, out: Path, images: np.ndarray, batch: int | None = 1, symmetric_int8: bool = False) -> Path:
     """QDQ int8 over calibration images: per-channel int8 weights, uint8 activations (see module doc).
 
@@ -256,7 +335,7 @@ def quantize_qdq(src: Path, out: Path, images: np.ndarray, batch: int | None = 1
     (for ONNX Runtime on x86 that form is the slow one, see the module doc).
     """
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     images = np.ascontiguousarray(images, dtype=np.float32)
     step = batch or 32
@@ -264,21 +343,13 @@ def quantize_qdq(src: Path, out: Path, images: np.ndarray, batch: int | None = 1
         raise ConfigError(f"calibration set has {len(images)} images, fewer than the static batch {batch}",
                           "use a larger calibration set or a smaller --batch")
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            stop = len(images) - len(images) % step if batch else len(images)
-            self._batches = iter(range(0, stop, step))
-
-        def get_next(self):
-            start = next(self._batches, None)
-            return None if start is None else {INPUT_NAME: images[start:start + step]}
-
     with tempfile.TemporaryDirectory(prefix="edgekit-qdq-") as scratch:
         tmp_out = Path(scratch) / "int8.onnx"
         # Conv/Gemm/Add/Mul/pool all quantized; the Normalize Mul+Add gets QDQ too, so the first conv
         # reads uint8 and fuses. MinMax: the calibration set is small and class-balanced, and
         # percentile clipping cost accuracy on the residual adds in a quick check.
-        quantize_static(str(src), str(tmp_out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        quantize_static(str(src), str(tmp_out), calibration_reader(INPUT_NAME, images, step, drop_last=bool(batch)),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
                         weight_type=QuantType.QInt8,
                         activation_type=QuantType.QInt8 if symmetric_int8 else QuantType.QUInt8,
                         calibrate_method=CalibrationMethod.MinMax,

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import CheckpointError, ConfigError, UnsupportedError
 from ..report import Reporter, quiet
-from .keras_twin import require_tensorflow, tensorflow_missing
+from .keras_twin import build_twin_from_file, require_tensorflow, tensorflow_missing
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "pixels"
@@ -63,13 +63,11 @@ def export(source: Path, out: Path, precision: str, options: Any, calibration: A
     """Write the SavedModel directory `out` from the edgekit checkpoint `source`; return `out`."""
     if precision != "fp32":
         raise UnsupportedError(f"the SavedModel target writes fp32 only, not '{precision}'",
-                               "use --format tflite for fp16 or int8")
+                               "use --target tflite for fp16 or int8")
     if getattr(options, "int8_io", False):
         raise ConfigError("--int8-io does not apply to a SavedModel", "drop --int8-io, or export tflite int8")
     source, out = Path(source), Path(out)
     tf = _tf()
-    from .tflite import build_twin_from_file
-
     batch = None if options.dynamic_batch else int(options.batch)
     _, model = build_twin_from_file(source, batch, precision)
     # A plain tf.Module rather than Keras' ExportArchive: the archive tracks every variable under
@@ -99,7 +97,7 @@ class SavedModelRunner:
         path = Path(path)
         if not (path / "saved_model.pb").is_file():
             raise CheckpointError(f"no SavedModel at {path} (saved_model.pb missing)",
-                                  "export one with `edgekit export --format savedmodel`")
+                                  "export one with `edgekit export --target savedmodel`")
         tf = _tf()
         if threads:
             # Only possible before TensorFlow's runtime starts; afterwards the first setting stays.

@@ -22,7 +22,7 @@ import numpy as np
 from ..artifacts import atomic_path
 from ..errors import CalibrationError, CheckpointError, ConfigError, UnsupportedError, missing_dependency
 from ..report import Reporter, quiet
-from .keras_twin import require_tensorflow, tensorflow_missing
+from .keras_twin import build_twin_from_file, require_tensorflow, tensorflow_missing
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # Chunk size for big predict() calls: the interpreter allocates every activation for the whole
@@ -39,21 +39,6 @@ def unavailable_reason() -> str | None:
 
 def _require_tensorflow() -> Any:
     return require_tensorflow("TFLite export")
-
-
-def build_twin_from_file(source: Path, batch: int | None, precision: str = "fp32") -> Any:
-    """Load an edgekit checkpoint (or an int8 artifact, for int8) and build its Keras twin.
-
-    A malformed state dict is a CheckpointError."""
-    from . import load_source
-    from .keras_twin import build_twin
-
-    checkpoint = load_source(source, precision)
-    try:
-        return checkpoint, build_twin(checkpoint, batch=batch)
-    except (KeyError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {source} does not fit its recorded ResNet18 shape ({exc})",
-                              "re-create it with edgekit train/prune/quantize") from exc
 
 
 def _check_calibration(calibration: Any, spec: Any) -> np.ndarray:
@@ -92,9 +77,7 @@ def export(source: Path, out: Path, precision: str, options: Any, calibration: A
     checkpoint, model = build_twin_from_file(source, batch, precision)
     images = _check_calibration(calibration, checkpoint.spec) if precision == "int8" else None
 
-    from .keras_twin import concrete_function
-
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete_function(model)], model)
+    converter = _converter(tf, model)
     if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -128,6 +111,49 @@ def export(source: Path, out: Path, precision: str, options: Any, calibration: A
     return out
 
 
+def _converter(tf: Any, model: Any) -> Any:
+    """The one converter set-up: from the frozen concrete function of the Keras twin."""
+    from .keras_twin import concrete_function
+
+    return tf.lite.TFLiteConverter.from_concrete_functions([concrete_function(model)], model)
+
+
+def make_baseline(baseline: Any, start: Path, out: Path, calibration: Any) -> Path:
+    """The TFLite converter's documented full-integer recipe from the root checkpoint `start`:
+    Optimize.DEFAULT + a representative dataset, nothing else (float I/O, float fallback allowed)."""
+    from ..artifacts import Manifest, parent_ref, write_manifest
+    from ..model import load_checkpoint
+    from .keras_twin import build_twin, nchw_to_nhwc
+
+    tf = _require_tensorflow()
+    converter = _converter(tf, build_twin(load_checkpoint(start)))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    images = nchw_to_nhwc(calibration.images)
+    converter.representative_dataset = lambda: ([images[i:i + 1]] for i in range(len(images)))
+    content = converter.convert()
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(content)
+    write_manifest(out, Manifest(
+        kind="baseline", format="tflite", precision="int8", parent=parent_ref(start),
+        config={"tool": "tf.lite.TFLiteConverter", "optimizations": ["DEFAULT"],
+                "representative_dataset": "calibration images, one per step", "io": "float32 (default)"},
+        extra={"baseline": baseline.label, "calibration": calibration.manifest_ref()}))
+    return out
+
+
+def int8_slowdown_reasons(row: dict[str, Any]) -> list[str]:
+    """Why an int8 TFLite file can run slower than its fp32 one: ops left in float, from its census."""
+    census = row.get("census") or {}
+    ops, float_ops = census.get("ops_by_type"), census.get("float_ops")
+    if not isinstance(ops, dict) or not isinstance(float_ops, dict):
+        return []
+    total = sum(v for k, v in ops.items() if k not in ("QUANTIZE", "DEQUANTIZE"))
+    share = sum(float_ops.values()) / total if total else 0.0
+    if share <= 0.2:
+        return []
+    return [f"{share:.0%} of compute ops stay in float, so Quantize/Dequantize pairs add work"]
+
+
 # ---- runner ----------------------------------------------------------------------------------
 
 
@@ -151,7 +177,7 @@ class TFLiteRunner:
     def __init__(self, path: Path, threads: int | None = None, max_batch: int = MAX_INVOKE_BATCH) -> None:
         path = Path(path)
         if not path.is_file():
-            raise CheckpointError(f"TFLite file not found: {path}", "export one with `edgekit export --format tflite`")
+            raise CheckpointError(f"TFLite file not found: {path}", "export one with `edgekit export --target tflite`")
         interpreter_class = _interpreter_class()
         try:
             self.interpreter = interpreter_class(model_path=str(path), num_threads=threads)

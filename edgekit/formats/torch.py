@@ -1,5 +1,5 @@
 """PyTorch eager: the source format. Runs edgekit checkpoints (fp32, pruned) and the int8
-models written by `edgekit quantize` (rebuilt by quantize.py from tensors and a recipe)."""
+models written by `edgekit quantize` (rebuilt by edgekit.qmodel from tensors and a recipe)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,11 @@ import numpy as np
 import torch
 
 from ..model import load_checkpoint
+from ..qmodel import is_quantized_artifact, load_quantized
 
 
 def unavailable_reason() -> str | None:
     return None
-
-
-def _is_int8(path: Path) -> bool:
-    from .. import quantize
-
-    return quantize.is_quantized_artifact(path)
 
 
 class TorchRunner:
@@ -33,21 +28,17 @@ class TorchRunner:
         return self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).float().numpy()
 
 
-def load_runner(path: Path, threads: int | None = None):
-    if _is_int8(path):
-        from .. import quantize
-
-        return quantize.load_runner(path, threads)
+def load_runner(path: Path, threads: int | None = None) -> TorchRunner:
+    if is_quantized_artifact(path):
+        return TorchRunner(load_quantized(path)[0], threads, name="torch-int8")
     return TorchRunner(load_checkpoint(path).build(), threads)
 
 
 def census(path: Path) -> dict:
     """Weights counted by dtype, read from the file (int8 models are counted after their rebuild)."""
     counts: dict[str, int] = {}
-    if _is_int8(path):
-        from .. import quantize
-
-        tensors = quantize.load_quantized(path)[0].state_dict().values()
+    if is_quantized_artifact(path):
+        tensors = load_quantized(path)[0].state_dict().values()
     else:
         tensors = load_checkpoint(path).state_dict.values()
     for tensor in tensors:

@@ -1,0 +1,231 @@
+"""Bench measurement: one row per (artifact, runtime): accuracy, agreement, latency, throughput.
+
+Timing goes through edgekit.timing (the one latency loop and its percentile rule).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import cpu_flags, library_versions, machine_info, read_manifest, to_plain
+from ..config import BenchConfig, DataConfig, data_config_from_dict
+from ..errors import CheckpointError, ConfigError, EdgekitError
+from ..formats import SOURCE_FORMAT, Format, Runtime
+from ..report import Reporter
+from ..timing import latency_stats, predict_batched, time_calls
+from .lineage import Lineage, lineage, source_checkpoint
+
+
+def load_average() -> list[float] | None:
+    with contextlib.suppress(OSError, AttributeError):
+        return [round(x, 2) for x in os.getloadavg()]
+    return None
+
+
+def gpu_info() -> dict[str, str] | None:
+    if shutil.which("nvidia-smi") is None:
+        return None
+    with contextlib.suppress(Exception):
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        if out:
+            name, driver = (part.strip() for part in out.splitlines()[0].split(",", 1))
+            return {"name": name, "driver": driver}
+    return None
+
+
+def environment(threads: int) -> dict[str, Any]:
+    machine = machine_info()
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "cpu": machine.get("processor"),
+        "cpu_flags": cpu_flags(),
+        "cores": os.cpu_count(),
+        "cores_usable": len(affinity) if affinity is not None else None,
+        "threads": threads,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "versions": library_versions(),
+        "gpu": gpu_info(),
+        "load_average_start": load_average(),
+    }
+
+
+def time_batch1(runner: Any, inputs: np.ndarray, config: BenchConfig) -> dict[str, Any]:
+    """Warm up, then time single-image calls until both `runs` calls and `min_seconds` have passed."""
+    n = len(inputs)
+    samples = time_calls(lambda i: runner.predict(inputs[i % n: i % n + 1]), config.runs, config.warmup,
+                         config.min_seconds)
+    return latency_stats(samples, config.seed)
+
+
+def throughput(runner: Any, inputs: np.ndarray, batch: int, seconds: float) -> dict[str, Any]:
+    """Images/s at `batch`: one warm-up call at this shape, then calls for `seconds` (at least 3)."""
+    x = np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])), dtype=np.float32)
+    times_ms = time_calls(lambda _: runner.predict(x), runs=3, warmup=1, min_seconds=seconds)
+    return {"images_per_s": batch * len(times_ms) / (times_ms.sum() / 1e3),
+            "ms_per_batch_p50": float(np.percentile(times_ms, 50)), "calls": int(len(times_ms))}
+
+
+def predict_all(runner: Any, images: np.ndarray, batch: int) -> tuple[np.ndarray, int]:
+    """Logits for every image; falls back to one image at a time for files with a static batch of 1."""
+    try:
+        runner.predict(images[:batch])
+    except Exception:
+        if batch == 1:
+            raise
+        return predict_all(runner, images, 1)
+    return predict_batched(runner.predict, images, batch), batch
+
+
+class MeasureContext:
+    """Per-run caches: data per data config, predictions of fp32 sources, calibration sets."""
+
+    def __init__(self, config: BenchConfig, reporter: Reporter) -> None:
+        self.config, self.reporter = config, reporter
+        self.data: dict[str, Any] = {}
+        self.source_predictions: dict[str, np.ndarray] = {}
+        self.model_stats: dict[str, tuple[int, int]] = {}
+
+    def data_config_for(self, lin: Lineage) -> DataConfig:
+        if self.config.data is not None:
+            config = DataConfig(**asdict(self.config.data))
+        else:
+            config = None
+            for path in reversed(lin.chain):  # the root first: it names the data the lineage learned
+                checkpoint = source_checkpoint(path)
+                if checkpoint is not None and checkpoint.extra.get("data_config"):
+                    config = data_config_from_dict(checkpoint.extra["data_config"])
+                    break
+            if config is None:
+                raise ConfigError(f"no data config in the lineage of {lin.chain[0]} (root {lin.root})",
+                                  "pass --source/--data-dir to say which test split to measure on")
+        if self.config.test_limit:
+            config.test_limit = self.config.test_limit
+        return config
+
+    def test_set(self, data_config: DataConfig):
+        from ..data import load_data, to_unit_float
+
+        key = json.dumps(to_plain(data_config), sort_keys=True)
+        if key not in self.data:
+            data = load_data(data_config, self.reporter)
+            self.data[key] = (data, to_unit_float(data.test_x).numpy(), data.test_y.numpy())
+        return self.data[key]
+
+    def torch_predictions(self, path: Path, images: np.ndarray, key: str) -> np.ndarray | None:
+        cache_key = f"{path.resolve()}|{key}"
+        if cache_key not in self.source_predictions:
+            checkpoint = source_checkpoint(path)
+            if checkpoint is None:
+                return None
+            runner = SOURCE_FORMAT.module().TorchRunner(checkpoint.build(), self.config.threads)
+            logits, _ = predict_all(runner, images, self.config.eval_batch)
+            self.source_predictions[cache_key] = logits.argmax(1)
+        return self.source_predictions[cache_key]
+
+    def params_macs(self, path: Path) -> tuple[int, int] | None:
+        from ..model import count_macs, count_parameters
+
+        key = str(path.resolve())
+        if key not in self.model_stats:
+            checkpoint = source_checkpoint(path)
+            if checkpoint is None:
+                return None
+            model = checkpoint.build()
+            self.model_stats[key] = (count_parameters(model), count_macs(model))
+        return self.model_stats[key]
+
+
+def size_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def why(exc: BaseException) -> str:
+    if isinstance(exc, EdgekitError):
+        return f"{exc.message}" + (f" ({exc.hint})" if exc.hint else "")
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+
+
+def blank_row(path: Path, fmt_name: str, runtime: str) -> dict[str, Any]:
+    return {"artifact": str(path), "format": fmt_name, "runtime": runtime, "runner": None, "kind": None,
+            "precision": None, "baseline": None, "status": "error", "why": None, "accuracy": None,
+            "test_images": None, "agreement_root": None, "agreement_source": None, "root": None, "source": None,
+            "latency_ms": None, "throughput": {}, "size_bytes": None, "params": None, "macs": None,
+            "census": None, "load_average": load_average(), "notes": []}
+
+
+def bench_one(path: Path, fmt: Format, runtime: Runtime, ctx: MeasureContext, baseline: str | None) -> dict[str, Any]:
+    config = ctx.config
+    row = blank_row(path, fmt.name, runtime.name)
+    row["baseline"] = baseline
+    try:
+        if not path.exists():
+            raise CheckpointError(f"file not found: {path}", "check the path or re-create the artifact")
+        row["size_bytes"] = size_bytes(path)
+        with contextlib.suppress(EdgekitError):
+            manifest = read_manifest(path)
+            row["kind"], row["precision"] = manifest.get("kind"), manifest.get("precision")
+            row["manifest_config"] = manifest.get("config")
+        reason = runtime.unavailable()
+        if reason is not None:
+            row["status"], row["why"] = "unavailable", reason
+            return row
+        with contextlib.suppress(Exception):
+            row["census"] = fmt.module().census(path)
+        lin = lineage(path)
+        row["notes"] += lin.notes
+        row["root"] = str(lin.root)
+        source = next((p for p in lin.chain if source_checkpoint(p) is not None), None)
+        row["source"] = str(source) if source else None
+        if source is not None:
+            row["params"], row["macs"] = ctx.params_macs(source)
+        data_config = ctx.data_config_for(lin)
+        data, images, labels = ctx.test_set(data_config)
+        runner = runtime.load(path, config.threads)
+        row["runner"] = getattr(runner, "name", runtime.name)
+        logits, used_batch = predict_all(runner, images, config.eval_batch)
+        if used_batch == 1 and config.eval_batch > 1:
+            row["notes"].append("the file takes one image per call (static batch 1)")
+        predicted = logits.argmax(1)
+        row["accuracy"] = float((predicted == labels).mean())
+        row["test_images"] = int(len(labels))
+        row["data"] = data.source
+        key = json.dumps(to_plain(data_config), sort_keys=True)
+        root_pred = ctx.torch_predictions(lin.root, images, key)
+        if root_pred is not None:
+            row["agreement_root"] = float((predicted == root_pred).mean())
+        source_pred = ctx.torch_predictions(source, images, key) if source is not None else None
+        if source_pred is not None:
+            row["agreement_source"] = float((predicted == source_pred).mean())
+        row["latency_ms"] = time_batch1(runner, images, config)
+        for batch in config.batches:
+            try:
+                row["throughput"][str(batch)] = throughput(runner, images, batch, config.sweep_seconds)
+            except Exception as exc:  # a static-shape file refuses other batch sizes
+                row["throughput"][str(batch)] = {"images_per_s": None, "why": why(exc)}
+        row["status"] = "ok"
+    except Exception as exc:  # one broken artifact must not sink the run: its row says why
+        row["status"], row["why"] = "error", why(exc)
+    row["load_average_end"] = load_average()
+    return row
+
+
+def pin_threads(threads: int) -> None:
+    """torch's pool is process-wide; ORT and TFLite take `threads` per session in their runners."""
+    import torch
+
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # can only be set once per process
+        torch.set_num_interop_threads(1)

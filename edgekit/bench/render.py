@@ -1,0 +1,332 @@
+"""Bench rendering: the result files (JSON, CSV, Markdown, Pareto PNG), the summary and the notes.
+
+The notes say what a reader needs to trust a row: an int8 row slower than its fp32 sibling and
+why (from the file's census, the format's own reasons and the CPU's flags), and whether other
+work shared the CPU (from the load before the bench started, less the bench's own threads after).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import Manifest, atomic_write_text, parent_ref, to_plain, write_manifest
+from ..errors import ConfigError
+from ..formats import FORMATS
+from ..report import markdown_table
+from .baselines import STOCK_SOURCE
+
+BENCH_FORMAT = "edgekit-bench/1"
+
+
+@dataclass
+class BenchRun:
+    rows: list[dict[str, Any]]
+    environment: dict[str, Any]
+    protocol: dict[str, Any]
+    outputs: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # about the run as a whole (e.g. artifacts not made)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": BENCH_FORMAT, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "environment": self.environment, "protocol": self.protocol, "notes": self.notes, "rows": self.rows}
+
+
+# ---- notes: int8 slower than fp32, with the reason where known --------------------------------
+
+
+def int8_slowdown_reason(row: dict[str, Any], env: dict[str, Any]) -> str:
+    """Every reason found, the format's own first; a shared CPU is added as a caveat, never in their place."""
+    reasons = []
+    flags = set(env.get("cpu_flags") or [])
+    if not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
+        reasons.append("this CPU has no VNNI/AMX int8 dot-product instructions, so int8 convolutions are emulated "
+                       "with wider multiplies")
+    fmt = FORMATS.get(row.get("format") or "")
+    with_reasons = getattr(fmt.module(), "int8_slowdown_reasons", None) if fmt is not None else None
+    if with_reasons is not None:
+        reasons += with_reasons(row)
+    if contention_notes(env):
+        reasons.append("also, the CPU was shared while it ran (see the Shared CPU note): a thread pool that waits "
+                       "for a descheduled thread at every op (torch's OpenMP) loses the most; re-run on a quiet "
+                       "machine or with fewer threads before drawing conclusions")
+    return "; ".join(reasons) or "reason not determined from the file and CPU flags"
+
+
+def annotate(rows: list[dict[str, Any]], env: dict[str, Any]) -> None:
+    """Compare each int8 row with the fp32 row of the same format and runtime made from the same
+    float model (its nearest torch source: the fp32 root, or the pruned checkpoint)."""
+    fp32 = {(r["format"], r["runtime"], r["source"]): r for r in rows
+            if r["status"] == "ok" and (r["precision"] or "").startswith("fp32")}
+    for row in rows:
+        if row["status"] != "ok" or "int8" not in (row["precision"] or ""):
+            continue
+        ref = fp32.get((row["format"], row["runtime"], row["source"]))
+        if ref is None or ref["latency_ms"] is None:
+            continue
+        if row["latency_ms"]["p50"] > ref["latency_ms"]["p50"]:
+            row["int8_slower_than_fp32"] = {"fp32_artifact": ref["artifact"], "fp32_p50_ms": ref["latency_ms"]["p50"],
+                                            "reason": int8_slowdown_reason(row, env)}
+
+
+# ---- tables and files --------------------------------------------------------------------------
+
+
+TABLE_COLUMNS = ["artifact", "runtime", "precision", "acc %", "agree root %", "p50 ms", "p90 ms", "p99 ms",
+                 "mean ms (95% CI)", "best img/s (batch)", "size MB", "MMACs", "status"]
+
+
+def fmt_value(value: float | None, pattern: str) -> str:
+    return "" if value is None else format(value, pattern)
+
+
+def _best_throughput(row: dict[str, Any]) -> str:
+    best = [(v["images_per_s"], b) for b, v in row.get("throughput", {}).items() if v.get("images_per_s")]
+    if not best:
+        return ""
+    value, batch = max(best)
+    return f"{value:,.0f} ({batch})"
+
+
+def _label(row: dict[str, Any]) -> str:
+    name = Path(row["artifact"]).name
+    return f"{name} [{row['baseline']}]" if row.get("baseline") else name
+
+
+def _short(row: dict[str, Any], limit: int = 60) -> str:
+    why = row.get("why") or ""
+    return f"{row['status']}: {why[:limit]}{'...' if len(why) > limit else ''}"
+
+
+def table_rows(rows: list[dict[str, Any]], markdown: bool = False) -> list[list[Any]]:
+    out = []
+    for r in rows:
+        lat = r.get("latency_ms") or {}
+        ci = lat.get("ci95")
+        out.append([
+            _label(r), r["runtime"], r.get("precision") or "",
+            fmt_value(r["accuracy"] and 100 * r["accuracy"], ".2f"),
+            fmt_value(r["agreement_root"] and 100 * r["agreement_root"], ".2f"),
+            fmt_value(lat.get("p50"), ".3f"), fmt_value(lat.get("p90"), ".3f"), fmt_value(lat.get("p99"), ".3f"),
+            f"{lat['mean']:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if lat else "",
+            _best_throughput(r),
+            fmt_value(r["size_bytes"] and r["size_bytes"] / 1e6, ".3f"),
+            fmt_value(r["macs"] and r["macs"] / 1e6, ".1f"),
+            r["status"] if r["status"] == "ok" else f"{r['status']} (see notes)" if markdown else _short(r),
+        ])
+    return out
+
+
+CSV_COLUMNS = ["artifact", "baseline", "format", "runtime", "runner", "kind", "precision", "status", "why",
+               "accuracy", "test_images", "agreement_root", "agreement_source", "p50_ms", "p90_ms", "p99_ms",
+               "mean_ms", "mean_ci95_low_ms", "mean_ci95_high_ms", "timed_runs", "size_bytes", "params", "macs",
+               "load_average_1m", "root", "source"]
+
+
+def csv_text(run: BenchRun) -> str:
+    batches = [str(b) for b in run.protocol.get("batches", [])]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS + [f"images_per_s_b{b}" for b in batches])
+    for r in run.rows:
+        lat = r.get("latency_ms") or {}
+        values = {**r, "p50_ms": lat.get("p50"), "p90_ms": lat.get("p90"), "p99_ms": lat.get("p99"),
+                  "mean_ms": lat.get("mean"), "mean_ci95_low_ms": (lat.get("ci95") or [None])[0],
+                  "mean_ci95_high_ms": (lat.get("ci95") or [None, None])[1], "timed_runs": lat.get("runs"),
+                  "load_average_1m": (r.get("load_average") or [None])[0]}
+        writer.writerow([values.get(c) for c in CSV_COLUMNS] +
+                        [(r.get("throughput", {}).get(b) or {}).get("images_per_s") for b in batches])
+    return buffer.getvalue()
+
+
+def markdown_text(run: BenchRun, title: str = "edgekit bench") -> str:
+    env, protocol = run.environment, run.protocol
+    versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())
+    gpu = env.get("gpu")
+    lines = [f"# {title}", "",
+             "## Environment", "",
+             markdown_table(["", ""], [
+                 ["CPU", env.get("cpu")],
+                 ["CPU flags (of interest)", " ".join(env.get("cpu_flags") or []) or "none found"],
+                 ["cores (usable)", f"{env.get('cores')} ({env.get('cores_usable')})"],
+                 ["threads per runtime", env.get("threads")],
+                 ["OS", env.get("os")],
+                 ["GPU", f"{gpu['name']} (driver {gpu['driver']})" if gpu else "none"],
+                 ["libraries", versions],
+                 ["load average (1/5/15 min) at start", env.get("load_average_start")],
+                 ["load average at end", env.get("load_average_end")],
+             ]),
+             "The load average counts every process on the machine. Above ~0 on a machine with "
+             f"{env.get('cores')} cores, other work shared the CPU while these numbers were taken: compare rows "
+             "within this run (each row's 1-minute load is in the JSON/CSV), not against other machines or runs.", "",
+             "## Protocol", "",
+             f"- accuracy: the test split of the data each artifact's lineage was trained on "
+             f"({'first ' + str(protocol.get('test_limit')) + ' images' if protocol.get('test_limit') else 'all images'});"
+             " agreement = top-1 agreement with the fp32 root checkpoint on the same images",
+             f"- batch-1 latency: {protocol.get('warmup')} warm-up calls, then at least {protocol.get('runs')} timed "
+             f"calls and at least {protocol.get('min_seconds')} s; p50/p90/p99, mean with a bootstrap 95 % CI "
+             "(timed calls are not independent, so the CI describes this sample)",
+             f"- throughput: batches {protocol.get('batches')}, {protocol.get('sweep_seconds')} s each (at least 3 calls)",
+             f"- threads: {protocol.get('threads')} for every runtime (torch.set_num_threads, ONNX Runtime "
+             "intra-op threads, TFLite num_threads)",
+             "- rows marked [baseline] are what a user would do without edgekit, measured in the same run", "",
+             "## Results", "",
+             markdown_table(TABLE_COLUMNS, table_rows(run.rows, markdown=True)), ""]
+    lines += summary_lines(run.rows)
+    sweep = [[_label(r), r["runtime"]] + [fmt_value((r["throughput"].get(str(b)) or {}).get("images_per_s"), ",.0f")
+                                          for b in protocol.get("batches", [])]
+             for r in run.rows if r["status"] == "ok"]
+    if sweep:
+        lines += ["## Throughput (images/s) by batch size", "",
+                  markdown_table(["artifact", "runtime"] + [f"batch {b}" for b in protocol.get("batches", [])], sweep), ""]
+    notes = []
+    # One note per (runtime, reason) for runtimes missing here, instead of one per file.
+    unavailable: dict[tuple[str, str], list[str]] = {}
+    lineage_ends: dict[str, None] = {}
+    for r in run.rows:
+        slow = r.get("int8_slower_than_fp32")
+        if slow:
+            notes.append(f"- **{_label(r)}** ({r['runtime']}) is int8 but slower than fp32 "
+                         f"{Path(slow['fp32_artifact']).name} ({r['latency_ms']['p50']:.3f} ms vs "
+                         f"{slow['fp32_p50_ms']:.3f} ms p50): {slow['reason']}.")
+        if r["status"] == "unavailable":
+            unavailable.setdefault((r["runtime"], r["why"]), []).append(Path(r["artifact"]).name)
+        elif r["status"] != "ok":
+            notes.append(f"- **{_label(r)}** ({r['runtime']}): {r['status']}: {r['why']}")
+        for note in r.get("notes") or []:
+            if "lineage stops there" in note:  # the same for every row of a lineage: said once below
+                lineage_ends.setdefault(note, None)
+                continue
+            notes.append(f"- {_label(r)} ({r['runtime']}): {note}")
+    notes += [f"- every row of that lineage: {note}" for note in lineage_ends]
+    for (runtime, why), names in unavailable.items():
+        notes.append(f"- **{runtime}** did not run ({', '.join(names)}): {why}")
+    notes = [f"- {note}" for note in run.notes] + contention_notes(env) + notes
+    if notes:
+        lines += ["## Notes", "", *notes, ""]
+    return "\n".join(lines)
+
+
+def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per fp32 root: the fastest artifact within 1 point of its accuracy against the stock paths."""
+    ok = [r for r in rows if r["status"] == "ok" and r.get("latency_ms") and r.get("accuracy") is not None]
+    out = []
+    for root_row in [r for r in ok if r.get("baseline") == STOCK_SOURCE]:
+        family = [r for r in ok if r["root"] == root_row["root"]]
+        ours = [r for r in family if not r.get("baseline")]
+        # "Within 1 point" inclusive: accuracies are counts over the test split, so compare with a
+        # tolerance far below one image rather than trust float rounding at exactly 1.00 pt.
+        close = [r for r in ours if r["accuracy"] >= root_row["accuracy"] - 0.01 - 1e-9]
+        stock_int8 = [r for r in family if r.get("baseline") and "int8" in (r.get("precision") or "")]
+        unpruned_int8 = [r for r in ours if "int8" in (r.get("precision") or "") and r["source"] == root_row["root"]]
+
+        def fastest(candidates):
+            return min(candidates, key=lambda r: r["latency_ms"]["p50"]) if candidates else None
+
+        out.append({"root": root_row["root"], "fp32_accuracy": root_row["accuracy"],
+                    "torch_eager_p50_ms": root_row["latency_ms"]["p50"], "best_within_1pt": fastest(close),
+                    "best_stock_int8": fastest(stock_int8), "best_edgekit_unpruned_int8": fastest(unpruned_int8)})
+    return out
+
+
+def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for entry in summary(rows):
+        def describe(r):
+            return (f"{_label(r)} on {r['runtime']}: {r['latency_ms']['p50']:.3f} ms p50, "
+                    f"{100 * r['accuracy']:.2f} %") if r else "none measured"
+
+        best, stock, ours = entry["best_within_1pt"], entry["best_stock_int8"], entry["best_edgekit_unpruned_int8"]
+        lines += [f"## Summary for {Path(entry['root']).name} (fp32 accuracy {100 * entry['fp32_accuracy']:.2f} %, "
+                  f"torch eager {entry['torch_eager_p50_ms']:.3f} ms p50)", "",
+                  f"- fastest edgekit artifact within 1 point of fp32: {describe(best)}",
+                  f"- fastest stock int8 (ORT quantize_static / TFLite converter defaults): {describe(stock)}",
+                  f"- fastest edgekit int8 of the unpruned model: {describe(ours)}"]
+        if best:
+            lines.append(f"- speed-up at batch 1: {entry['torch_eager_p50_ms'] / best['latency_ms']['p50']:.1f}x over "
+                         "torch eager fp32" + (f", {stock['latency_ms']['p50'] / best['latency_ms']['p50']:.2f}x over "
+                                               "the fastest stock int8" if stock else ""))
+        if ours and stock:
+            lines.append(f"- edgekit unpruned int8 vs fastest stock int8: "
+                         f"{stock['latency_ms']['p50'] / ours['latency_ms']['p50']:.2f}x (above 1 = edgekit faster)")
+        lines.append("")
+    return lines
+
+
+def other_load(env: dict[str, Any]) -> float | None:
+    """The 1-minute load of other work: measured before the bench started, and at its end less the
+    bench's own threads (each runnable thread of this process adds ~1 to the load it reads)."""
+    start, end, threads = env.get("load_average_start"), env.get("load_average_end"), env.get("threads") or 0
+    candidates = []
+    if start:
+        candidates.append(start[0])
+    if end:
+        candidates.append(max(0.0, end[0] - threads))
+    return max(candidates) if candidates else None
+
+
+def contention_notes(env: dict[str, Any]) -> list[str]:
+    """Say when other work plus the run's threads exceeded the cores: the numbers then measure the
+    neighbours as much as the model (OpenMP pools such as torch's suffer most)."""
+    cores, threads = env.get("cores_usable") or env.get("cores"), env.get("threads")
+    busiest = other_load(env)
+    if busiest is None or not cores or not threads or busiest + threads <= cores:
+        return []
+    return [f"- **Shared CPU**: other processes kept a 1-minute load average of {busiest:.1f} on {cores} cores "
+            f"(the bench's own {threads} threads not counted) while each runtime used {threads} threads, so "
+            "runtimes competed with other processes for cores. Symptoms in this table: p90/p99 near a scheduler "
+            "time slice and, worst, torch eager, whose OpenMP threads wait for each other at every op when one of "
+            "them is descheduled. Compare rows within the run with this in mind, and prefer a quiet machine "
+            "or fewer threads for absolute numbers."]
+
+
+def render(json_path: Path, out: Path | None = None) -> dict[str, Path]:
+    """Re-write the CSV, Markdown and PNG (and the JSON) from a bench JSON, e.g. after a report change."""
+    data = load_run(json_path)
+    run = BenchRun(data["rows"], data["environment"], data["protocol"], notes=data.get("notes", []))
+    target = Path(out) if out else Path(json_path).with_suffix("")
+    return write_outputs(run, target)
+
+
+def write_outputs(run: BenchRun, out: Path) -> dict[str, Path]:
+    """<out>.json (everything), .csv, .md and the Pareto .png, each with a manifest."""
+    from ..report import plot_pareto
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out.with_name(out.name + f".{ext}") for ext in ("json", "csv", "md", "png")}
+    atomic_write_text(paths["json"], json.dumps(to_plain(run.to_dict()), indent=2) + "\n")
+    atomic_write_text(paths["csv"], csv_text(run))
+    atomic_write_text(paths["md"], markdown_text(run, f"edgekit bench: {out.name}"))
+    points = [{"label": f"{Path(r['artifact']).name} ({r['runtime']})" + (" [stock]" if r.get("baseline") else ""), "latency_ms": r["latency_ms"]["p50"],
+               "accuracy": r["accuracy"], "size_bytes": r["size_bytes"], "baseline": bool(r.get("baseline"))}
+              for r in run.rows if r["status"] == "ok" and r.get("latency_ms")]
+    plot_pareto(points, paths["png"], title=f"accuracy vs batch-1 p50 latency ({run.environment.get('threads')} threads, "
+                                            f"{run.environment.get('cpu')})")
+    ok = sum(r["status"] == "ok" for r in run.rows)
+    metrics = {"rows": len(run.rows), "ok": ok, "failed": len(run.rows) - ok}
+    write_manifest(paths["json"], Manifest(kind="bench", format="json", precision="n/a", config=run.protocol,
+                                           seed=run.protocol.get("seed"), metrics=metrics,
+                                           extra={"environment": run.environment}))
+    for ext in ("csv", "md", "png"):
+        write_manifest(paths[ext], Manifest(kind="bench-view", format=ext, precision="n/a",
+                                            parent=parent_ref(paths["json"]), config=run.protocol, metrics=metrics))
+    return paths
+
+
+def load_run(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"bench result not found: {path}", "pass two .json files written by `edgekit bench`")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not a bench result (invalid JSON)", "pass a .json written by `edgekit bench`") from exc
+    if not isinstance(data, dict) or data.get("format") != BENCH_FORMAT:
+        raise ConfigError(f"{path} is not an edgekit bench result", "pass a .json written by `edgekit bench`")
+    return data

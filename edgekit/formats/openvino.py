@@ -1,0 +1,36 @@
+"""OpenVINO: a second CPU runtime for ONNX files (listed under the onnx entry of the format table).
+
+It reads the very .onnx file ONNX Runtime runs, so it has no exporter or census of its own; a
+bench row per runtime shows what the engine, not the file, is worth on this CPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+
+def unavailable_reason() -> str | None:
+    if importlib.util.find_spec("openvino") is None:
+        return "OpenVINO is not installed (optional CPU runtime for ONNX files): pip install 'edgekit[openvino]'"
+    return None
+
+
+class OpenVinoRunner:
+    name = "openvino"
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.compiled(np.ascontiguousarray(batch, dtype=np.float32))[0], dtype=np.float32)
+
+
+def load_runner(path: Path, threads: int | None = None) -> OpenVinoRunner:
+    return OpenVinoRunner(path, threads)

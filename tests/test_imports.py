@@ -1,0 +1,167 @@
+"""The package's import graph, read from the source (every import, inside functions too).
+
+Imports run one way: cli -> pipeline -> stages -> formats -> qmodel/model -> the base
+(artifacts, config, errors, report, data, timing). A module may import one in its own layer or
+below, never above, and the graph has no cycle. `if TYPE_CHECKING:` imports are annotations,
+not imports, and are left out.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "edgekit"
+
+# Higher number = higher layer. A module under edgekit.formats is in the formats layer,
+# one under edgekit.bench in the stage layer.
+LAYERS = {
+    "edgekit.cli": 6,
+    "edgekit.pipeline": 5,
+    **{f"edgekit.{stage}": 4 for stage in ("train", "prune", "quantize", "calibrate", "export", "bench", "validate",
+                                           "diagnose")},
+    "edgekit.formats": 3,
+    "edgekit.qmodel": 2,
+    "edgekit.model": 2,
+    **{f"edgekit.{base}": 1 for base in ("artifacts", "config", "errors", "report", "data", "timing")},
+    "edgekit": 0,
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def all_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def layer(name: str) -> int:
+    probe = name
+    while probe:
+        if probe in LAYERS:
+            return LAYERS[probe]
+        probe = probe.rpartition(".")[0]
+    raise AssertionError(f"{name} has no layer: add it to LAYERS in tests/test_imports.py")
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The edgekit modules `name` imports, anywhere in its body."""
+    tree = ast.parse(path.read_text(), str(path))
+    is_package = path.name == "__init__.py"
+    found: set[str] = set()
+
+    def resolve(target: str) -> str | None:
+        while target and target not in modules:
+            target = target.rpartition(".")[0]
+        return target or None
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "edgekit":
+                    found.add(resolve(alias.name))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".") if is_package else name.split(".")[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] == "edgekit":
+                for alias in node.names:
+                    # `from . import onnx` names a submodule; `from . import load_source` a package attribute
+                    sub = f"{target}.{alias.name}"
+                    found.add(resolve(sub) if sub in modules else resolve(target))
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    found.discard(None)
+    found.discard(name)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = all_modules()
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    stack: list[str] = []
+
+    def dfs(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                cycle = dfs(nxt)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = dfs(node)
+            if cycle:
+                return cycle
+    return None
+
+
+def upward_arrows(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets
+                  if b != "edgekit" and layer(b) > layer(a))
+
+
+def test_no_import_cycle():
+    assert find_cycle(import_graph()) is None, f"import cycle: {' -> '.join(find_cycle(import_graph()))}"
+
+
+def test_imports_run_one_way():
+    assert upward_arrows(import_graph()) == []
+
+
+def test_the_int8_model_is_a_leaf_under_stages_and_formats():
+    graph = import_graph()
+    assert not {m for m in graph["edgekit.qmodel"] if layer(m) >= layer("edgekit.formats")}
+    for name, targets in graph.items():
+        if name.startswith("edgekit.formats") or name.startswith("edgekit.bench"):
+            assert "edgekit.quantize" not in targets, f"{name} imports the quantize stage"
+
+
+def test_the_checker_sees_a_cycle_hidden_in_a_function_and_an_upward_arrow(tmp_path, monkeypatch):
+    # The checks above pass only if the walker really reads function bodies and relative imports.
+    pkg = tmp_path / "edgekit"
+    (pkg / "formats").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "model.py").write_text("def f():\n    from .formats import x\n")
+    (pkg / "formats" / "__init__.py").write_text("from ..model import f\n")
+    (pkg / "errors.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .cli import app\n")
+    (pkg / "cli.py").write_text("")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
+    graph = import_graph()
+    assert graph["edgekit.model"] == {"edgekit.formats"}
+    assert graph["edgekit.errors"] == set()  # annotation-only import
+    assert find_cycle(graph) is not None
+    assert upward_arrows(graph) == ["edgekit.model -> edgekit.formats"]

@@ -1,0 +1,64 @@
+"""edgekit.timing: the one latency loop, its percentile rule and the batching helper."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgekit.timing import (batch_slices, latency_stats, percentiles, predict_batched, time_calls,
+                            time_interleaved)
+
+
+def test_percentile_rule_is_linear_interpolation_between_ranks():
+    stats = percentiles(np.arange(1, 101, dtype=float))  # 1..100 ms
+    assert stats["p50"] == pytest.approx(50.5)  # the median of an even count: between 50 and 51
+    assert stats["p90"] == pytest.approx(90.1)
+    assert stats["p99"] == pytest.approx(99.01)
+    assert stats["mean"] == pytest.approx(50.5) and stats["min"] == 1.0 and stats["runs"] == 100
+    assert stats["seconds"] == pytest.approx(5.05)
+    with pytest.raises(ValueError):
+        percentiles(np.array([]))
+
+
+def test_bootstrap_interval_covers_the_true_mean_and_narrows_with_more_samples():
+    rng = np.random.default_rng(1)
+    small = latency_stats(rng.gamma(4.0, 0.5, size=100), seed=0)
+    large = latency_stats(rng.gamma(4.0, 0.5, size=10_000), seed=0)
+    assert large["ci95"][0] < 2.0 < large["ci95"][1]  # gamma(4, 0.5) has mean 2
+    width = lambda s: s["ci95"][1] - s["ci95"][0]  # noqa: E731
+    assert width(large) < width(small) / 5  # ~1/sqrt(n): 10x narrower for 100x the samples
+    constant = latency_stats(np.full(50, 3.0))
+    assert constant["ci95"] == [3.0, 3.0] and constant["std"] == 0.0
+    samples = rng.gamma(4.0, 0.5, size=100)
+    assert latency_stats(samples, seed=7) == latency_stats(samples, seed=7)  # seeded: the same interval
+
+
+def test_time_calls_counts_warmup_apart_and_passes_the_call_index():
+    seen = []
+    samples = time_calls(seen.append, runs=5, warmup=3)
+    assert len(samples) == 5 and (samples >= 0).all()
+    assert seen == list(range(8))  # warm-up calls 0..2 untimed, then 3..7 timed
+
+
+def test_time_interleaved_alternates_rounds():
+    order = []
+    samples = time_interleaved({"a": lambda i: order.append("a"), "b": lambda i: order.append("b")},
+                               runs=6, rounds=3)
+    assert {k: len(v) for k, v in samples.items()} == {"a": 6, "b": 6}
+    assert order == ["a", "a", "b", "b"] * 3
+
+
+def test_batch_slices_and_predict_batched():
+    assert [(s.start, s.stop) for s in batch_slices(10, 4)] == [(0, 4), (4, 8), (8, 10)]
+    assert [(s.start, s.stop) for s in batch_slices(10, 4, drop_last=True)] == [(0, 4), (4, 8)]
+    with pytest.raises(ValueError):
+        list(batch_slices(3, 0))
+    sizes = []
+    images = np.arange(20, dtype=np.float32).reshape(10, 2)
+
+    def predict(batch):
+        sizes.append(len(batch))
+        return batch * 2
+
+    np.testing.assert_array_equal(predict_batched(predict, images, 4), images * 2)
+    assert sizes == [4, 4, 2]
