@@ -362,6 +362,8 @@ class TensorRTRunner:
         return self._output.view(out_shape, self.output_dtype).astype(np.float32)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
+        if len(batch) == 0:
+            raise ConfigError("predict needs at least one image", "pass a batch of shape [N, 3, 32, 32] with N >= 1")
         if self.fixed_batch:
             return predict_in_fixed_batches(self._run, batch, self.fixed_batch)
         return np.concatenate([self._run(batch[start:stop]) for start, stop in batch_chunks(len(batch), self.max_batch)])
