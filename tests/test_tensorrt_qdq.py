@@ -163,8 +163,8 @@ def _torch_activation_scales(qmodel) -> list[float]:
 
 def test_int8_artifact_keeps_its_own_ranges_and_matches_the_torch_int8_model(int8_artifact, tiny_data, tmp_path,
                                                                               monkeypatch):
-    from edgekit.quantize import load_quantized
-    from edgekit.quantize import load_runner as int8_runner
+    from edgekit.qmodel import load_quantized
+    from edgekit.formats.torch import load_runner as int8_runner
 
     path = trt_format.prepare_source_onnx(int8_artifact, tmp_path / "a.int8.onnx", "int8",
                                           ExportOptions(dynamic_batch=True))
@@ -186,8 +186,10 @@ def test_int8_artifact_keeps_its_own_ranges_and_matches_the_torch_int8_model(int
     assert producers[graph.output[0].name].op_type == "Gemm"
     # the right parent: the torch int8 model. On this near-chance tiny model two int8 renderings flip a
     # few images (see test_quantize), so the accuracy-drop bar is loosened; agreement and cosine are not.
-    loose = dataclasses.replace(validate.TOLERANCES[("tensorrt", "int8")], max_drop_vs_int8_source=5.0)
-    monkeypatch.setitem(validate.TOLERANCES, ("tensorrt", "int8"), loose)
+    from edgekit.formats import FORMATS
+
+    tolerances = FORMATS["tensorrt"].tolerances
+    monkeypatch.setitem(tolerances, "int8", dataclasses.replace(tolerances["int8"], max_drop_vs_int8_source=5.0))
     images = tiny_data.test_x[:256].float().div(255).numpy()
     labels = tiny_data.test_y[:256].numpy()
     report = validate.parity(int8_runner(int8_artifact), onnx_format.load_runner(path), images, labels)

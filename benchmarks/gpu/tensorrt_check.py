@@ -143,7 +143,7 @@ def main() -> int:
 
 def _float_checkpoint(source: Path):
     from edgekit.model import load_checkpoint
-    from edgekit.quantize import dequantized_checkpoint, is_quantized_artifact
+    from edgekit.qmodel import dequantized_checkpoint, is_quantized_artifact
 
     return dequantized_checkpoint(source) if is_quantized_artifact(source) else load_checkpoint(source)
 

@@ -151,7 +151,7 @@ def prepare_onnx(model, out: Path, precision: str, options, calibration=None) ->
 def prepare_int8_artifact_onnx(source: Path, out: Path, options) -> Path:
     """The ONNX for an int8 artifact (static PTQ or QAT): its own int8 weights and activation ranges
     (made symmetric), Q/DQ placed for TensorRT; nothing is calibrated again."""
-    from ..quantize import export_qdq_onnx
+    from .onnx import export_qdq_onnx
     from . import tensorrt_qdq
 
     with tempfile.TemporaryDirectory(prefix="edgekit-trt-onnx-") as scratch:
@@ -163,7 +163,7 @@ def prepare_int8_artifact_onnx(source: Path, out: Path, options) -> Path:
 def prepare_source_onnx(source: Path, out: Path, precision: str, options, calibration=None,
                         reporter: Reporter = quiet) -> Path:
     """What `export` hands to TensorRT's ONNX parser, for any edgekit source (runs without TensorRT)."""
-    from ..quantize import is_quantized_artifact
+    from ..qmodel import is_quantized_artifact
     from . import load_source
 
     if precision == "int8" and is_quantized_artifact(source):

@@ -25,7 +25,7 @@ here) wants onnxruntime-gpu 1.24 (the same `onnxruntime` module as the CPU onnxr
 onnx extra uses; two such wheels in one venv break each other), cupy-cuda12x, and onnx 1.21 in
 place of 1.23. So the placement is a small post-pass here instead. It works on any QDQ graph of the ResNet: the
 `quantize_static` output for a float checkpoint (`calibrated_qdq`), or the QDQ graph of an int8
-artifact (`quantize.export_qdq_onnx`), whose own activation ranges (QAT, KL, percentile, ...)
+artifact (`formats.onnx.export_qdq_onnx`), whose own activation ranges (QAT, KL, percentile, ...)
 are then kept rather than re-measured.
 
 Ranges become symmetric scales: a Q with scale s and zero point z over [qmin, qmax] covers
