@@ -20,7 +20,7 @@ quantizer applies), the graph written here has:
   weights per output channel (axis 0), float biases (TensorRT has no int32 DequantizeLinear).
 
 NVIDIA Model Optimizer (`nvidia-modelopt`) produces this placement itself, but it does not
-install cleanly beside edgekit: `pip install --dry-run "nvidia-modelopt[onnx]"` (0.47.0, checked
+install cleanly beside edgekit: a dry-run pip install of `nvidia-modelopt[onnx]` (0.47.0, checked
 here) wants onnxruntime-gpu 1.24 (the same `onnxruntime` module as the CPU onnxruntime 1.32 the
 onnx extra uses; two such wheels in one venv break each other), cupy-cuda12x, and onnx 1.21 in
 place of 1.23. So the placement is a small post-pass here instead. It works on any QDQ graph of the ResNet: the
