@@ -420,6 +420,71 @@ def export_command(
     typer.echo(str(result.path))
 
 
+# ---- look inside: diff and explain (edgekit/diagnose.py) ----
+
+
+def _override_data(source: Optional[DataSource], data_dir: Optional[Path]) -> Optional[DataConfig]:
+    return _data_config(source, data_dir) if source is not None else None
+
+
+@app.command("diff")
+def diff_command(
+    parent: Path = typer.Argument(..., help="the reference artifact (any runnable format)"),
+    child: Path = typer.Argument(..., help="the artifact made from it (pruned, int8, exported, ...)"),
+    split: Split = typer.Option(Split.test),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default artifacts/diff/<parent>-vs-<child>)"),
+    limit: Optional[int] = typer.Option(None, help="only the first N images of the split (quick runs)"),
+    gradcam_sample: int = typer.Option(256, help="seeded images on which the Grad-CAM maps are compared"),
+    layer: Optional[str] = typer.Option(None, help="Grad-CAM layer (default the last conv stage, layer4)"),
+    threads: Optional[int] = typer.Option(None, help="runtime threads"),
+    seed: int = typer.Option(0, help="seed of the Grad-CAM sample"),
+    source: Optional[DataSource] = typer.Option(None, "--source", help="default: the data the parent's lineage was trained on"),
+    data_dir: Optional[Path] = DataDirOption,
+) -> None:
+    """Image by image, what changed from PARENT to CHILD: flips, McNemar test, per-class accuracy, Grad-CAM.
+
+    Example: edgekit diff artifacts/train/best.pt artifacts/int8.pt --out artifacts/diff/int8
+    """
+    from .diagnose import diff
+
+    out = out or Path("artifacts/diff") / f"{parent.stem}-vs-{child.stem}"
+    diff(parent, child, out, split=split.value, data=_override_data(source, data_dir), limit=limit, threads=threads,
+         seed=seed, gradcam_sample=gradcam_sample, layer=layer, reporter=_reporter())
+    typer.echo(str(out))
+
+
+@app.command()
+def explain(
+    checkpoint: Path = typer.Argument(..., help="a torch checkpoint: fp32, pruned, or static/QAT int8 .pt"),
+    images: int = typer.Option(16, "--images", help="seeded random images to draw Grad-CAM for"),
+    index: Optional[str] = typer.Option(None, "--index", help="these image indices instead, comma-separated"),
+    layer: Optional[str] = typer.Option(None, help="module to take Grad-CAM at (default layer4, the last conv stage)"),
+    split: Split = typer.Option(Split.test),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default artifacts/explain/<checkpoint>)"),
+    limit: Optional[int] = typer.Option(None, help="only the first N images of the split"),
+    seed: int = typer.Option(0),
+    source: Optional[DataSource] = typer.Option(None, "--source", help="default: the data it was trained on"),
+    data_dir: Optional[Path] = DataDirOption,
+) -> None:
+    """Grad-CAM overlays and the most confident mistakes of one model.
+
+    Example: edgekit explain artifacts/train/best.pt --images 16 --layer layer3
+    """
+    from .diagnose import explain as run_explain
+    from .errors import ConfigError
+
+    indices = None
+    if index:
+        try:
+            indices = [int(i) for i in index.split(",") if i.strip()]
+        except ValueError:
+            raise ConfigError(f"--index must be comma-separated integers, got '{index}'", "e.g. --index 3,17,42") from None
+    out = out or Path("artifacts/explain") / checkpoint.stem
+    run_explain(checkpoint, out, images_count=images, indices=indices, layer=layer, split=split.value,
+                data=_override_data(source, data_dir), limit=limit, seed=seed, reporter=_reporter())
+    typer.echo(str(out))
+
+
 # ---- stage commands above this line ----
 
 
