@@ -435,6 +435,11 @@ def _bench_one(path: Path, fmt: Format, runtime: Runtime, ctx: _Context, baselin
         root_pred = ctx.torch_predictions(lin.root, images, key)
         if root_pred is not None:
             row["agreement_root"] = float((predicted == root_pred).mean())
+            if config.diff and lin.root.resolve() != path.resolve():  # issue 14 hook: flips vs the fp32 root
+                from .diagnose import diff_summary_line
+
+                row["diff_root"] = diff_summary_line(root_pred, predicted, labels, list(data.classes))
+                row["notes"].append(f"vs {lin.root.name}: {row['diff_root']['text']}")
         source_pred = ctx.torch_predictions(source, images, key) if source is not None else None
         if source_pred is not None:
             row["agreement_source"] = float((predicted == source_pred).mean())

@@ -83,6 +83,7 @@ def train(
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch"),
     seed: int = typer.Option(0),
     resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out"),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="write TensorBoard scalars here (pip install 'edgekit[tensorboard]')"),
 ) -> None:
     """Train ResNet18 (CUDA when there is a GPU, CPU otherwise); writes best.pt + manifest, metrics, plots.
 
@@ -98,7 +99,7 @@ def train(
                          schedule=schedule, label_smoothing=label_smoothing, cutout=cutout,
                          decay_norm_and_bias=decay_norm_and_bias, averaging=averaging,
                          grad_clip=grad_clip, compile=compile, amp=amp, cpu_bf16=cpu_bf16, device=device, seed=seed,
-                         threads=threads)
+                         threads=threads, tensorboard=str(tensorboard) if tensorboard else None)
     data = load_data(data_config, reporter)
     model = build_model(ModelSpec.from_width(width, data.num_classes), seed=seed)
     train_model(model, data, config, out, reporter, resume=resume, data_config=data_config)
@@ -248,6 +249,7 @@ def bench(
     source: Optional[DataSource] = typer.Option(None, "--source", help="default: the data each lineage was trained on"),
     data_dir: Optional[Path] = DataDirOption,
     compare: Optional[tuple[Path, Path]] = typer.Option(None, "--compare", help="print per-row deltas B - A of two bench .json files"),
+    diff: bool = typer.Option(False, "--diff", help="per row: images flipped against the fp32 root and the class that flipped most"),
 ) -> None:
     """Accuracy, batch-1 latency (p50/p90/p99, mean with 95% CI), throughput, size and parity of every artifact.
 
@@ -272,7 +274,8 @@ def bench(
         data = _data_config(source, data_dir)
     config = BenchConfig(threads=threads, batches=sweep, warmup=warmup, runs=runs, min_seconds=min_seconds,
                          sweep_seconds=sweep_seconds, test_limit=test_limit, baselines=baselines,
-                         baseline_dir=str(baseline_dir), calibration=str(calibration) if calibration else None, data=data)
+                         baseline_dir=str(baseline_dir), calibration=str(calibration) if calibration else None, data=data,
+                         diff=diff)
     if out is None:
         out = Path("benchmarks/results") / f"bench-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     run_bench(artifacts or [], config, reporter, directory=directory, out=out)
@@ -328,6 +331,7 @@ def prune(
     out: Path = typer.Option(Path("artifacts/pruned.pt")),
     threads: int = typer.Option(1, help="threads for the latency measurement"),
     seed: int = typer.Option(0),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="write TensorBoard scalars here (pip install 'edgekit[tensorboard]')"),
 ) -> None:
     """Structured channel pruning with fine-tuning; reports params, MACs, size and CPU latency.
 
@@ -340,7 +344,8 @@ def prune(
                          target_macs=int(target_macs) if target_macs else None, importance=importance,
                          global_pruning=global_pruning, round_to=round_to, steps=steps,
                          finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, distill_alpha=distill,
-                         cpu_bf16=cpu_bf16, unstructured=unstructured, threads=threads, seed=seed)
+                         cpu_bf16=cpu_bf16, unstructured=unstructured, threads=threads, seed=seed,
+                         tensorboard=str(tensorboard) if tensorboard else None)
     prune_checkpoint(checkpoint, config, out, _reporter())
 
 
@@ -358,6 +363,7 @@ def quantize(
     out: Path = typer.Option(Path("artifacts/int8.pt")),
     threads: int = typer.Option(1, help="threads for the latency measurement"),
     seed: int = typer.Option(0),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="write TensorBoard scalars here (pip install 'edgekit[tensorboard]')"),
 ) -> None:
     """int8 quantization: dynamic (fc only), static PTQ (calibrated) or QAT; writes int8 .pt + manifest.
 
@@ -368,7 +374,8 @@ def quantize(
 
     config = QuantizeConfig(mode=mode, method=method, calibration=str(calibration) if calibration else None,
                             sensitivity=sensitivity, keep_float=keep_float, qat_epochs=qat_epochs, qat_lr=qat_lr,
-                            export_onnx=onnx, threads=threads, seed=seed)
+                            export_onnx=onnx, threads=threads, seed=seed,
+                            tensorboard=str(tensorboard) if tensorboard else None)
     quantize_checkpoint(checkpoint, config, out, _reporter())
 
 

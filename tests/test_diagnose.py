@@ -221,3 +221,18 @@ def test_cli_explain_refuses_an_unknown_layer_listing_valid_ones(checkpoint, tmp
     assert "Traceback" not in result.output
     result = cli.invoke(app, ["explain", str(checkpoint), "--index", "0,99999", "--out", str(tmp_path)])
     assert result.exit_code != 0 and "outside" in result.output
+
+
+def test_bench_diff_hook_counts_the_flips_against_the_root(checkpoint, damaged, tmp_path):
+    from edgekit.bench import bench
+    from edgekit.config import BenchConfig
+
+    config = BenchConfig(threads=1, batches=(1,), warmup=1, runs=2, min_seconds=0.0, sweep_seconds=0.0,
+                         test_limit=100, eval_batch=50, diff=True)
+    run = bench([checkpoint, damaged], config, out=tmp_path / "b")
+    rows = {r["artifact"].split("/")[-1]: r for r in run.rows}
+    assert "diff_root" not in rows["best.pt"]  # the root is not compared with itself
+    expected = diff(checkpoint, damaged, tmp_path / "d", limit=100, gradcam_sample=4).summary
+    line = rows["damaged.pt"]["diff_root"]
+    assert (line["lost"], line["gained"]) == (expected["parent_right_child_wrong"], expected["parent_wrong_child_right"])
+    assert f"{line['flipped']} images flipped" in run.outputs["md"].read_text()
