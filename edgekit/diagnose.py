@@ -287,7 +287,7 @@ def _summary_rows(summary: dict[str, Any], cam: dict[str, Any]) -> list[list[Any
             ["McNemar exact p", f"{summary['mcnemar_p']:.3g}"]]
     if cam.get("available"):
         rows.append(["Grad-CAM correlation (median, IQR)",
-                     f"{cam['correlation_median']:.3f} ({cam['correlation_q25']:.3f}-{cam['correlation_q75']:.3f}) "
+                     f"{cam['correlation_median']:.4f} ({cam['correlation_q25']:.4f}-{cam['correlation_q75']:.4f}) "
                      f"on {cam['sample_images']} images"])
     else:
         rows.append(["Grad-CAM", f"not drawn: {cam.get('why')}"])
@@ -299,7 +299,8 @@ def diff_markdown(payload: dict[str, Any], files: dict[str, str]) -> str:
     parent, child = Path(payload["parent"]).name, Path(payload["child"]).name
     p = summary["mcnemar_p"]
     verdict = ("no image changed its correctness" if summary["parent_right_child_wrong"] + summary["parent_wrong_child_right"] == 0
-               else f"the accuracy difference is {'unlikely' if p < 0.05 else 'not unlikely'} to be noise at the 5 % level")
+               else "a difference this size is unlikely to be noise at the 5 % level" if p < 0.05
+               else "a difference this size could well be noise at the 5 % level")
     lines = [f"# edgekit diff: {parent} (parent, P) -> {child} (child, C)", "",
              f"{summary['images']} {payload['split']} images of {payload['data']['source']}.", "",
              markdown_table(["", ""], _summary_rows(summary, cam)), "",
@@ -322,9 +323,11 @@ def diff_markdown(payload: dict[str, Any], files: dict[str, str]) -> str:
                   f"Layer {cam['layer']}; parent: {cam['parent_model']}, child: {cam['child_model']}. "
                   f"How far the maps moved: Pearson correlation of the two models' maps for the true class on "
                   f"{cam['sample_images']} seeded images (seed {cam['sample_seed']}, layer resolution): median "
-                  f"{cam['correlation_median']:.3f}, quartiles {cam['correlation_q25']:.3f} / "
-                  f"{cam['correlation_q75']:.3f}" + (f"; {cam['undefined_maps']} pairs had a blank map" if cam["undefined_maps"] else "")
-                  + ". 1 = the same map.", ""]
+                  f"{cam['correlation_median']:.4f}, quartiles {cam['correlation_q25']:.4f} / "
+                  f"{cam['correlation_q75']:.4f}" + (f"; {cam['undefined_maps']} pairs had a blank map" if cam["undefined_maps"] else "")
+                  + ". 1 = the same map."
+                  + (" An int8 model's map is its dequantized twin's (int8 weights, float activations): it shows "
+                     "what weight rounding moved, not activation rounding." if "twin" in cam["child_model"] else ""), ""]
         if "gradcam" in files:
             lines += ["Flipped images, each model's map for its own answer:", "", f"![Grad-CAM]({files['gradcam']})", ""]
     else:

@@ -88,7 +88,7 @@ def test_a_damaged_child_shows_flips_and_a_small_p_value(checkpoint, damaged, tm
     assert result.gradcam["correlation_median"] < 0.999  # the maps moved
     assert (tmp_path / "gradcam.png").stat().st_size > 0 and manifest_path(tmp_path / "gradcam.png").exists()
     text = (tmp_path / "diff.md").read_text()
-    assert "McNemar" in text and "unlikely" in text
+    assert "McNemar" in text and "unlikely to be noise" in text
 
 
 def test_diff_runs_an_onnx_child_through_its_runner(checkpoint, tmp_path):
