@@ -83,6 +83,7 @@ def train(
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch"),
     seed: int = typer.Option(0),
     resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out"),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="write TensorBoard scalars here (pip install 'edgekit[tensorboard]')"),
 ) -> None:
     """Train ResNet18 (CUDA when there is a GPU, CPU otherwise); writes best.pt + manifest, metrics, plots.
 
@@ -98,7 +99,7 @@ def train(
                          schedule=schedule, label_smoothing=label_smoothing, cutout=cutout,
                          decay_norm_and_bias=decay_norm_and_bias, averaging=averaging,
                          grad_clip=grad_clip, compile=compile, amp=amp, cpu_bf16=cpu_bf16, device=device, seed=seed,
-                         threads=threads)
+                         threads=threads, tensorboard=str(tensorboard) if tensorboard else None)
     data = load_data(data_config, reporter)
     model = build_model(ModelSpec.from_width(width, data.num_classes), seed=seed)
     train_model(model, data, config, out, reporter, resume=resume, data_config=data_config)
@@ -250,6 +251,7 @@ def bench(
     source: Optional[DataSource] = typer.Option(None, "--source", help="default: the data each lineage was trained on"),
     data_dir: Optional[Path] = DataDirOption,
     compare: Optional[tuple[Path, Path]] = typer.Option(None, "--compare", help="print per-row deltas B - A of two bench .json files"),
+    diff: bool = typer.Option(False, "--diff", help="per row: images flipped against the fp32 root and the class that flipped most"),
 ) -> None:
     """Accuracy, batch-1 latency (p50/p90/p99, mean with 95% CI), throughput, size and parity of every artifact.
 
@@ -274,7 +276,8 @@ def bench(
         data = _data_config(source, data_dir)
     config = BenchConfig(threads=threads, batches=sweep, warmup=warmup, runs=runs, min_seconds=min_seconds,
                          sweep_seconds=sweep_seconds, test_limit=test_limit, baselines=baselines,
-                         baseline_dir=str(baseline_dir), calibration=str(calibration) if calibration else None, data=data)
+                         baseline_dir=str(baseline_dir), calibration=str(calibration) if calibration else None, data=data,
+                         diff=diff)
     if out is None:
         out = Path("benchmarks/results") / f"bench-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     result = run_bench(artifacts or [], config, reporter, directory=directory, out=out)
@@ -333,6 +336,7 @@ def prune(
     out: Path = typer.Option(Path("artifacts/pruned.pt")),
     threads: int = typer.Option(1, help="threads for the latency measurement"),
     seed: int = typer.Option(0),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="write TensorBoard scalars here (pip install 'edgekit[tensorboard]')"),
 ) -> None:
     """Structured channel pruning with fine-tuning; reports params, MACs, size and CPU latency.
 
@@ -345,7 +349,8 @@ def prune(
                          target_macs=int(target_macs) if target_macs else None, importance=importance,
                          global_pruning=global_pruning, round_to=round_to, steps=steps,
                          finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, distill_alpha=distill,
-                         cpu_bf16=cpu_bf16, unstructured=unstructured, threads=threads, seed=seed)
+                         cpu_bf16=cpu_bf16, unstructured=unstructured, threads=threads, seed=seed,
+                         tensorboard=str(tensorboard) if tensorboard else None)
     prune_checkpoint(checkpoint, config, out, _reporter())
 
 
@@ -363,6 +368,7 @@ def quantize(
     out: Path = typer.Option(Path("artifacts/int8.pt")),
     threads: int = typer.Option(1, help="threads for the latency measurement"),
     seed: int = typer.Option(0),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="write TensorBoard scalars here (pip install 'edgekit[tensorboard]')"),
 ) -> None:
     """int8 quantization: dynamic (fc only), static PTQ (calibrated) or QAT; writes int8 .pt + manifest.
 
@@ -373,7 +379,8 @@ def quantize(
 
     config = QuantizeConfig(mode=mode, method=method, calibration=str(calibration) if calibration else None,
                             sensitivity=sensitivity, keep_float=keep_float, qat_epochs=qat_epochs, qat_lr=qat_lr,
-                            export_onnx=onnx, threads=threads, seed=seed)
+                            export_onnx=onnx, threads=threads, seed=seed,
+                            tensorboard=str(tensorboard) if tensorboard else None)
     quantize_checkpoint(checkpoint, config, out, _reporter())
 
 
@@ -425,6 +432,71 @@ def export_command(
             data.data_dir = str(data_dir)
     result = export_artifact(artifact, target.value, precision.value, out, options, _reporter(), data_config=data)
     typer.echo(str(result.path))
+
+
+# ---- look inside: diff and explain (edgekit/diagnose.py) ----
+
+
+def _override_data(source: Optional[DataSource], data_dir: Optional[Path]) -> Optional[DataConfig]:
+    return _data_config(source, data_dir) if source is not None else None
+
+
+@app.command("diff")
+def diff_command(
+    parent: Path = typer.Argument(..., help="the reference artifact (any runnable format)"),
+    child: Path = typer.Argument(..., help="the artifact made from it (pruned, int8, exported, ...)"),
+    split: Split = typer.Option(Split.test),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default artifacts/diff/<parent>-vs-<child>)"),
+    limit: Optional[int] = typer.Option(None, help="only the first N images of the split (quick runs)"),
+    gradcam_sample: int = typer.Option(256, help="seeded images on which the Grad-CAM maps are compared"),
+    layer: Optional[str] = typer.Option(None, help="Grad-CAM layer (default the last conv stage, layer4)"),
+    threads: Optional[int] = typer.Option(None, help="runtime threads"),
+    seed: int = typer.Option(0, help="seed of the Grad-CAM sample"),
+    source: Optional[DataSource] = typer.Option(None, "--source", help="default: the data the parent's lineage was trained on"),
+    data_dir: Optional[Path] = DataDirOption,
+) -> None:
+    """Image by image, what changed from PARENT to CHILD: flips, McNemar test, per-class accuracy, Grad-CAM.
+
+    Example: edgekit diff artifacts/train/best.pt artifacts/int8.pt --out artifacts/diff/int8
+    """
+    from .diagnose import diff
+
+    out = out or Path("artifacts/diff") / f"{parent.stem}-vs-{child.stem}"
+    diff(parent, child, out, split=split.value, data=_override_data(source, data_dir), limit=limit, threads=threads,
+         seed=seed, gradcam_sample=gradcam_sample, layer=layer, reporter=_reporter())
+    typer.echo(str(out))
+
+
+@app.command()
+def explain(
+    checkpoint: Path = typer.Argument(..., help="a torch checkpoint: fp32, pruned, or static/QAT int8 .pt"),
+    images: int = typer.Option(16, "--images", help="seeded random images to draw Grad-CAM for"),
+    index: Optional[str] = typer.Option(None, "--index", help="these image indices instead, comma-separated"),
+    layer: Optional[str] = typer.Option(None, help="module to take Grad-CAM at (default layer4, the last conv stage)"),
+    split: Split = typer.Option(Split.test),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default artifacts/explain/<checkpoint>)"),
+    limit: Optional[int] = typer.Option(None, help="only the first N images of the split"),
+    seed: int = typer.Option(0),
+    source: Optional[DataSource] = typer.Option(None, "--source", help="default: the data it was trained on"),
+    data_dir: Optional[Path] = DataDirOption,
+) -> None:
+    """Grad-CAM overlays and the most confident mistakes of one model.
+
+    Example: edgekit explain artifacts/train/best.pt --images 16 --layer layer3
+    """
+    from .diagnose import explain as run_explain
+    from .errors import ConfigError
+
+    indices = None
+    if index:
+        try:
+            indices = [int(i) for i in index.split(",") if i.strip()]
+        except ValueError:
+            raise ConfigError(f"--index must be comma-separated integers, got '{index}'", "e.g. --index 3,17,42") from None
+    out = out or Path("artifacts/explain") / checkpoint.stem
+    run_explain(checkpoint, out, images_count=images, indices=indices, layer=layer, split=split.value,
+                data=_override_data(source, data_dir), limit=limit, seed=seed, reporter=_reporter())
+    typer.echo(str(out))
 
 
 # ---- stage commands above this line ----

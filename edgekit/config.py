@@ -93,19 +93,22 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 1024
     threads: int | None = None
+    tensorboard: str | None = None  # a log folder for TensorBoard scalars (the `tensorboard` extra); None = off
 
     def warmup_steps(self, steps_per_epoch: int) -> int:
         epochs = 0.2 * self.epochs if self.warmup_epochs is None else self.warmup_epochs
         return int(epochs * steps_per_epoch)
 
     def config_hash(self, data: DataConfig) -> str:
-        payload = json.dumps({"train": asdict(self), "data": asdict(data)}, sort_keys=True, default=str)
+        # Where TensorBoard logs go changes no weight: left out, so hashes of older runs still match.
+        train = {k: v for k, v in asdict(self).items() if k != "tensorboard"}
+        payload = json.dumps({"train": train, "data": asdict(data)}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 # Settings that change how fast a run goes or where it reads from, never the weights it reaches:
 # a resumed run may differ from the interrupted one in these.
-RESUME_FREE_FIELDS = frozenset({"threads", "eval_batch_size", "cache_dir", "data_dir"})
+RESUME_FREE_FIELDS = frozenset({"threads", "eval_batch_size", "cache_dir", "data_dir", "tensorboard"})
 
 
 def resume_mismatches(recorded: dict, current: dict, defaults: dict) -> list[str]:
@@ -210,6 +213,7 @@ class PruneConfig:
     latency_runs: int = 200
     threads: int = 1  # pinned for the latency measurement
     seed: int = 0
+    tensorboard: str | None = None  # TensorBoard log folder for the fine-tunes (None = off)
 
 
 @dataclass
@@ -230,6 +234,7 @@ class QuantizeConfig:
     latency_runs: int = 200
     threads: int = 1
     seed: int = 0
+    tensorboard: str | None = None  # TensorBoard log folder for the QAT fine-tune (None = off)
 
 
 @dataclass
@@ -249,3 +254,4 @@ class BenchConfig:
     calibration: str | None = None  # calibration definition for the baselines (default: from lineage)
     data: DataConfig | None = None  # override the data recorded in the artifacts' lineage
     seed: int = 0
+    diff: bool = False  # per row: images flipped against the fp32 root, and which class (edgekit.diagnose)

@@ -225,7 +225,7 @@ def _finetune(model: ResNet18, data: DataSplits, config: PruneConfig, reporter: 
                                schedule=Schedule.cosine, warmup_epochs=0.0, channels_last=False, cutout=0,
                                seed=config.seed, eval_batch_size=500, cpu_bf16=config.cpu_bf16,
                                distill_alpha=config.distill_alpha if teacher is not None else 0.0,
-                               distill_temperature=config.distill_temperature)
+                               distill_temperature=config.distill_temperature, tensorboard=config.tensorboard)
     result = train_model(model, data, train_config, reporter=reporter, teacher=teacher)
     return {"finetune_epochs": config.finetune_epochs, "finetune_best_val": result.best_val_accuracy,
             "distill_alpha": train_config.distill_alpha}

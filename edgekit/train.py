@@ -155,11 +155,13 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 def train_model(model: ResNet18, data: DataSplits, config: TrainConfig, out_dir: Path | None = None,
                 reporter: Reporter = quiet, resume: bool = False, parent: Path | None = None,
-                data_config: DataConfig | None = None, teacher: nn.Module | None = None) -> TrainResult:
+                data_config: DataConfig | None = None, teacher: nn.Module | None = None,
+                logger: Any = None) -> TrainResult:
     """Train `model` in place with the config's recipe; return it with the best-by-validation weights.
 
     With a `teacher` and `config.distill_alpha > 0`, the loss mixes in distillation from the
-    teacher's logits on the same augmented batch."""
+    teacher's logits on the same augmented batch. `logger` (a tensorboard_log.TrainingLogger) gets
+    scalars per step and epoch; without one, `config.tensorboard` names the folder of a shared one."""
     if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
         raise ConfigError("epochs, batch size and learning rate must be positive", "check --epochs/--batch-size/--lr")
     if not 0.0 <= config.distill_alpha <= 1.0 or config.distill_temperature <= 0:
@@ -228,6 +230,12 @@ def train_model(model: ResNet18, data: DataSplits, config: TrainConfig, out_dir:
         best_state = state["best_model"]
         first_epoch = state["epoch"]
         reporter.info(f"train: resumed from {state_path} after epoch {first_epoch}")
+    if logger is None and config.tensorboard is not None:
+        from .tensorboard_log import shared_logger
+
+        logger = shared_logger(config.tensorboard)
+    if logger is not None:
+        logger.skip(first_epoch * steps_per_epoch, first_epoch)
 
     eval_model = ema.module if ema is not None else model
     # Per-epoch accuracies run under the training autocast; the final test of the kept weights is fp32.
@@ -269,6 +277,9 @@ def train_model(model: ResNet18, data: DataSplits, config: TrainConfig, out_dir:
                 correct += (logits.argmax(1) == y).sum().item()
                 elapsed = time.perf_counter() - epoch_start
                 bar.advance(1, loss=loss_sum / seen, acc=correct / seen, img_s=seen / max(elapsed, 1e-9))
+                if logger is not None:
+                    logger.step(loss.item(), (logits.argmax(1) == y).float().mean().item(),
+                                optimizer.param_groups[0]["lr"], seen / max(elapsed, 1e-9))
         train_seconds = time.perf_counter() - epoch_start
         val = evaluate(eval_model, data.val_x, data.val_y, config.eval_batch_size, device, config.channels_last,
                        autocast)
@@ -280,6 +291,8 @@ def train_model(model: ResNet18, data: DataSplits, config: TrainConfig, out_dir:
                   "epoch_seconds": train_seconds, "elapsed_seconds": time.perf_counter() - start,
                   "eval_precision": precision}
         history.append(record)
+        if logger is not None:
+            logger.epoch(record)
         reporter.info(f"epoch {epoch + 1}: loss {record['train_loss']:.3f}  val {val['accuracy']:.2%}  "
                       f"test {test['accuracy']:.2%}  {record['images_per_second']:.0f} img/s")
         if val["accuracy"] > best_val:
