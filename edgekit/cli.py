@@ -20,12 +20,26 @@ from .errors import EdgekitError
 
 class _Group(TyperGroup):
     def invoke(self, ctx):
+        from .errors import from_os_error
+
         try:
             return super().invoke(ctx)
         except EdgekitError as error:
-            fix = f" -> {error.hint}" if error.hint else ""
-            typer.echo(f"error: {error.message}{fix}", err=True)
-            raise typer.Exit(error.exit_code) from None
+            _fail(error)
+        except OSError as error:  # a read-only or full disk, a folder where a file was meant ...
+            _fail(from_os_error(error))
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+
+def _fail(error: EdgekitError):
+    fix = f" -> {error.hint}" if error.hint else ""
+    typer.echo(f"error: {error.message}{fix}", err=True)
+    raise typer.Exit(error.exit_code) from None
+
+
+ForceOption = typer.Option(False, "--force", help="replace an existing output that edgekit would otherwise keep")
 
 
 app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -83,6 +97,7 @@ def train(
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch"),
     seed: int = typer.Option(0),
     resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out"),
+    force: bool = typer.Option(False, "--force", help="replace a finished or interrupted run in --out"),
 ) -> None:
     """Train ResNet18 (CUDA when there is a GPU, CPU otherwise); writes best.pt + manifest, metrics, plots.
 
@@ -99,9 +114,31 @@ def train(
                          decay_norm_and_bias=decay_norm_and_bias, averaging=averaging,
                          grad_clip=grad_clip, compile=compile, amp=amp, cpu_bf16=cpu_bf16, device=device, seed=seed,
                          threads=threads)
+    config.validate()
+    data_config.validate()
+    from .train import check_run_dir
+
+    check_run_dir(out, resume, force)  # before the data is decoded: refusing takes a second, not minutes
     data = load_data(data_config, reporter)
     model = build_model(ModelSpec.from_width(width, data.num_classes), seed=seed)
-    train_model(model, data, config, out, reporter, resume=resume, data_config=data_config)
+    try:
+        train_model(model, data, config, out, reporter, resume=resume, data_config=data_config, force=force)
+    except KeyboardInterrupt:
+        _interrupted_training(out)
+
+
+def _interrupted_training(out: Path):
+    import shlex
+    import sys
+
+    state = out / "last.pt"
+    if state.exists():
+        args = [a for a in sys.argv[1:] if a != "--force"]
+        command = shlex.join(["edgekit", *args] + ([] if "--resume" in args else ["--resume"]))
+        typer.echo(f"interrupted: the last finished epoch is saved in {state}; resume with: {command}", err=True)
+    else:
+        typer.echo("interrupted before the first epoch finished: nothing to resume, start again", err=True)
+    raise typer.Exit(130)
 
 
 @app.command("eval")
@@ -145,7 +182,7 @@ def info(artifact: Path = typer.Argument(..., help="a checkpoint or exported fil
 
     Example: edgekit info artifacts/train/best.pt
     """
-    from .artifacts import manifest_path, read_manifest, size_bytes
+    from .artifacts import manifest_path, read_manifest, sha256_file, size_bytes
     from .errors import CheckpointError
     from .formats import format_of_path
 
@@ -165,6 +202,13 @@ def info(artifact: Path = typer.Argument(..., help="a checkpoint or exported fil
     rows.append(["census", json.dumps(fmt.module().census(artifact))])
     if manifest_path(artifact).exists():
         manifest = read_manifest(artifact)
+        recorded = manifest.get("sha256")
+        actual = sha256_file(artifact)
+        if recorded != actual:
+            reporter.info(f"warning: the manifest beside {artifact} does not describe this file (sha256 "
+                          f"{str(recorded)[:12]} recorded, {actual[:12]} actual): the file was replaced or edited "
+                          "after edgekit wrote it; its lineage and metrics below are not this file's")
+        rows.append(["sha256", actual[:16] + ("" if recorded == actual else " (differs from the manifest)")])
         for key in ("kind", "precision", "command", "seed", "created"):
             rows.append([key, manifest.get(key)])
         parent = manifest.get("parent") or {}
@@ -328,6 +372,7 @@ def prune(
     out: Path = typer.Option(Path("artifacts/pruned.pt")),
     threads: int = typer.Option(1, help="threads for the latency measurement"),
     seed: int = typer.Option(0),
+    force: bool = ForceOption,
 ) -> None:
     """Structured channel pruning with fine-tuning; reports params, MACs, size and CPU latency.
 
@@ -341,7 +386,7 @@ def prune(
                          global_pruning=global_pruning, round_to=round_to, steps=steps,
                          finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, distill_alpha=distill,
                          cpu_bf16=cpu_bf16, unstructured=unstructured, threads=threads, seed=seed)
-    prune_checkpoint(checkpoint, config, out, _reporter())
+    prune_checkpoint(checkpoint, config, out, _reporter(), force=force)
 
 
 @app.command()
@@ -358,6 +403,7 @@ def quantize(
     out: Path = typer.Option(Path("artifacts/int8.pt")),
     threads: int = typer.Option(1, help="threads for the latency measurement"),
     seed: int = typer.Option(0),
+    force: bool = ForceOption,
 ) -> None:
     """int8 quantization: dynamic (fc only), static PTQ (calibrated) or QAT; writes int8 .pt + manifest.
 
@@ -369,6 +415,10 @@ def quantize(
     config = QuantizeConfig(mode=mode, method=method, calibration=str(calibration) if calibration else None,
                             sensitivity=sensitivity, keep_float=keep_float, qat_epochs=qat_epochs, qat_lr=qat_lr,
                             export_onnx=onnx, threads=threads, seed=seed)
+    from .artifacts import guard_output
+
+    config.validate()
+    guard_output(out, "quantized", sources=(checkpoint,), force=force)
     quantize_checkpoint(checkpoint, config, out, _reporter())
 
 
@@ -397,6 +447,7 @@ def export_command(
     seed: int = typer.Option(0, help="seed of the parity image choice"),
     source: Optional[DataSource] = typer.Option(None, "--source", help="default: the data the checkpoint was trained on"),
     data_dir: Optional[Path] = DataDirOption,
+    force: bool = ForceOption,
 ) -> None:
     """Export a checkpoint to ONNX / TensorRT / TFLite / SavedModel, refused unless it matches its source.
 
@@ -416,7 +467,8 @@ def export_command(
             data.source = source
         if data_dir is not None:
             data.data_dir = str(data_dir)
-    result = export_artifact(artifact, target.value, precision.value, out, options, _reporter(), data_config=data)
+    result = export_artifact(artifact, target.value, precision.value, out, options, _reporter(), data_config=data,
+                             force=force)
     typer.echo(str(result.path))
 
 
