@@ -258,12 +258,23 @@ def _same_path(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
-def check_writable_dir(directory: str | Path) -> None:
-    """Create `directory` if needed and prove a file can be written there (root ignores modes, so try one)."""
+def check_writable_dir(directory: str | Path, create: bool = True) -> None:
+    """Prove a file can be written in `directory` (root ignores modes, so write one and delete it).
+
+    With `create`, the folder is made first; without, nothing is left behind: the nearest
+    existing folder above it is probed instead."""
     directory = Path(directory)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".edgekit-write-probe.", dir=directory)
+        if create:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe_dir = directory
+        else:
+            probe_dir = directory
+            while not probe_dir.exists() and probe_dir != probe_dir.parent:
+                probe_dir = probe_dir.parent
+            if not probe_dir.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(directory))
+        fd, probe = tempfile.mkstemp(prefix=".edgekit-write-probe.", dir=probe_dir)
         os.close(fd)
         os.unlink(probe)
     except FileExistsError as exc:
@@ -302,7 +313,7 @@ def guard_output(out: str | Path, kind: str, sources: tuple = (), force: bool = 
         if recorded is not None and recorded != kind and not force:
             raise OutputError(f"{out} is an edgekit {recorded}, not a {kind}; edgekit will not replace it",
                               "choose another --out, or pass --force to replace it")
-    check_writable_dir(out.parent)
+    check_writable_dir(out.parent, create=False)
     return out
 
 

@@ -335,6 +335,7 @@ def calibrate(
     data_seed: int = typer.Option(0, help="seed of the train/val split"),
     checkpoint: Optional[Path] = typer.Option(None, help="record this model's mean/std (default CIFAR-10's)"),
     out: Optional[Path] = typer.Option(None, help="default: calibration/<data>-<size>.json"),
+    force: bool = ForceOption,
 ) -> None:
     """Choose and hash a calibration set shared by every int8 target.
 
@@ -344,12 +345,16 @@ def calibrate(
     from .data import load_data
     from .model import load_checkpoint
 
+    from .artifacts import guard_output
+
     reporter = _reporter()
     data_config = _data_config(source, data_dir, val_size, None, data_seed)
+    target = out or DEFAULT_DIR / f"{default_name(data_config, size)}.json"
+    guard_output(target, "calibration", sources=(checkpoint,) if checkpoint else (), force=force)
     data = load_data(data_config, reporter)
     spec = load_checkpoint(checkpoint).spec if checkpoint else None
     cal = make_calibration(data, data_config, size=size, seed=seed, model_spec=spec)
-    path = save_calibration(cal, out or DEFAULT_DIR / f"{default_name(data_config, size)}.json")
+    path = save_calibration(cal, target)
     reporter.table("calibration set", ["", ""], [["file", str(path)], ["images", len(cal)],
                                                  ["per class", cal.definition["class_counts"]],
                                                  ["pixels sha256", cal.sha256]])
