@@ -189,7 +189,7 @@ def test_a_killed_export_leaves_no_output_and_no_manifest(checkpoint, tmp_path):
                                 "-o", str(out), "--parity-images", "256"], env=_env(tmp_path),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # a hang guard, not a timing
         while not any("model.staging" in p.name for p in out.parent.iterdir()):  # the staging file
             assert process.poll() is None, "the export finished before it could be killed"
             assert time.monotonic() < deadline
@@ -333,12 +333,12 @@ def test_ctrl_c_during_training_says_how_to_resume_and_exits_130(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "train", *args, "--out", str(out)],
                                env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 600  # a hang guard, not a timing
         while not (out / "last.pt").exists():
             assert process.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=120)
+        _, stderr = process.communicate(timeout=600)
     finally:
         if process.poll() is None:
             process.kill()
