@@ -13,6 +13,8 @@ import io
 import json
 import os
 import platform
+import shutil
+import socket
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -20,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import CheckpointError
+from .errors import CheckpointError, OutputError
 
 MANIFEST_SUFFIX = ".manifest.json"
 TRACKED_LIBRARIES = (
@@ -62,11 +64,34 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:  # name the file the user asked for, not the temporary one
+            if exc.filename in (None, str(tmp), tmp_name):
+                raise OSError(exc.errno, exc.strerror, str(path)) from exc
+            raise
+        apply_umask(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # there is no way to read the umask without setting it
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: Path) -> None:
+    """The mode a plain open() would have given: mkstemp/mkdtemp make 0600/0700, which a service account cannot read."""
+    mask = _umask()
+    if path.is_dir():
+        for sub in [path, *path.rglob("*")]:
+            if not sub.is_symlink():
+                sub.chmod((0o777 if sub.is_dir() else 0o666) & ~mask)
+    elif path.exists():
+        path.chmod(0o666 & ~mask)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -218,3 +243,186 @@ def update_manifest_metrics(artifact: str | Path, metrics: dict[str, Any]) -> No
     data = read_manifest(artifact)
     data.setdefault("metrics", {}).update(to_plain(metrics))
     atomic_write_text(manifest_path(artifact), json.dumps(data, indent=2) + "\n")
+
+
+# ---- guarding outputs ----------------------------------------------------------------------------
+# edgekit replaces a path only when it is an earlier edgekit output of the same kind (it has a
+# manifest saying so) or the user said --force; it never replaces the input of the same command,
+# and never deletes a folder it did not make.
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def check_writable_dir(directory: str | Path, create: bool = True) -> None:
+    """Prove a file can be written in `directory` (root ignores modes, so write one and delete it).
+
+    With `create`, the folder is made first; without, nothing is left behind: the nearest
+    existing folder above it is probed instead."""
+    directory = Path(directory)
+    try:
+        if create:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe_dir = directory
+        else:
+            probe_dir = directory
+            while not probe_dir.exists() and probe_dir != probe_dir.parent:
+                probe_dir = probe_dir.parent
+            if not probe_dir.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(directory))
+        fd, probe = tempfile.mkstemp(prefix=".edgekit-write-probe.", dir=probe_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError as exc:
+        raise OutputError(f"cannot write into {directory}: a part of it is a file, not a folder",
+                          "pass another --out") from exc
+    except OSError as exc:
+        from .errors import from_os_error
+
+        error = from_os_error(exc)
+        raise OutputError(f"cannot write into {directory}: {error.message.split(': ', 1)[-1]}", error.hint) from exc
+
+
+def guard_output(out: str | Path, kind: str, sources: tuple = (), force: bool = False,
+                 directory: bool = False) -> Path:
+    """Refuse an output path whose writing would destroy what edgekit did not make; check it is writable.
+
+    `kind` is the manifest kind this command writes; `sources` the inputs of the same command;
+    `directory` whether the artifact itself is a folder (a SavedModel)."""
+    out = Path(out)
+    for source in sources:
+        if source is not None and (_same_path(out, Path(source)) or out.resolve() == Path(source).resolve()):
+            raise OutputError(f"the output {out} is the input of this command: writing it would destroy the source",
+                              "choose another --out")
+    if out.is_dir() and not directory:
+        raise OutputError(f"the output {out} is an existing directory", "pass a file path, e.g. --out DIR/name")
+    if out.exists() or out.is_symlink():
+        if out.is_file() and directory:
+            raise OutputError(f"the output {out} is an existing file; this target writes a folder", "choose another --out")
+        recorded = None
+        with contextlib.suppress(Exception):
+            recorded = json.loads(manifest_path(out).read_text()).get("kind")
+        if recorded is None and (not force or out.is_dir()):
+            # Even --force does not delete a folder edgekit did not make.
+            raise OutputError(f"{out} exists and is not an edgekit output (no manifest beside it); edgekit will not "
+                              "replace it", "choose another --out" + ("" if out.is_dir() else ", or pass --force to replace it"))
+        if recorded is not None and recorded != kind and not force:
+            raise OutputError(f"{out} is an edgekit {recorded}, not a {kind}; edgekit will not replace it",
+                              "choose another --out, or pass --force to replace it")
+    check_writable_dir(out.parent, create=False)
+    return out
+
+
+def staging_path(out: str | Path) -> Path:
+    """A hidden sibling to write into: the final rename stays on one file system, and the suffix is
+    kept because some exporters and runtimes decide by it."""
+    out = Path(out)
+    suffix = "".join(out.suffixes[-1:])
+    return out.with_name(f".{out.name[: len(out.name) - len(suffix)]}.staging-{os.getpid()}{suffix}")
+
+
+def remove_path(path: str | Path) -> None:
+    """Remove a staging file or folder this process made (never a user's path: callers pass only staging names)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def publish(staged: str | Path, out: str | Path, manifest: Manifest) -> Manifest:
+    """Move a finished `staged` artifact to `out` with its manifest.
+
+    Both are complete before either rename, so a failure (a full disk, Ctrl-C) leaves the old pair
+    or nothing; only a kill between the two renames can split them, and `edgekit info` then says
+    that the hash differs."""
+    staged, out = Path(staged), Path(out)
+    manifest.file = out.name
+    manifest.sha256 = sha256_file(staged)
+    manifest.size_bytes = size_bytes(staged)
+    manifest.config = to_plain(manifest.config)
+    manifest.metrics = to_plain(manifest.metrics)
+    manifest.extra = to_plain(manifest.extra)
+    if not manifest.command:
+        manifest.command = current_command()
+    apply_umask(staged)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.manifest.", suffix=".tmp", dir=out.parent)
+    manifest_tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(asdict(manifest), indent=2) + "\n")
+        apply_umask(manifest_tmp)
+        if out.is_dir() and not out.is_symlink():
+            # os.replace cannot overwrite a non-empty folder: move the old one (edgekit's, guard_output
+            # checked) aside first, and delete it only once the new one is in place.
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(staged, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staged, out)
+        os.replace(manifest_tmp, manifest_path(out))
+    finally:
+        if manifest_tmp.exists():
+            manifest_tmp.unlink()
+    return manifest
+
+
+# ---- run locks -----------------------------------------------------------------------------------
+
+LOCK_NAME = ".edgekit.lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(directory: str | Path, note=lambda message: None) -> Iterator[Path]:
+    """Hold `directory/.edgekit.lock` while writing into `directory`: a second writer is refused with
+    one line naming the first; the lock of a process that died (same host, pid gone) is taken over."""
+    directory = Path(directory)
+    check_writable_dir(directory)
+    path = directory / LOCK_NAME
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": current_command(),
+          "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text())
+            except (OSError, ValueError):
+                holder = {}
+            pid = holder.get("pid")
+            if isinstance(pid, int) and holder.get("host") == me["host"] and not _pid_alive(pid):
+                note(f"note: taking over the lock {path} of pid {pid} (started {holder.get('started')}), "
+                     "which is no longer running")
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                continue
+            raise OutputError(
+                f"{directory} is in use by another edgekit run: pid {pid or '?'} on {holder.get('host', '?')}, "
+                f"started {holder.get('started', '?')} ({holder.get('command', '?')})",
+                f"wait for it to finish or pass another --out; if that process is gone, delete {path}") from None
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(me) + "\n")
+        break
+    else:
+        raise OutputError(f"cannot take the lock {path}", f"delete {path} if no edgekit run is using {directory}")
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(path.read_text()).get("pid") == me["pid"]:
+                path.unlink()

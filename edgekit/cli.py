@@ -20,12 +20,26 @@ from .errors import EdgekitError
 
 class _Group(TyperGroup):
     def invoke(self, ctx):
+        from .errors import from_os_error
+
         try:
             return super().invoke(ctx)
         except EdgekitError as error:
-            fix = f" -> {error.hint}" if error.hint else ""
-            typer.echo(f"error: {error.message}{fix}", err=True)
-            raise typer.Exit(error.exit_code) from None
+            _fail(error)
+        except OSError as error:  # a read-only or full disk, a folder where a file was meant ...
+            _fail(from_os_error(error))
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+
+def _fail(error: EdgekitError):
+    fix = f" -> {error.hint}" if error.hint else ""
+    typer.echo(f"error: {error.message}{fix}", err=True)
+    raise typer.Exit(error.exit_code) from None
+
+
+ForceOption = typer.Option(False, "--force", help="replace an existing output that edgekit would otherwise keep")
 
 
 app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -83,6 +97,8 @@ def train(
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch"),
     seed: int = typer.Option(0),
     resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out"),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="write TensorBoard scalars here (pip install 'edgekit[tensorboard]')"),
+    force: bool = typer.Option(False, "--force", help="replace a finished or interrupted run in --out"),
 ) -> None:
     """Train ResNet18 (CUDA when there is a GPU, CPU otherwise); writes best.pt + manifest, metrics, plots.
 
@@ -98,10 +114,32 @@ def train(
                          schedule=schedule, label_smoothing=label_smoothing, cutout=cutout,
                          decay_norm_and_bias=decay_norm_and_bias, averaging=averaging,
                          grad_clip=grad_clip, compile=compile, amp=amp, cpu_bf16=cpu_bf16, device=device, seed=seed,
-                         threads=threads)
+                         threads=threads, tensorboard=str(tensorboard) if tensorboard else None)
+    config.validate()
+    data_config.validate()
+    from .train import check_run_dir
+
+    check_run_dir(out, resume, force)  # before the data is decoded: refusing takes a second, not minutes
     data = load_data(data_config, reporter)
     model = build_model(ModelSpec.from_width(width, data.num_classes), seed=seed)
-    train_model(model, data, config, out, reporter, resume=resume, data_config=data_config)
+    try:
+        train_model(model, data, config, out, reporter, resume=resume, data_config=data_config, force=force)
+    except KeyboardInterrupt:
+        _interrupted_training(out)
+
+
+def _interrupted_training(out: Path):
+    import shlex
+    import sys
+
+    state = out / "last.pt"
+    if state.exists():
+        args = [a for a in sys.argv[1:] if a != "--force"]
+        command = shlex.join(["edgekit", *args] + ([] if "--resume" in args else ["--resume"]))
+        typer.echo(f"interrupted: the last finished epoch is saved in {state}; resume with: {command}", err=True)
+    else:
+        typer.echo("interrupted before the first epoch finished: nothing to resume, start again", err=True)
+    raise typer.Exit(130)
 
 
 @app.command("eval")
@@ -145,7 +183,7 @@ def info(artifact: Path = typer.Argument(..., help="a checkpoint or exported fil
 
     Example: edgekit info artifacts/train/best.pt
     """
-    from .artifacts import manifest_path, read_manifest, size_bytes
+    from .artifacts import manifest_path, read_manifest, sha256_file, size_bytes
     from .errors import CheckpointError
     from .formats import SOURCE_FORMAT, format_of_path
 
@@ -167,6 +205,13 @@ def info(artifact: Path = typer.Argument(..., help="a checkpoint or exported fil
     rows.append(["census", json.dumps(fmt.module().census(artifact))])
     if manifest_path(artifact).exists():
         manifest = read_manifest(artifact)
+        recorded = manifest.get("sha256")
+        actual = sha256_file(artifact)
+        if recorded != actual:
+            reporter.info(f"warning: the manifest beside {artifact} does not describe this file (sha256 "
+                          f"{str(recorded)[:12]} recorded, {actual[:12]} actual): the file was replaced or edited "
+                          "after edgekit wrote it; its lineage and metrics below are not this file's")
+        rows.append(["sha256", actual[:16] + ("" if recorded == actual else " (differs from the manifest)")])
         for key in ("kind", "precision", "command", "seed", "created"):
             rows.append([key, manifest.get(key)])
         parent = manifest.get("parent") or {}
@@ -250,6 +295,7 @@ def bench(
     source: Optional[DataSource] = typer.Option(None, "--source", help="default: the data each lineage was trained on"),
     data_dir: Optional[Path] = DataDirOption,
     compare: Optional[tuple[Path, Path]] = typer.Option(None, "--compare", help="print per-row deltas B - A of two bench .json files"),
+    diff: bool = typer.Option(False, "--diff", help="per row: images flipped against the fp32 root and the class that flipped most"),
 ) -> None:
     """Accuracy, batch-1 latency (p50/p90/p99, mean with 95% CI), throughput, size and parity of every artifact.
 
@@ -274,7 +320,8 @@ def bench(
         data = _data_config(source, data_dir)
     config = BenchConfig(threads=threads, batches=sweep, warmup=warmup, runs=runs, min_seconds=min_seconds,
                          sweep_seconds=sweep_seconds, test_limit=test_limit, baselines=baselines,
-                         baseline_dir=str(baseline_dir), calibration=str(calibration) if calibration else None, data=data)
+                         baseline_dir=str(baseline_dir), calibration=str(calibration) if calibration else None, data=data,
+                         diff=diff)
     if out is None:
         out = Path("benchmarks/results") / f"bench-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     result = run_bench(artifacts or [], config, reporter, directory=directory, out=out)
@@ -296,6 +343,7 @@ def calibrate(
     data_seed: int = typer.Option(0, help="seed of the train/val split"),
     checkpoint: Optional[Path] = typer.Option(None, help="record this model's mean/std (default CIFAR-10's)"),
     out: Optional[Path] = typer.Option(None, help="default: calibration/<data>-<size>.json"),
+    force: bool = ForceOption,
 ) -> None:
     """Choose and hash a calibration set shared by every int8 target.
 
@@ -305,12 +353,16 @@ def calibrate(
     from .data import load_data
     from .model import load_checkpoint
 
+    from .artifacts import guard_output
+
     reporter = _reporter()
     data_config = _data_config(source, data_dir, val_size, None, data_seed)
+    target = out or DEFAULT_DIR / f"{default_name(data_config, size)}.json"
+    guard_output(target, "calibration", sources=(checkpoint,) if checkpoint else (), force=force)
     data = load_data(data_config, reporter)
     spec = load_checkpoint(checkpoint).spec if checkpoint else None
     cal = make_calibration(data, data_config, size=size, seed=seed, model_spec=spec)
-    path = save_calibration(cal, out or DEFAULT_DIR / f"{default_name(data_config, size)}.json")
+    path = save_calibration(cal, target)
     reporter.table("calibration set", ["", ""], [["file", str(path)], ["images", len(cal)],
                                                  ["per class", cal.definition["class_counts"]],
                                                  ["pixels sha256", cal.sha256]])
@@ -333,6 +385,8 @@ def prune(
     out: Path = typer.Option(Path("artifacts/pruned.pt")),
     threads: int = typer.Option(1, help="threads for the latency measurement"),
     seed: int = typer.Option(0),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="write TensorBoard scalars here (pip install 'edgekit[tensorboard]')"),
+    force: bool = ForceOption,
 ) -> None:
     """Structured channel pruning with fine-tuning; reports params, MACs, size and CPU latency.
 
@@ -345,8 +399,9 @@ def prune(
                          target_macs=int(target_macs) if target_macs else None, importance=importance,
                          global_pruning=global_pruning, round_to=round_to, steps=steps,
                          finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, distill_alpha=distill,
-                         cpu_bf16=cpu_bf16, unstructured=unstructured, threads=threads, seed=seed)
-    prune_checkpoint(checkpoint, config, out, _reporter())
+                         cpu_bf16=cpu_bf16, unstructured=unstructured, threads=threads, seed=seed,
+                         tensorboard=str(tensorboard) if tensorboard else None)
+    prune_checkpoint(checkpoint, config, out, _reporter(), force=force)
 
 
 @app.command()
@@ -363,6 +418,8 @@ def quantize(
     out: Path = typer.Option(Path("artifacts/int8.pt")),
     threads: int = typer.Option(1, help="threads for the latency measurement"),
     seed: int = typer.Option(0),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="write TensorBoard scalars here (pip install 'edgekit[tensorboard]')"),
+    force: bool = ForceOption,
 ) -> None:
     """int8 quantization: dynamic (fc only), static PTQ (calibrated) or QAT; writes int8 .pt + manifest.
 
@@ -373,7 +430,12 @@ def quantize(
 
     config = QuantizeConfig(mode=mode, method=method, calibration=str(calibration) if calibration else None,
                             sensitivity=sensitivity, keep_float=keep_float, qat_epochs=qat_epochs, qat_lr=qat_lr,
-                            export_onnx=onnx, threads=threads, seed=seed)
+                            export_onnx=onnx, threads=threads, seed=seed,
+                            tensorboard=str(tensorboard) if tensorboard else None)
+    from .artifacts import guard_output
+
+    config.validate()
+    guard_output(out, "quantized", sources=(checkpoint,), force=force)
     quantize_checkpoint(checkpoint, config, out, _reporter())
 
 
@@ -403,6 +465,7 @@ def export_command(
     seed: int = typer.Option(0, help="seed of the parity image choice"),
     source: Optional[DataSource] = typer.Option(None, "--source", help="default: the data the checkpoint was trained on"),
     data_dir: Optional[Path] = DataDirOption,
+    force: bool = ForceOption,
 ) -> None:
     """Export a checkpoint to ONNX / TensorRT / TFLite / SavedModel, refused unless it matches its source.
 
@@ -423,8 +486,74 @@ def export_command(
             data.source = source
         if data_dir is not None:
             data.data_dir = str(data_dir)
-    result = export_artifact(artifact, target.value, precision.value, out, options, _reporter(), data_config=data)
+    result = export_artifact(artifact, target.value, precision.value, out, options, _reporter(), data_config=data,
+                             force=force)
     typer.echo(str(result.path))
+
+
+# ---- look inside: diff and explain (edgekit/diagnose.py) ----
+
+
+def _override_data(source: Optional[DataSource], data_dir: Optional[Path]) -> Optional[DataConfig]:
+    return _data_config(source, data_dir) if source is not None else None
+
+
+@app.command("diff")
+def diff_command(
+    parent: Path = typer.Argument(..., help="the reference artifact (any runnable format)"),
+    child: Path = typer.Argument(..., help="the artifact made from it (pruned, int8, exported, ...)"),
+    split: Split = typer.Option(Split.test),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default artifacts/diff/<parent>-vs-<child>)"),
+    limit: Optional[int] = typer.Option(None, help="only the first N images of the split (quick runs)"),
+    gradcam_sample: int = typer.Option(256, help="seeded images on which the Grad-CAM maps are compared"),
+    layer: Optional[str] = typer.Option(None, help="Grad-CAM layer (default the last conv stage, layer4)"),
+    threads: Optional[int] = typer.Option(None, help="runtime threads"),
+    seed: int = typer.Option(0, help="seed of the Grad-CAM sample"),
+    source: Optional[DataSource] = typer.Option(None, "--source", help="default: the data the parent's lineage was trained on"),
+    data_dir: Optional[Path] = DataDirOption,
+) -> None:
+    """Image by image, what changed from PARENT to CHILD: flips, McNemar test, per-class accuracy, Grad-CAM.
+
+    Example: edgekit diff artifacts/train/best.pt artifacts/int8.pt --out artifacts/diff/int8
+    """
+    from .diagnose import diff
+
+    out = out or Path("artifacts/diff") / f"{parent.stem}-vs-{child.stem}"
+    diff(parent, child, out, split=split.value, data=_override_data(source, data_dir), limit=limit, threads=threads,
+         seed=seed, gradcam_sample=gradcam_sample, layer=layer, reporter=_reporter())
+    typer.echo(str(out))
+
+
+@app.command()
+def explain(
+    checkpoint: Path = typer.Argument(..., help="a torch checkpoint: fp32, pruned, or static/QAT int8 .pt"),
+    images: int = typer.Option(16, "--images", help="seeded random images to draw Grad-CAM for"),
+    index: Optional[str] = typer.Option(None, "--index", help="these image indices instead, comma-separated"),
+    layer: Optional[str] = typer.Option(None, help="module to take Grad-CAM at (default layer4, the last conv stage)"),
+    split: Split = typer.Option(Split.test),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default artifacts/explain/<checkpoint>)"),
+    limit: Optional[int] = typer.Option(None, help="only the first N images of the split"),
+    seed: int = typer.Option(0),
+    source: Optional[DataSource] = typer.Option(None, "--source", help="default: the data it was trained on"),
+    data_dir: Optional[Path] = DataDirOption,
+) -> None:
+    """Grad-CAM overlays and the most confident mistakes of one model.
+
+    Example: edgekit explain artifacts/train/best.pt --images 16 --layer layer3
+    """
+    from .diagnose import explain as run_explain
+    from .errors import ConfigError
+
+    indices = None
+    if index:
+        try:
+            indices = [int(i) for i in index.split(",") if i.strip()]
+        except ValueError:
+            raise ConfigError(f"--index must be comma-separated integers, got '{index}'", "e.g. --index 3,17,42") from None
+    out = out or Path("artifacts/explain") / checkpoint.stem
+    run_explain(checkpoint, out, images_count=images, indices=indices, layer=layer, split=split.value,
+                data=_override_data(source, data_dir), limit=limit, seed=seed, reporter=_reporter())
+    typer.echo(str(out))
 
 
 # ---- stage commands above this line ----

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -41,6 +42,28 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+def check_range(flag: str, value, low=None, high=None, *, low_open: bool = False, high_open: bool = False,
+                optional: bool = False, hint: str = "") -> None:
+    """One numeric option: finite and inside [low, high] (an open end excludes the bound), or None if optional.
+
+    Every stage's config calls this from its `validate()`, so a range is written once, with the
+    range in the message."""
+    from .errors import ConfigError
+
+    if value is None and optional:
+        return
+    left = "(" if low_open else "["
+    right = ")" if high_open else "]"
+    span = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+    bad = (value is None or isinstance(value, bool) or not isinstance(value, (int, float))
+           or not math.isfinite(value)
+           or (low is not None and (value <= low if low_open else value < low))
+           or (high is not None and (value >= high if high_open else value > high)))
+    if bad:
+        raise ConfigError(f"--{flag.replace('_', '-')} must be a finite number in {span}, got {value}",
+                          hint or f"pass a value in {span}" + (" or leave it out" if optional else ""))
+
+
 @dataclass
 class DataConfig:
     source: DataSource = DataSource.cifar10
@@ -52,6 +75,15 @@ class DataConfig:
     synthetic_train: int = 6000
     synthetic_test: int = 1000
     seed: int = 0
+
+    def validate(self) -> "DataConfig":
+        check_range("val_size", self.val_size, 1, hint="the validation split picks the best epoch: e.g. --val-size 2500")
+        check_range("train_per_class", self.train_per_class, 1, optional=True)
+        check_range("test_limit", self.test_limit, 1, optional=True)
+        check_range("synthetic_train", self.synthetic_train, 1)
+        check_range("synthetic_test", self.synthetic_test, 1)
+        check_range("seed", self.seed, 0)
+        return self
 
 
 @dataclass
@@ -93,19 +125,46 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 1024
     threads: int | None = None
+    tensorboard: str | None = None  # a log folder for TensorBoard scalars (the `tensorboard` extra); None = off
+
+    def validate(self) -> "TrainConfig":
+        """Every numeric field in its range (NaN and infinities refused), before any work is done."""
+        check_range("epochs", self.epochs, 1)
+        check_range("batch_size", self.batch_size, 1)
+        check_range("lr", self.lr, 0, 10, low_open=True, hint="e.g. --lr 0.2 for SGD at batch 512, 1e-3 for AdamW")
+        check_range("momentum", self.momentum, 0, 1, high_open=True)
+        check_range("weight_decay", self.weight_decay, 0, 1)
+        check_range("label_smoothing", self.label_smoothing, 0, 1, high_open=True)
+        check_range("warmup_epochs", self.warmup_epochs, 0, self.epochs, optional=True)
+        check_range("warmup_start", self.warmup_start, 0, 1)
+        check_range("cutout", self.cutout, 0, 32, hint="the side of the Cutout square in pixels; 0 turns it off")
+        check_range("ema_decay", self.ema_decay, 0, 1, low_open=True, high_open=True)
+        check_range("grad_clip", self.grad_clip, 0, low_open=True, optional=True)
+        check_range("distill", self.distill_alpha, 0, 1,
+                    hint="e.g. --distill 0.5 (half the loss from the teacher) or --distill 0 (labels only)")
+        check_range("distill_temperature", self.distill_temperature, 0, low_open=True)
+        check_range("width", self.width, 0, 8, low_open=True, hint="e.g. --width 1.0 (11.2M parameters) or 0.25")
+        check_range("eval_batch_size", self.eval_batch_size, 1)
+        check_range("seed", self.seed, 0)
+        # 0 is refused rather than read as "the default": it was recorded as 0 while torch's default ran.
+        check_range("threads", self.threads, 1, optional=True,
+                    hint="pass --threads N with N >= 1, or leave it out to use torch's default")
+        return self
 
     def warmup_steps(self, steps_per_epoch: int) -> int:
         epochs = 0.2 * self.epochs if self.warmup_epochs is None else self.warmup_epochs
         return int(epochs * steps_per_epoch)
 
     def config_hash(self, data: DataConfig) -> str:
-        payload = json.dumps({"train": asdict(self), "data": asdict(data)}, sort_keys=True, default=str)
+        # Where TensorBoard logs go changes no weight: left out, so hashes of older runs still match.
+        train = {k: v for k, v in asdict(self).items() if k != "tensorboard"}
+        payload = json.dumps({"train": train, "data": asdict(data)}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 # Settings that change how fast a run goes or where it reads from, never the weights it reaches:
 # a resumed run may differ from the interrupted one in these.
-RESUME_FREE_FIELDS = frozenset({"threads", "eval_batch_size", "cache_dir", "data_dir"})
+RESUME_FREE_FIELDS = frozenset({"threads", "eval_batch_size", "cache_dir", "data_dir", "tensorboard"})
 
 
 def resume_mismatches(recorded: dict, current: dict, defaults: dict) -> list[str]:
@@ -145,6 +204,14 @@ class ExportOptions:
     int8_io: bool = False  # int8 input/output tensors (integer-only targets); runners still take floats
     threads: int | None = None
     seed: int = 0
+
+    def validate(self) -> "ExportOptions":
+        check_range("batch", self.batch, 1)
+        check_range("opset", self.opset, 17, hint="ONNX opset 17 or newer, e.g. --opset 17")
+        check_range("parity_images", self.parity_images, 1, hint="e.g. --parity-images 256")
+        check_range("threads", self.threads, 1, optional=True)
+        check_range("seed", self.seed, 0)
+        return self
 
 
 def data_config_from_dict(values: dict | None) -> DataConfig:
@@ -210,6 +277,26 @@ class PruneConfig:
     latency_runs: int = 200
     threads: int = 1  # pinned for the latency measurement
     seed: int = 0
+    tensorboard: str | None = None  # TensorBoard log folder for the fine-tunes (None = off)
+
+    def validate(self) -> "PruneConfig":
+        check_range("ratio", self.ratio, 0, 1, low_open=True, high_open=True, optional=True,
+                    hint="e.g. --ratio 0.3 removes 30 % of each layer's channels (about 2x fewer MACs)")
+        check_range("target_macs", self.target_macs, 0, low_open=True, optional=True, hint="e.g. --target-macs 250e6")
+        check_range("round_to", self.round_to, 1)
+        check_range("steps", self.steps, 1)
+        check_range("finetune_epochs", self.finetune_epochs, 0)
+        check_range("finetune_lr", self.finetune_lr, 0, 10, low_open=True)
+        check_range("distill", self.distill_alpha, 0, 1,
+                    hint="e.g. --distill 0.5 (half the fine-tune loss from the unpruned model) or 0 (labels only)")
+        check_range("distill_temperature", self.distill_temperature, 0, low_open=True)
+        check_range("batch_size", self.batch_size, 1)
+        check_range("bn_batches", self.bn_batches, 0)
+        check_range("taylor_batches", self.taylor_batches, 1)
+        check_range("latency_runs", self.latency_runs, 1)
+        check_range("threads", self.threads, 1)
+        check_range("seed", self.seed, 0)
+        return self
 
 
 @dataclass
@@ -230,6 +317,19 @@ class QuantizeConfig:
     latency_runs: int = 200
     threads: int = 1
     seed: int = 0
+    tensorboard: str | None = None  # TensorBoard log folder for the QAT fine-tune (None = off)
+
+    def validate(self) -> "QuantizeConfig":
+        check_range("percentile", self.percentile, 0, 100, low_open=True)
+        check_range("qat_epochs", self.qat_epochs, 0)
+        check_range("qat_lr", self.qat_lr, 0, 10, low_open=True)
+        check_range("qat_freeze_epoch", self.qat_freeze_epoch, 0)
+        check_range("batch_size", self.batch_size, 1)
+        check_range("keep_float", self.keep_float, 0)
+        check_range("latency_runs", self.latency_runs, 1)
+        check_range("threads", self.threads, 1)
+        check_range("seed", self.seed, 0)
+        return self
 
 
 @dataclass
@@ -249,3 +349,4 @@ class BenchConfig:
     calibration: str | None = None  # calibration definition for the baselines (default: from lineage)
     data: DataConfig | None = None  # override the data recorded in the artifacts' lineage
     seed: int = 0
+    diff: bool = False  # per row: images flipped against the fp32 root, and which class (edgekit.diagnose)

@@ -32,6 +32,7 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 CIFAR10_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 CACHE_FORMAT = "edgekit-data/1"
+CIFAR10_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",)
 
 
 @dataclass
@@ -61,6 +62,7 @@ def to_unit_float(x: torch.Tensor) -> torch.Tensor:
 
 def load_data(config: DataConfig, reporter: Reporter = quiet) -> DataSplits:
     """Decode (or read from cache) the source, then carve the seeded validation split."""
+    config.validate()
     if config.source is DataSource.synthetic:
         raw = synthetic_dataset(config.synthetic_train, config.synthetic_test, seed=config.seed)
         origin = f"synthetic(seed={config.seed}, train={config.synthetic_train}, test={config.synthetic_test})"
@@ -79,9 +81,15 @@ def load_data(config: DataConfig, reporter: Reporter = quiet) -> DataSplits:
 def _split(raw: dict, config: DataConfig, origin: str) -> DataSplits:
     train_x, train_y = raw["train_x"], raw["train_y"]
     classes = list(raw["classes"])
+    if len(classes) < 2:
+        raise DataError(f"the data has {len(classes)} class ({', '.join(classes)}); a classifier needs at least two",
+                        "add a second class folder (train/<class>/ and test/<class>/)")
+    per_class_val = config.val_size // len(classes)
+    if per_class_val < 1:
+        raise DataError(f"--val-size {config.val_size} is fewer than one image per class ({len(classes)} classes)",
+                        f"use --val-size {len(classes)} or more")
     generator = torch.Generator().manual_seed(config.seed)
     val_idx, train_idx = [], []
-    per_class_val = config.val_size // len(classes)
     for label in range(len(classes)):
         members = torch.nonzero(train_y == label).flatten()
         members = members[torch.randperm(len(members), generator=generator)]
@@ -117,13 +125,37 @@ def load_data_for_checkpoint(checkpoint, data_config: DataConfig | None = None,
 # ---- caching ---------------------------------------------------------------------------------
 
 
-def _content_key(root: Path) -> str:
-    """Hash of every file's relative path and bytes: a changed, added or removed image is a new key."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
+def _content_key(root: Path, files: list[Path]) -> str:
+    """Hash of exactly the files the loader decodes: each one's path as the loader names it (which
+    carries the label) and its bytes, read through any links.
+
+    A walk of the folder is not enough: it does not follow linked sub-folders, so two folders
+    whose class folders link to different images would share one cache and report each other's
+    accuracy. Bytes, not paths or mtimes, so a moved or renamed copy of the same data reuses it."""
+    digest = hashlib.sha256(b"edgekit-content-key/2\n")
+    for path in files:
+        try:
+            name = str(path.relative_to(root))
+        except ValueError:
+            name = str(path)
+        digest.update(name.encode() + b"\0")
+        try:
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                digest.update(size.to_bytes(8, "little"))
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+        except OSError as exc:
+            raise DataError(f"cannot read {path}: {exc.strerror or exc}", "check the file and its permissions") from exc
     return digest.hexdigest()
+
+
+def _files_read_by(reader, root: Path) -> list[Path]:
+    if reader is _read_cifar10_binary:
+        return [root / name for name in CIFAR10_FILES if (root / name).exists()]
+    train_files, _, classes = _list_split(root / "train", None)
+    test_files, _, _ = _list_split(root / "test", classes)
+    return train_files + test_files
 
 
 def pixel_fingerprint(*tensors: torch.Tensor) -> str:
@@ -139,7 +171,7 @@ def _cached(root: Path, cache_dir: str | Path, reader, reporter: Reporter) -> di
     elif not root.is_dir():
         raise DataError(f"data directory not found: {root}",
                         "pass --data-dir pointing at a folder with train/<class>/ and test/<class>/ images")
-    key = _content_key(root)
+    key = _content_key(root, _files_read_by(reader, root))
     cache_file = Path(cache_dir) / f"{reader.__name__.strip('_')}-{key[:20]}.pt"
     if cache_file.exists():
         try:
@@ -173,7 +205,8 @@ def _decode(path: Path) -> np.ndarray:
         raise DataError(f"cannot decode image {path}: {exc}", "remove or replace the corrupt file") from exc
 
 
-def _read_split(split_dir: Path, classes: list[str] | None, reporter: Reporter) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def _list_split(split_dir: Path, classes: list[str] | None) -> tuple[list[Path], list[int], list[str]]:
+    """The image files of one split, in the order the loader decodes them, with their labels."""
     if not split_dir.is_dir():
         raise DataError(f"missing split folder {split_dir}", "an image folder needs train/<class>/ and test/<class>/")
     found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
@@ -190,6 +223,11 @@ def _read_split(split_dir: Path, classes: list[str] | None, reporter: Reporter) 
                             f"add images ({', '.join(sorted(IMAGE_SUFFIXES))}) or remove the folder")
         files += images
         labels += [label] * len(images)
+    return files, labels, found
+
+
+def _read_split(split_dir: Path, classes: list[str] | None, reporter: Reporter) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    files, labels, found = _list_split(split_dir, classes)
     pixels = []
     with reporter.progress(f"decode {split_dir.name}", total=len(files)) as bar:
         workers = max(1, min(os.cpu_count() or 1, 8))
@@ -250,8 +288,8 @@ def _read_cifar10_binary(batches: Path, reporter: Reporter) -> dict:
         data = np.concatenate(records)
         return torch.from_numpy(data[:, 1:].reshape(-1, 3, 32, 32).copy()), torch.from_numpy(data[:, 0].astype(np.int64))
 
-    train_x, train_y = read([f"data_batch_{i}.bin" for i in range(1, 6)])
-    test_x, test_y = read(["test_batch.bin"])
+    train_x, train_y = read(list(CIFAR10_FILES[:5]))
+    test_x, test_y = read([CIFAR10_FILES[5]])
     return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y, "classes": CIFAR10_CLASSES}
 
 

@@ -56,3 +56,34 @@ def missing_dependency(module: str, extra: str, what: str) -> DependencyError:
         f"{what} needs the Python package '{module}', which is not installed",
         f"pip install 'edgekit[{extra}]'",
     )
+
+
+class OutputError(EdgekitError):
+    """An output that cannot be written, or whose writing would destroy something edgekit did not make."""
+
+
+# errno -> (what it means, what to do); anything else keeps the system's own words.
+_OS_FIXES = {
+    "EROFS": ("the file system is read-only", "write to a writable folder (pass another --out)"),
+    "EACCES": ("permission denied", "write to a folder you own (pass another --out), or fix its permissions"),
+    "EPERM": ("operation not permitted", "write to a folder you own (pass another --out), or fix its permissions"),
+    "ENOSPC": ("no space left on the device", "free some space, or write to another disk (--out)"),
+    "EDQUOT": ("disk quota exceeded", "free some space, or write to another disk (--out)"),
+    "EISDIR": ("it is a directory", "pass a file path, not a folder"),
+    "ENOTDIR": ("a part of the path is a file, not a folder", "check the path"),
+    "EEXIST": ("it already exists", "remove it or choose another path"),
+    "ENOENT": ("no such file or directory", "check the path"),
+    "ENAMETOOLONG": ("the name is too long", "use a shorter path"),
+}
+
+
+def from_os_error(error: OSError) -> EdgekitError:
+    """An OSError (read-only disk, full disk, a directory where a file was meant ...) as one clear line."""
+    import errno as _errno
+
+    name = _errno.errorcode.get(error.errno or 0, "")
+    meaning, fix = _OS_FIXES.get(name, (error.strerror or str(error), "check the path and the disk"))
+    path = error.filename if error.filename is not None else "a file"
+    if error.filename2 is not None:
+        path = f"{error.filename} -> {error.filename2}"
+    return OutputError(f"cannot use {path}: {meaning}", fix)

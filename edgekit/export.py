@@ -10,14 +10,13 @@ manifest. Nothing here names a format: the table in edgekit.formats does.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .artifacts import Manifest, parent_ref, read_manifest, to_plain, write_manifest
+from .artifacts import Manifest, guard_output, parent_ref, publish, read_manifest, remove_path, staging_path, to_plain
 from .config import DataConfig, ExportOptions, data_config_from_dict
 from .errors import CheckpointError, ConfigError, DependencyError, ParityError, UnsupportedError
 from .formats import FORMATS, SOURCE_FORMAT, export_targets, load_source
@@ -86,16 +85,6 @@ def _source_precision(source: Path) -> str:
     return "int8" if "int8" in label else "fp32"
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
-        path.unlink()
-    manifest = path.with_name(path.name + ".manifest.json")
-    if manifest.exists():
-        manifest.unlink()
-
-
 def parity_subset(count: int, total: int, seed: int) -> np.ndarray:
     """Seeded choice of test images, sorted so reports name stable indices."""
     rng = np.random.default_rng(seed)
@@ -104,10 +93,13 @@ def parity_subset(count: int, total: int, seed: int) -> np.ndarray:
 
 def export_artifact(source: Path, target: str, precision: str, out: Path | None = None,
                     options: ExportOptions | None = None, reporter: Reporter = quiet,
-                    data_config: DataConfig | None = None, data: DataSplits | None = None) -> ExportResult:
+                    data_config: DataConfig | None = None, data: DataSplits | None = None,
+                    force: bool = False) -> ExportResult:
     """Export `source` (an edgekit checkpoint; for int8, also an int8 artifact) to `target`, gated on parity.
 
-    `data`: the splits already loaded by the caller (the quantize stage), else loaded here."""
+    `data`: the splits already loaded by the caller (the quantize stage), else loaded here.
+    `out` may be an existing folder to write the default file name into. An existing `out` is
+    replaced only when it is an earlier edgekit export (or with `force`); never the source."""
     from .data import load_data, to_unit_float
 
     options = options or ExportOptions()
@@ -115,14 +107,17 @@ def export_artifact(source: Path, target: str, precision: str, out: Path | None 
     fmt, module = _resolve_target(target, precision)
     if options.dynamic_batch and options.batch != 1:
         raise ConfigError("--batch and --dynamic-batch exclude each other", "pass one of them")
-    if options.parity_images < 1:
-        raise ConfigError(f"parity_images must be >= 1, got {options.parity_images}", "use e.g. 256")
+    options.validate()
     if precision == "int8" and not options.calibration:
         raise ConfigError(f"int8 {target} export needs a calibration set",
                           "make one with `edgekit calibrate --source ... --size 512` (it writes calibration/<data>-512.json) "
                           "and pass --calibration calibration/<data>-512.json")
     checkpoint = load_source(source, precision)
     out = Path(out) if out else default_out_path(source, target, precision)
+    writes_folder = fmt.suffix == ".savedmodel"
+    if out.is_dir() and not (writes_folder and out.name.endswith(fmt.suffix)):
+        out = out / default_out_path(source, target, precision).name
+    guard_output(out, "export", sources=(source,), force=force, directory=writes_folder)
 
     if data is None:
         data = load_data(_data_config(checkpoint.extra, options, data_config), reporter)
@@ -139,9 +134,9 @@ def export_artifact(source: Path, target: str, precision: str, out: Path | None 
     labels = data.test_y[chosen].numpy()
 
     # A hidden sibling keeps the final rename on one file system; the suffix is kept because
-    # some exporters (and runtimes) decide by it.
-    staging = out.with_name(f".{out.stem}.staging-{os.getpid()}{fmt.suffix}")
-    _remove(staging)
+    # some exporters (and runtimes) decide by it. A killed export leaves only this behind.
+    staging = staging_path(out)
+    remove_path(staging)
     debug = None
     try:
         module.export(source, staging, precision, options, calibration, reporter)
@@ -161,8 +156,8 @@ def export_artifact(source: Path, target: str, precision: str, out: Path | None 
         if failing:
             if options.keep_failed:
                 kept = out.with_name(f"{out.stem}.failed{fmt.suffix}")
-                _remove(kept)
-                os.replace(staging, kept)
+                if not kept.is_dir():  # a kept failure is edgekit's own debugging file
+                    os.replace(staging, kept)
                 reporter.info(f"kept the failing file as {kept}")
             try:
                 check(report, target, precision, source_precision)
@@ -177,23 +172,20 @@ def export_artifact(source: Path, target: str, precision: str, out: Path | None 
         if executed != label:
             reporter.info(f"note: the file stores {label} weights; {exported_runner.name} computes {executed} "
                           "(see the census in the manifest)")
-        _remove(out)
-        os.replace(staging, out)
+        extra_fn = getattr(module, "manifest_extra", None)
+        manifest = publish(staging, out, Manifest(
+            kind="export", format=target, precision=label, parent=parent_ref(source),
+            config={"target": target, "requested_precision": precision, "options": asdict(options),
+                    "calibration": calibration.manifest_ref() if calibration is not None else None,
+                    "parity_images_indices_seed": options.seed, "data": data.describe()},
+            seed=options.seed,
+            metrics={"parity": report.as_metrics(), "accuracy_parity_images": report.exported_accuracy,
+                     "source_accuracy_parity_images": report.source_accuracy, "census": census,
+                     "executed_precision": executed},
+            extra=(extra_fn(staging) if extra_fn else {}) | ({"debug_parity": debug} if debug else {}),
+        ))
     finally:
-        _remove(staging)
-
-    extra_fn = getattr(module, "manifest_extra", None)
-    manifest = write_manifest(out, Manifest(
-        kind="export", format=target, precision=label, parent=parent_ref(source),
-        config={"target": target, "requested_precision": precision, "options": asdict(options),
-                "calibration": calibration.manifest_ref() if calibration is not None else None,
-                "parity_images_indices_seed": options.seed, "data": data.describe()},
-        seed=options.seed,
-        metrics={"parity": report.as_metrics(), "accuracy_parity_images": report.exported_accuracy,
-                 "source_accuracy_parity_images": report.source_accuracy, "census": census,
-                 "executed_precision": executed},
-        extra=(extra_fn(out) if extra_fn else {}) | ({"debug_parity": debug} if debug else {}),
-    ))
+        remove_path(staging)
     reporter.table(f"export {target} {precision} -> {out.name}", ["metric", "value"], [
         ("precision (counted in file)", label), ("precision (as executed)", executed),
         ("top-1 agreement", f"{report.top1_agreement:.2%}"),

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .artifacts import Manifest, parent_ref, to_plain, write_manifest
+from .artifacts import Manifest, guard_output, parent_ref, publish, remove_path, staging_path, to_plain
 from .config import DataConfig, Importance, PruneConfig, TrainConfig, Schedule
 from .data import DataSplits, batches, load_data_for_checkpoint, to_unit_float
 from .errors import ConfigError, DependencyError
@@ -204,6 +204,7 @@ def _taylor_gradients(model: nn.Module, data: DataSplits, config: PruneConfig) -
 
 
 def validate_config(config: PruneConfig) -> None:
+    config.validate()
     if config.target_macs is None:
         if config.ratio is None or not 0.0 < config.ratio < 1.0:
             raise ConfigError(f"--ratio must be between 0 and 1 (exclusive), got {config.ratio}",
@@ -225,7 +226,7 @@ def _finetune(model: ResNet18, data: DataSplits, config: PruneConfig, reporter: 
                                schedule=Schedule.cosine, warmup_epochs=0.0, channels_last=False, cutout=0,
                                seed=config.seed, eval_batch_size=500, cpu_bf16=config.cpu_bf16,
                                distill_alpha=config.distill_alpha if teacher is not None else 0.0,
-                               distill_temperature=config.distill_temperature)
+                               distill_temperature=config.distill_temperature, tensorboard=config.tensorboard)
     result = train_model(model, data, train_config, reporter=reporter, teacher=teacher)
     return {"finetune_epochs": config.finetune_epochs, "finetune_best_val": result.best_val_accuracy,
             "distill_alpha": train_config.distill_alpha}
@@ -323,10 +324,12 @@ def weight_sparsity(model: nn.Module) -> float:
 
 
 def prune_checkpoint(source: Path, config: PruneConfig, out: Path, reporter: Reporter = quiet,
-                     data_config: DataConfig | None = None, data: DataSplits | None = None) -> PruneResult:
+                     data_config: DataConfig | None = None, data: DataSplits | None = None,
+                     force: bool = False) -> PruneResult:
     """Prune an edgekit checkpoint, fine-tune, rebuild from plain channel counts, save + manifest."""
     validate_config(config)
     source, out = Path(source), Path(out)
+    guard_output(out, "pruned", sources=(source,), force=force)
     checkpoint = load_checkpoint(source)
     data = data if data is not None else load_data_for_checkpoint(checkpoint, data_config, reporter)
     model = checkpoint.build()
@@ -370,12 +373,16 @@ def prune_checkpoint(source: Path, config: PruneConfig, out: Path, reporter: Rep
     extra = {"data_config": checkpoint.extra.get("data_config") if data_config is None else to_plain(data_config),
              "data": data.describe(), "metrics": metrics, "prune_config": to_plain(config),
              "prune_history": history, "parent": parent_ref(source), "note": note}
-    save_checkpoint(out, fresh, data.classes, extra)
-    after["file_bytes"] = out.stat().st_size
-    write_manifest(out, Manifest(
-        kind="pruned", format="torch", precision="fp32", parent=parent_ref(source),
-        config={"prune": config}, seed=config.seed, metrics=metrics,
-        extra={"note": note, "spec": spec.to_dict(), "prune_history": history, "before": before, "after": after}))
+    staged = staging_path(out)
+    try:
+        save_checkpoint(staged, fresh, data.classes, extra)
+        after["file_bytes"] = staged.stat().st_size
+        publish(staged, out, Manifest(
+            kind="pruned", format="torch", precision="fp32", parent=parent_ref(source),
+            config={"prune": config}, seed=config.seed, metrics=metrics,
+            extra={"note": note, "spec": spec.to_dict(), "prune_history": history, "before": before, "after": after}))
+    finally:
+        remove_path(staged)
     reporter.table(f"prune: {out.name}", ["", "before", "after"], [
         ["params", before["params"], after["params"]],
         ["MACs", before["macs"], after["macs"]],

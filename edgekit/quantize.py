@@ -306,7 +306,8 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
             def train_config(epochs: int) -> TrainConfig:
                 return TrainConfig(epochs=epochs, batch_size=config.batch_size, lr=config.qat_lr,
                                    schedule=Schedule.cosine, warmup_epochs=0.0, channels_last=False, cutout=0,
-                                   seed=config.seed, eval_batch_size=500, label_smoothing=0.1)
+                                   seed=config.seed, eval_batch_size=500, label_smoothing=0.1,
+                                   tensorboard=config.tensorboard)
             train_model(qat, data, train_config(epochs_a), reporter=reporter)
             # Observers and BN statistics frozen from here: the last epochs fit the weights to fixed
             # ranges and fixed BN folding, which is what the converted model will have.

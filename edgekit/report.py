@@ -73,16 +73,19 @@ class RichReporter(Reporter):
             yield _RichProgress(bar, bar.add_task(description, total=total, status=""))
 
     def info(self, message: str) -> None:
-        self.err.print(message, highlight=False)
+        # markup=False: a message is literal text; "edgekit[tensorrt]" or a path with brackets must print as is.
+        self.err.print(message, markup=False, highlight=False)
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(title=title)
+        # Text(...) cells are literal: rich markup would eat "[tensorrt]" in an install hint.
+        table = Table(title=Text(title))
         for column in columns:
-            table.add_column(column)
+            table.add_column(Text(column))
         for row in rows:
-            table.add_row(*(format_cell(v) for v in row))
+            table.add_row(*(Text(format_cell(v)) for v in row))
         self.out.print(table)
 
 

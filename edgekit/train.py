@@ -30,11 +30,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .artifacts import (Manifest, atomic_torch_save, atomic_write_text, cpu_flags, parent_ref, to_plain,
-                        write_manifest)
+from .artifacts import (Manifest, atomic_torch_save, atomic_write_text, cpu_flags, guard_output, parent_ref,
+                        publish, remove_path, run_lock, staging_path, to_plain)
 from .config import Averaging, DataConfig, Device, Optimizer, Schedule, TrainConfig
 from .data import DataSplits, augment, batches, to_unit_float
-from .errors import CheckpointError, ConfigError, DependencyError
+from .errors import CheckpointError, ConfigError, DataError, DependencyError, OutputError
 from .model import ResNet18, save_checkpoint
 from .report import Reporter, quiet
 
@@ -155,16 +155,47 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 def train_model(model: ResNet18, data: DataSplits, config: TrainConfig, out_dir: Path | None = None,
                 reporter: Reporter = quiet, resume: bool = False, parent: Path | None = None,
-                data_config: DataConfig | None = None, teacher: nn.Module | None = None) -> TrainResult:
+                data_config: DataConfig | None = None, teacher: nn.Module | None = None,
+                logger: Any = None, force: bool = False) -> TrainResult:
     """Train `model` in place with the config's recipe; return it with the best-by-validation weights.
 
     With a `teacher` and `config.distill_alpha > 0`, the loss mixes in distillation from the
-    teacher's logits on the same augmented batch."""
-    if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
-        raise ConfigError("epochs, batch size and learning rate must be positive", "check --epochs/--batch-size/--lr")
-    if not 0.0 <= config.distill_alpha <= 1.0 or config.distill_temperature <= 0:
-        raise ConfigError("distillation alpha must be in [0, 1] and its temperature positive",
-                          "e.g. --distill 0.5 (half the loss from the teacher) or --distill 0 (labels only)")
+    teacher's logits on the same augmented batch. `logger` (a tensorboard_log.TrainingLogger) gets
+    scalars per step and epoch; without one, `config.tensorboard` names the folder of a shared one. With `out_dir`, the run holds a lock there
+    (a second writer is refused), and an earlier run in it is continued only with `resume` and
+    replaced only with `force`."""
+    config.validate()
+    if data_config is not None:
+        data_config.validate()
+    if out_dir is None:
+        return _train_model(model, data, config, None, reporter, resume, parent, data_config, teacher, logger)
+    out_dir = Path(out_dir)
+    check_run_dir(out_dir, resume, force)
+    with run_lock(out_dir, reporter.info):  # also proves out_dir writable before the first epoch
+        return _train_model(model, data, config, out_dir, reporter, resume, parent, data_config, teacher, logger)
+
+
+def check_run_dir(out_dir: Path, resume: bool, force: bool) -> None:
+    """Refuse to start a fresh run over a finished or interrupted one unless told (--resume or --force)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"--out {out_dir} is a file, not a folder", "pass a folder for the run")
+    guard_output(out_dir / "best.pt", "checkpoint", force=force or resume)
+    if resume or force:
+        return
+    if (out_dir / "best.pt").exists():
+        raise OutputError(f"{out_dir} holds a finished run (best.pt); a new run would replace it",
+                          "pass another --out, or --force to replace it")
+    if (out_dir / "last.pt").exists():
+        raise OutputError(f"{out_dir} holds an interrupted run (last.pt); a new run would replace it",
+                          "pass --resume to continue it, --force to start over, or another --out")
+
+
+def _train_model(model: ResNet18, data: DataSplits, config: TrainConfig, out_dir: Path | None,
+                 reporter: Reporter, resume: bool, parent: Path | None,
+                 data_config: DataConfig | None, teacher: nn.Module | None, logger: Any = None) -> TrainResult:
+    if data.num_classes < 2:
+        raise DataError(f"the data has {data.num_classes} class ({', '.join(data.classes)}); training needs at least two",
+                        "add a second class folder (train/<class>/ and test/<class>/)")
     if len(data.train_y) == 0:
         raise ConfigError("the training split is empty", "use more data or a smaller --val-size")
     if config.threads:
@@ -228,6 +259,12 @@ def train_model(model: ResNet18, data: DataSplits, config: TrainConfig, out_dir:
         best_state = state["best_model"]
         first_epoch = state["epoch"]
         reporter.info(f"train: resumed from {state_path} after epoch {first_epoch}")
+    if logger is None and config.tensorboard is not None:
+        from .tensorboard_log import shared_logger
+
+        logger = shared_logger(config.tensorboard)
+    if logger is not None:
+        logger.skip(first_epoch * steps_per_epoch, first_epoch)
 
     eval_model = ema.module if ema is not None else model
     # Per-epoch accuracies run under the training autocast; the final test of the kept weights is fp32.
@@ -264,11 +301,17 @@ def train_model(model: ResNet18, data: DataSplits, config: TrainConfig, out_dir:
                 if ema is not None:
                     ema.update_parameters(model)
                 # .item() syncs with the GPU; once per step is cheap next to a ResNet18 step.
+                step_loss = loss.item()
+                if not math.isfinite(step_loss):
+                    raise _diverged(step_loss, epoch, seen // batch_size + 1, config, state_path)
                 seen += len(y)
-                loss_sum += loss.item() * len(y)
+                loss_sum += step_loss * len(y)
                 correct += (logits.argmax(1) == y).sum().item()
                 elapsed = time.perf_counter() - epoch_start
                 bar.advance(1, loss=loss_sum / seen, acc=correct / seen, img_s=seen / max(elapsed, 1e-9))
+                if logger is not None:
+                    logger.step(loss.item(), (logits.argmax(1) == y).float().mean().item(),
+                                optimizer.param_groups[0]["lr"], seen / max(elapsed, 1e-9))
         train_seconds = time.perf_counter() - epoch_start
         val = evaluate(eval_model, data.val_x, data.val_y, config.eval_batch_size, device, config.channels_last,
                        autocast)
@@ -280,6 +323,8 @@ def train_model(model: ResNet18, data: DataSplits, config: TrainConfig, out_dir:
                   "epoch_seconds": train_seconds, "elapsed_seconds": time.perf_counter() - start,
                   "eval_precision": precision}
         history.append(record)
+        if logger is not None:
+            logger.epoch(record)
         reporter.info(f"epoch {epoch + 1}: loss {record['train_loss']:.3f}  val {val['accuracy']:.2%}  "
                       f"test {test['accuracy']:.2%}  {record['images_per_second']:.0f} img/s")
         if val["accuracy"] > best_val:
@@ -310,6 +355,14 @@ def train_model(model: ResNet18, data: DataSplits, config: TrainConfig, out_dir:
         ["checkpoint", str(result.checkpoint or "-")],
     ])
     return result
+
+
+def _diverged(loss: float, epoch: int, step: int, config: TrainConfig, state_path: Path | None) -> ConfigError:
+    saved = (f"; the last good epoch is in {state_path}" if state_path is not None and state_path.exists()
+             else "")
+    return ConfigError(f"training diverged: the loss became {loss} in epoch {epoch + 1}, step {step}{saved}",
+                       f"the learning rate is likely too high (--lr {config.lr}, batch {config.batch_size}): "
+                       "lower it, or pass --grad-clip 1.0")
 
 
 def _run_config(config: TrainConfig, data_config: DataConfig, data: DataSplits) -> dict[str, Any]:
@@ -370,11 +423,15 @@ def _write_outputs(out_dir: Path, result: TrainResult, data: DataSplits, config:
     checkpoint = out_dir / "best.pt"
     extra = {"data_config": to_plain(data_config) if data_config else None, "data": data.describe(),
              "train_config": to_plain(config), "metrics": metrics}
-    save_checkpoint(checkpoint, result.model, data.classes, extra)
-    write_manifest(checkpoint, Manifest(kind="checkpoint", format="torch", precision="fp32",
-                                        parent=parent_ref(parent), config={"train": config, "data": data_config},
-                                        seed=config.seed, metrics=metrics,
-                                        extra={"data": data.describe(), "config_hash": config_hash}))
+    staged = staging_path(checkpoint)
+    try:  # best.pt and its manifest appear together
+        save_checkpoint(staged, result.model, data.classes, extra)
+        publish(staged, checkpoint, Manifest(kind="checkpoint", format="torch", precision="fp32",
+                                             parent=parent_ref(parent), config={"train": config, "data": data_config},
+                                             seed=config.seed, metrics=metrics,
+                                             extra={"data": data.describe(), "config_hash": config_hash}))
+    finally:
+        remove_path(staged)
     atomic_write_text(out_dir / "metrics.json", _json({"metrics": metrics, "history": result.history,
                                                        "config": to_plain(config), "data": data.describe()}))
     plot_training_curves(result.history, out_dir / "curves.png")

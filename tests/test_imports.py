@@ -22,11 +22,12 @@ LAYERS = {
     "edgekit.cli": 6,
     "edgekit.pipeline": 5,
     **{f"edgekit.{stage}": 4 for stage in ("train", "prune", "quantize", "calibrate", "export", "bench", "validate",
-                                           "diagnose")},
+                                           "diagnose", "gradcam")},
     "edgekit.formats": 3,
     "edgekit.qmodel": 2,
     "edgekit.model": 2,
-    **{f"edgekit.{base}": 1 for base in ("artifacts", "config", "errors", "report", "data", "timing")},
+    **{f"edgekit.{base}": 1 for base in ("artifacts", "config", "errors", "report", "data", "timing",
+                                         "flips", "diagnose_plots", "tensorboard_log")},
     "edgekit": 0,
 }
 

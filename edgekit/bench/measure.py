@@ -20,6 +20,7 @@ import numpy as np
 from ..artifacts import cpu_flags, library_versions, machine_info, read_manifest, to_plain
 from ..config import BenchConfig, DataConfig, data_config_from_dict
 from ..errors import CheckpointError, ConfigError, EdgekitError
+from ..flips import diff_summary_line
 from ..formats import SOURCE_FORMAT, Format, Runtime
 from ..report import Reporter
 from ..timing import latency_stats, predict_batched, time_calls
@@ -206,6 +207,9 @@ def bench_one(path: Path, fmt: Format, runtime: Runtime, ctx: MeasureContext, ba
         root_pred = ctx.torch_predictions(lin.root, images, key)
         if root_pred is not None:
             row["agreement_root"] = float((predicted == root_pred).mean())
+            if config.diff and lin.root.resolve() != path.resolve():
+                row["diff_root"] = diff_summary_line(root_pred, predicted, labels, list(data.classes))
+                row["notes"].append(f"vs {lin.root.name}: {row['diff_root']['text']}")
         source_pred = ctx.torch_predictions(source, images, key) if source is not None else None
         if source_pred is not None:
             row["agreement_source"] = float((predicted == source_pred).mean())
