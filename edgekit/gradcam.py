@@ -27,13 +27,13 @@ DEFAULT_LAYER = "layer4"
 
 def torch_model_for(path: Path) -> tuple[nn.Module | None, str]:
     """(model in eval mode, what it is) for a torch-runnable artifact, else (None, why not)."""
-    from .formats import format_of_path
+    from .formats import SOURCE_FORMAT, format_of_path
     from .model import load_checkpoint
     from .qmodel import dequantized_checkpoint, is_quantized_artifact
 
     path = Path(path)
     try:
-        if format_of_path(path).name != "torch":
+        if format_of_path(path) is not SOURCE_FORMAT:
             return None, f"{path.name} is a {format_of_path(path).name} file; Grad-CAM needs a torch model"
         if is_quantized_artifact(path):
             return dequantized_checkpoint(path).build(), "int8 through its dequantized float twin"
