@@ -106,7 +106,7 @@ def test_distillation_alone_teaches_a_fresh_student_the_teachers_answers(tiny_tr
 
 def test_distillation_settings_are_checked(tiny_data):
     model = build_model(ModelSpec.from_width(0.125, tiny_data.num_classes), seed=0)
-    with pytest.raises(ConfigError, match="distillation"):
+    with pytest.raises(ConfigError, match="distill"):
         train_model(model, tiny_data, TrainConfig(epochs=1, distill_alpha=1.5, cutout=0), teacher=model)
 
 
