@@ -210,17 +210,22 @@ def current_command() -> str:
     return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
-def write_manifest(artifact: str | Path, manifest: Manifest) -> Manifest:
-    """Fill in the file's own hash and size, then write the manifest beside it atomically."""
-    artifact = Path(artifact)
-    manifest.file = artifact.name
-    manifest.sha256 = sha256_file(artifact)
-    manifest.size_bytes = size_bytes(artifact)
+def _complete_manifest(manifest: Manifest, name: str, content: Path) -> None:
+    """Fill in the file's name, the hash and size of `content` (its bytes), plain-data config and the command."""
+    manifest.file = name
+    manifest.sha256 = sha256_file(content)
+    manifest.size_bytes = size_bytes(content)
     manifest.config = to_plain(manifest.config)
     manifest.metrics = to_plain(manifest.metrics)
     manifest.extra = to_plain(manifest.extra)
     if not manifest.command:
         manifest.command = current_command()
+
+
+def write_manifest(artifact: str | Path, manifest: Manifest) -> Manifest:
+    """Fill in the file's own hash and size, then write the manifest beside it atomically."""
+    artifact = Path(artifact)
+    _complete_manifest(manifest, artifact.name, artifact)
     atomic_write_text(manifest_path(artifact), json.dumps(asdict(manifest), indent=2) + "\n")
     return manifest
 
@@ -341,14 +346,7 @@ def publish(staged: str | Path, out: str | Path, manifest: Manifest) -> Manifest
     or nothing; only a kill between the two renames can split them, and `edgekit info` then says
     that the hash differs."""
     staged, out = Path(staged), Path(out)
-    manifest.file = out.name
-    manifest.sha256 = sha256_file(staged)
-    manifest.size_bytes = size_bytes(staged)
-    manifest.config = to_plain(manifest.config)
-    manifest.metrics = to_plain(manifest.metrics)
-    manifest.extra = to_plain(manifest.extra)
-    if not manifest.command:
-        manifest.command = current_command()
+    _complete_manifest(manifest, out.name, staged)
     apply_umask(staged)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.manifest.", suffix=".tmp", dir=out.parent)
     manifest_tmp = Path(tmp_name)

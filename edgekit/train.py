@@ -161,9 +161,9 @@ def train_model(model: ResNet18, data: DataSplits, config: TrainConfig, out_dir:
 
     With a `teacher` and `config.distill_alpha > 0`, the loss mixes in distillation from the
     teacher's logits on the same augmented batch. `logger` (a tensorboard_log.TrainingLogger) gets
-    scalars per step and epoch; without one, `config.tensorboard` names the folder of a shared one. With `out_dir`, the run holds a lock there
-    (a second writer is refused), and an earlier run in it is continued only with `resume` and
-    replaced only with `force`."""
+    scalars per step and epoch; without one, `config.tensorboard` names the folder of a shared one.
+    With `out_dir`, the run holds a lock there (a second writer is refused), and an earlier run in
+    it is continued only with `resume` and replaced only with `force`."""
     config.validate()
     if data_config is not None:
         data_config.validate()
@@ -304,14 +304,14 @@ def _train_model(model: ResNet18, data: DataSplits, config: TrainConfig, out_dir
                 step_loss = loss.item()
                 if not math.isfinite(step_loss):
                     raise _diverged(step_loss, epoch, seen // batch_size + 1, config, state_path)
+                step_correct = (logits.argmax(1) == y).sum().item()
                 seen += len(y)
                 loss_sum += step_loss * len(y)
-                correct += (logits.argmax(1) == y).sum().item()
-                elapsed = time.perf_counter() - epoch_start
-                bar.advance(1, loss=loss_sum / seen, acc=correct / seen, img_s=seen / max(elapsed, 1e-9))
+                correct += step_correct
+                images_per_second = seen / max(time.perf_counter() - epoch_start, 1e-9)
+                bar.advance(1, loss=loss_sum / seen, acc=correct / seen, img_s=images_per_second)
                 if logger is not None:
-                    logger.step(loss.item(), (logits.argmax(1) == y).float().mean().item(),
-                                optimizer.param_groups[0]["lr"], seen / max(elapsed, 1e-9))
+                    logger.step(step_loss, step_correct / len(y), optimizer.param_groups[0]["lr"], images_per_second)
         train_seconds = time.perf_counter() - epoch_start
         val = evaluate(eval_model, data.val_x, data.val_y, config.eval_batch_size, device, config.channels_last,
                        autocast)
