@@ -191,6 +191,8 @@ def export_artifact(source: Path, target: str, precision: str, out: Path | None 
         ("top-1 agreement", f"{report.top1_agreement:.2%}"),
         ("max |logit error|", report.max_abs), ("cosine (mean)", report.cosine_mean),
         ("accuracy source / export", f"{report.source_accuracy:.2%} / {report.exported_accuracy:.2%}"),
+        ("right only in source / only in export", f"{report.source_only_correct} / {report.exported_only_correct} "
+                                                  f"(McNemar p {report.drop_p_value:.3g})"),
         ("size (bytes)", manifest.size_bytes)])
     return ExportResult(path=out, target=target, precision=label, executed_precision=executed,
                         requested_precision=precision, parity=report,
