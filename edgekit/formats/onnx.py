@@ -15,6 +15,8 @@ float" seen on the pruned model; it is the same 12 on the unpruned one. With uin
 (U8S8) all 20 fuse. Optimizing the fp32 graph with ORT before quantizing is the other trap:
 its Conv+ReLU fusion makes FusedConv nodes that `quantize_static` does not know, so 9 convs stay
 float. So the census (onnx_census.py) counts both what the file holds and what ORT actually executes.
+
+Every exported file carries edgekit's DeployMetadata in its metadata_props (`write_metadata`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ..artifacts import atomic_path
 from ..errors import CheckpointError, ConfigError, missing_dependency
 from ..report import Reporter, quiet
 from . import predict_in_fixed_batches
+from .metadata import DeployMetadata, from_props
 # The format's census and --debug-parity, each in its own module (this one exports and runs):
 from .onnx_census import census, runtime_census  # noqa: F401
 from .onnx_debug import debug_divergence  # noqa: F401
@@ -361,6 +364,45 @@ def quantize_qdq(src: Path, out: Path, images: np.ndarray, batch: int | None = 1
         with atomic_path(out) as tmp:
             onnx.save(model, str(tmp))
     return out
+
+
+# ---- metadata: what the file says about itself (edgekit/formats/metadata.py) -----------------
+
+
+def _dims(value_info) -> list[int | None]:
+    return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
+
+
+def write_metadata(path: Path, meta: DeployMetadata) -> DeployMetadata:
+    """Complete `meta` from the graph's input and output, store it in metadata_props; returns it."""
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.load(str(path))
+    inp, out = model.graph.input[0], model.graph.output[0]
+
+    def dtype(value_info) -> str:
+        elem = value_info.type.tensor_type.elem_type
+        return "float32" if elem == TensorProto.FLOAT else TensorProto.DataType.Name(elem).lower()
+
+    meta = meta.with_io(input_name=inp.name, input_layout="NCHW", input_shape=_dims(inp), input_dtype=dtype(inp),
+                        output_name=out.name, output_dtype=dtype(out))
+    props = meta.to_props()
+    kept = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+    return meta
+
+
+def read_metadata(path: Path) -> DeployMetadata | None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return from_props({p.key: p.value for p in model.metadata_props}, str(path))
 
 
 # ---- runner ----------------------------------------------------------------------------------
