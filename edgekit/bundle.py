@@ -88,7 +88,8 @@ def _readme(result: ExportResult, scripts: list[Path]) -> str:
              f"({result.parity.top1_agreement:.2%} top-1 agreement with its source).",
              "",
              f"Classes ({len(meta.classes)}, in output order): {LABELS}",
-             f"Input: {meta.input_dtype} {meta.input_layout} {shape}; RGB, resized bilinear, pixels / 255 in [0, 1]"
+             f"Input: {meta.input_dtype} {meta.input_layout} {shape}; {meta.color}, resized {meta.resize}, pixels x "
+             f"{meta.pixel_scale:.6g} in {meta.pixel_range}"
              + (f", quantized with scale {meta.input_quantization['scale']:.6g} and zero point "
                 f"{meta.input_quantization['zero_point']}" if meta.input_quantization else "")
              + "; the model normalizes inside (do not subtract a mean). The file carries this itself.",

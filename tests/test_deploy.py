@@ -142,6 +142,19 @@ def test_dynamic_batch_every_onnx_precision_runs_any_batch(onnx_dynamic, tiny_da
         assert np.allclose(whole, one_by_one, atol=1e-4), precision
 
 
+def test_dynamic_batch_qdq_from_an_int8_artifact(source, calibration_file, tmp_path, tiny_data):
+    from edgekit.config import CalibMethod, QuantizeConfig, QuantMode
+    from edgekit.quantize import quantize_checkpoint
+
+    int8 = tmp_path / "int8.pt"
+    quantize_checkpoint(source, QuantizeConfig(mode=QuantMode.static, method=CalibMethod.minmax, export_onnx=False,
+                                               calibration=str(calibration_file), latency_runs=5), int8, data=tiny_data)
+    result = export_artifact(int8, "onnx", "int8", tmp_path / "int8.onnx",
+                             ExportOptions(dynamic_batch=True, calibration=str(calibration_file), parity_images=64))
+    assert onnx_format.load_runner(result.path).fixed_batch is None
+    assert result.metadata.input_shape == [None, 3, 32, 32] and result.metadata.source_sha256 == sha256_file(int8)
+
+
 @needs_tf
 def test_tflite_int8_io_metadata_through_the_flatbuffer_and_interpreter(tflite_int8_io, source, tiny_data):
     from ai_edge_litert import schema_py_generated as schema
