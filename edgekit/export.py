@@ -4,9 +4,9 @@ The flow, the same for every target in the format table: check the target can ru
 the data the checkpoint was trained on (for real parity images, and the calibration set for
 int8), export to a temporary path, write the file's self-description into it (class names,
 input layout/shape/dtype, pixel preparation, int8 I/O quantization, edgekit version, source
-sha256: edgekit/formats/metadata.py) so the hash below is the final file's, compare it with the source runner on seeded test images,
-refuse it beyond tolerance, count what the file really holds, then move it into place with a
-manifest. Nothing here names a format: the table in edgekit.formats does.
+sha256: edgekit/formats/metadata.py) so the gate and the hash see the final bytes, compare it
+with the source runner on seeded test images, refuse it beyond tolerance, count what the file
+really holds, then move it into place with a manifest. Nothing here names a format: the table in edgekit.formats does.
 """
 
 from __future__ import annotations

@@ -71,19 +71,22 @@ def main(engine_path, image_path):
         sys.exit("error: TensorRT cannot load the engine -> rebuild it on this device's TensorRT and GPU")
     context = engine.create_execution_context()
     input_name, output_name = meta["input_name"], meta["output_name"]
-    pixels = np.ascontiguousarray(preprocess(image_path, meta), dtype=trt.nptype(engine.get_tensor_dtype(input_name)))
+    input_dtype = trt.nptype(engine.get_tensor_dtype(input_name))
+    pixels = np.ascontiguousarray(preprocess(image_path, meta), dtype=input_dtype)
     context.set_input_shape(input_name, pixels.shape)
-    output = np.empty(tuple(context.get_tensor_shape(output_name)), dtype=trt.nptype(engine.get_tensor_dtype(output_name)))
+    output_dtype = trt.nptype(engine.get_tensor_dtype(output_name))
+    output = np.empty(tuple(context.get_tensor_shape(output_name)), dtype=output_dtype)
     stream = check(cudart.cudaStreamCreate())
     device_in, device_out = check(cudart.cudaMalloc(pixels.nbytes)), check(cudart.cudaMalloc(output.nbytes))
     try:
-        check(cudart.cudaMemcpy(device_in, pixels.ctypes.data, pixels.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice))
+        to_device, to_host = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        check(cudart.cudaMemcpy(device_in, pixels.ctypes.data, pixels.nbytes, to_device))
         context.set_tensor_address(input_name, int(device_in))
         context.set_tensor_address(output_name, int(device_out))
         if not context.execute_async_v3(int(stream)):
             sys.exit("error: TensorRT execution failed -> rebuild the engine on this device")
         check(cudart.cudaStreamSynchronize(stream))
-        check(cudart.cudaMemcpy(output.ctypes.data, device_out, output.nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost))
+        check(cudart.cudaMemcpy(output.ctypes.data, device_out, output.nbytes, to_host))
     finally:
         cudart.cudaFree(device_in)
         cudart.cudaFree(device_out)

@@ -160,6 +160,8 @@ def test_tflite_int8_io_metadata_through_the_flatbuffer_and_interpreter(tflite_i
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.interpreter import Interpreter
 
+    from edgekit.formats import tflite
+
     buffer = tflite_int8_io.read_bytes()
     model = schema.Model.GetRootAs(buffer, 0)
     entries = {model.Metadata(i).Name(): model.Metadata(i).Buffer() for i in range(model.MetadataLength())}
@@ -172,6 +174,7 @@ def test_tflite_int8_io_metadata_through_the_flatbuffer_and_interpreter(tflite_i
                            (meta["output_quantization"], interpreter.get_output_details()[0])):
         scale, zero_point = details["quantization"]
         assert quant["scale"] == pytest.approx(scale) and quant["zero_point"] == zero_point
+    assert tflite.read_metadata(tflite_int8_io).to_dict() == meta  # what `edgekit info` shows
     manifest = read_manifest(tflite_int8_io)
     assert manifest["sha256"] == sha256_file(tflite_int8_io) and manifest["metrics"]["census"]["io_dtypes"] == \
         {"inputs": ["int8"], "outputs": ["int8"]}
@@ -182,6 +185,8 @@ def test_tflite_int8_io_metadata_through_the_flatbuffer_and_interpreter(tflite_i
 def test_savedmodel_metadata_through_tensorflow(source, tmp_path, tiny_data):
     import tensorflow as tf
 
+    from edgekit.formats import savedmodel
+
     result = export_artifact(source, "savedmodel", "fp32", tmp_path / "m.savedmodel",
                              ExportOptions(dynamic_batch=True, parity_images=32, threads=1))
     loaded = tf.saved_model.load(str(result.path))
@@ -190,6 +195,7 @@ def test_savedmodel_metadata_through_tensorflow(source, tmp_path, tiny_data):
     assert meta["input_layout"] == "NHWC" and meta["input_shape"] == [None, 32, 32, 3]
     assert json.loads(Path(loaded.edgekit_metadata_file.asset_path.numpy().decode()).read_text()) == meta
     assert read_manifest(result.path)["sha256"] == sha256_file(result.path)
+    assert savedmodel.read_metadata(result.path).to_dict() == meta
 
 
 def test_info_reads_the_metadata_from_the_file_alone(onnx_dynamic, tmp_path, tiny_data):
@@ -204,8 +210,11 @@ def test_int8_io_and_dynamic_batch_misuse_is_one_line(source, calibration_file, 
     with pytest.raises(ConfigError, match="--int8-io does not apply to onnx"):
         export_artifact(source, "onnx", "int8", tmp_path / "x.onnx",
                         ExportOptions(int8_io=True, calibration=str(calibration_file)))
-    result = invoke("export", source, "--target", "tflite", "--int8-io", "--out", tmp_path / "x.tflite")
-    assert result.exit_code == 2 and "--int8-io needs --precision int8" in result.output
+    result = invoke("export", source, "--target", "onnx", "--int8-io", "--out", tmp_path / "x.onnx")
+    assert result.exit_code == 2 and "--int8-io does not apply to onnx" in result.output
+    if HAS_TF:
+        result = invoke("export", source, "--target", "tflite", "--int8-io", "--out", tmp_path / "x.tflite")
+        assert result.exit_code == 2 and "--int8-io needs --precision int8" in result.output
     result = invoke("export", source, "--target", "onnx", "--batch", 4, "--dynamic-batch", "--out", tmp_path / "y.onnx")
     assert result.exit_code == 2 and "exclude each other" in result.output
 
@@ -345,3 +354,21 @@ def test_bundle_errors_are_typed():
         example_scripts("savedmodel")
     with pytest.raises(OutputError, match="inside the bundle"):
         guard_bundle(Path(__file__).parent, Path(__file__))
+
+
+def test_a_failed_bundle_leaves_the_old_one_and_no_staging(source, tmp_path, monkeypatch):
+    import edgekit.bundle as bundle_module
+    from edgekit.errors import ParityError
+
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    (bundle / "edgekit-bundle.json").write_text('{"kind": "bundle"}')
+
+    def refused(*args, **kwargs):
+        raise ParityError("onnx fp32 export fails the parity gate", "re-run with --debug-parity")
+
+    monkeypatch.setattr(bundle_module, "export_artifact", refused)
+    with pytest.raises(ParityError):
+        bundle_module.export_bundle(source, "onnx", "fp32", bundle)
+    assert [p.name for p in bundle.iterdir()] == ["edgekit-bundle.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]

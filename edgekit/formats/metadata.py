@@ -144,7 +144,8 @@ def summary_rows(meta: DeployMetadata) -> list[list[Any]]:
                               f"pixels x {meta.pixel_scale:.6g} -> {meta.pixel_range}"
                               + (", normalized inside the model" if meta.normalized_inside else "")],
             ["output", f"{meta.output_name} {meta.output_dtype} ({meta.output})"]]
-    for label, quant in (("input quantization", meta.input_quantization), ("output quantization", meta.output_quantization)):
+    for label, quant in (("input quantization", meta.input_quantization),
+                         ("output quantization", meta.output_quantization)):
         if quant:
             rows.append([label, f"scale {quant['scale']:.6g}, zero point {quant['zero_point']}"])
     rows += [["made by", f"edgekit {meta.edgekit_version} from {meta.source_file} ({meta.source_sha256[:12]})"]]

@@ -118,7 +118,8 @@ def write_metadata(path: Path, meta: DeployMetadata) -> DeployMetadata:
         loaded.edgekit_metadata_file = tf.saved_model.Asset(str(asset))
         loaded.edgekit_metadata = metadata
         with _atomic_dir(path) as tmp:
-            tf.saved_model.save(loaded, str(tmp), signatures={SIGNATURE: serving, SAVEDMODEL_SIGNATURE: metadata})
+            tf.saved_model.save(loaded, str(tmp),
+                                signatures={SIGNATURE: serving, SAVEDMODEL_SIGNATURE: metadata})
     return meta
 
 

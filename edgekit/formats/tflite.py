@@ -9,7 +9,8 @@ float. `census` reads the flatbuffer itself, so the manifest's precision is what
 Every exported file carries edgekit's DeployMetadata (metadata.py) in the flatbuffer's own
 Model.metadata list: an entry named "edgekit" whose buffer is the JSON, written with LiteRT's
 flatbuffer_utils and read back with its schema_py_generated (tflite-support's TFLITE_METADATA
-tooling does not install for this Python; a stock reader skips entries it does not know).
+tooling pins protobuf < 4 and cannot be installed beside TensorFlow 2.21; a stock reader skips
+metadata entries it does not know).
 
 The runner uses LiteRT (`ai_edge_litert`), the maintained home of the interpreter;
 `tf.lite.Interpreter` is deprecated and only the fallback.
@@ -267,8 +268,9 @@ def write_metadata(path: Path, meta: DeployMetadata) -> DeployMetadata:
 
     def describe(index: int) -> tuple[str, list[int | None], str, dict | None]:
         tensor = graph.tensors[index]
-        signature = list(tensor.shapeSignature) if tensor.shapeSignature is not None and len(tensor.shapeSignature) else None
-        shape = [None if d < 0 else int(d) for d in (signature or list(tensor.shape))]
+        signature = tensor.shapeSignature  # -1 where the batch is dynamic; absent when static
+        dims = list(signature) if signature is not None and len(signature) else list(tensor.shape)
+        shape = [None if d < 0 else int(d) for d in dims]
         dtype = type_names.get(tensor.type, str(tensor.type))
         q = tensor.quantization
         quant = None
