@@ -142,6 +142,19 @@ def test_dynamic_batch_every_onnx_precision_runs_any_batch(onnx_dynamic, tiny_da
         assert np.allclose(whole, one_by_one, atol=1e-4), precision
 
 
+def test_the_gate_runs_a_dynamic_file_at_a_batch_above_one(source, tmp_path, monkeypatch):
+    seen = []
+    real_predict = onnx_format.OnnxRunner.predict
+
+    def recording_predict(self, batch):
+        seen.append(len(batch))
+        return real_predict(self, batch)
+
+    monkeypatch.setattr(onnx_format.OnnxRunner, "predict", recording_predict)
+    export_artifact(source, "onnx", "fp32", tmp_path / "d.onnx", ExportOptions(dynamic_batch=True, parity_images=70))
+    assert seen == [PARITY_BATCH, 70 - PARITY_BATCH]
+
+
 def test_dynamic_batch_qdq_from_an_int8_artifact(source, calibration_file, tmp_path, tiny_data):
     from edgekit.config import CalibMethod, QuantizeConfig, QuantMode
     from edgekit.quantize import quantize_checkpoint
