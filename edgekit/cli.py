@@ -179,7 +179,7 @@ def evaluate_command(
 
 @app.command()
 def info(artifact: Path = typer.Argument(..., help="a checkpoint or exported file")) -> None:
-    """Manifest, parameters, MACs, size and the precision census of an artifact.
+    """Manifest, parameters, MACs, size, precision census and, for an exported file, the metadata it carries.
 
     Example: edgekit info artifacts/train/best.pt
     """
@@ -203,6 +203,12 @@ def info(artifact: Path = typer.Argument(..., help="a checkpoint or exported fil
         rows += [["parameters", count_parameters(model)], ["MACs (batch 1)", count_macs(model)],
                  ["stage channels", list(spec.stage_channels)], ["int8 model", "yes" if int8 else "no"]]
     rows.append(["census", json.dumps(fmt.module().census(artifact))])
+    read_metadata = getattr(fmt.module(), "read_metadata", None)  # exported formats describe themselves
+    if read_metadata is not None:
+        from .formats.metadata import summary_rows
+
+        metadata = read_metadata(artifact)
+        rows += summary_rows(metadata) if metadata else [["metadata", "none (not written by this edgekit's export)"]]
     if manifest_path(artifact).exists():
         manifest = read_manifest(artifact)
         recorded = manifest.get("sha256")
@@ -453,6 +459,8 @@ def export_command(
     target: ExportTarget = typer.Option(..., "--target", help="the runtime format to write"),
     precision: ExportPrecision = typer.Option(ExportPrecision("fp32"), "--precision", help="as counted in the file afterwards"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="default: beside the checkpoint, e.g. best.fp16.onnx"),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="write a folder to copy to a device instead: the file, "
+                                          "its manifest, labels.txt, the standalone runner script(s) and README.txt"),
     batch: int = typer.Option(1, "--batch", help="static batch dimension"),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="a batch axis of any size instead of --batch"),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (17 or newer)"),
@@ -469,7 +477,11 @@ def export_command(
 ) -> None:
     """Export a checkpoint to ONNX / TensorRT / TFLite / SavedModel, refused unless it matches its source.
 
+    The file carries its class names, input layout, shape and pixel scale (`edgekit info` shows them).
+
     Example: edgekit export artifacts/train/best.pt --target onnx --precision int8 --calibration calibration/cifar10.json
+
+    Example: edgekit export artifacts/train/best.pt --target tflite --precision int8 --int8-io --calibration calibration/cifar10.json --bundle deploy/pi
     """
     from .config import ExportOptions, data_config_from_dict
     from .export import export_artifact
@@ -486,6 +498,15 @@ def export_command(
             data.source = source
         if data_dir is not None:
             data.data_dir = str(data_dir)
+    if bundle is not None:
+        from .bundle import export_bundle
+        from .errors import ConfigError
+
+        if out is not None:
+            raise ConfigError("--out and --bundle exclude each other", "pass one of them")
+        typer.echo(str(export_bundle(artifact, target.value, precision.value, bundle, options, _reporter(),
+                                     data_config=data).path))
+        return
     result = export_artifact(artifact, target.value, precision.value, out, options, _reporter(), data_config=data,
                              force=force)
     typer.echo(str(result.path))
