@@ -1,4 +1,9 @@
-"""Reproduce benchmarks/results/bench-cpu.*: derive every artifact from one trained checkpoint, then bench.
+"""Bench any trained checkpoint end to end: derive the usual artifacts from it, then bench them all.
+
+This is a one-command convenience for your own checkpoint. It does not reproduce the committed
+benchmarks/results/bench-cpu.*: that run benched the artifacts of benchmarks/compress.py and
+benchmarks/export_matrix.py with the `edgekit bench` command recorded in its manifest (the
+README's "Reproduce them" block lists every step).
 
     .venv/bin/python benchmarks/run_bench.py artifacts/ref-cpu/best.pt --threads 2
 
