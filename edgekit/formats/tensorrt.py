@@ -115,7 +115,7 @@ def device_record() -> dict[str, Any]:
             "compute_capability": f"{props.major}.{props.minor}"}
 
 
-def manifest_extra(path: Path) -> dict[str, Any]:
+def manifest_extra(path: Path, source: Path) -> dict[str, Any]:
     return {"engine": device_record()}
 
 
