@@ -14,7 +14,8 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from .config import Averaging, DataConfig, DataSource, Device, Optimizer, Schedule, TrainConfig
+from .config import (Averaging, BenchConfig, DataConfig, DataSource, Device, ExportOptions, Optimizer, PruneConfig,
+                     QuantizeConfig, Schedule, TrainConfig)
 from .errors import EdgekitError
 
 
@@ -78,24 +79,24 @@ def train(
     epochs: int = typer.Option(TrainConfig.epochs),
     batch_size: int = typer.Option(TrainConfig.batch_size),
     lr: float = typer.Option(TrainConfig.lr, help="peak learning rate"),
-    width: float = typer.Option(1.0, help="width multiplier (1.0 = 11.2M parameters)"),
-    optimizer: Optimizer = typer.Option(Optimizer.sgd),
-    schedule: Schedule = typer.Option(Schedule.onecycle),
+    width: float = typer.Option(TrainConfig.width, help="width multiplier (1.0 = 11.2M parameters)"),
+    optimizer: Optimizer = typer.Option(TrainConfig.optimizer),
+    schedule: Schedule = typer.Option(TrainConfig.schedule),
     label_smoothing: float = typer.Option(TrainConfig.label_smoothing),
     decay_norm_and_bias: bool = typer.Option(TrainConfig.decay_norm_and_bias, "--decay-norm-and-bias/--no-decay-norm-and-bias",
                                              help="weight decay on BN parameters and biases too"),
     cutout: int = typer.Option(TrainConfig.cutout, help="Cutout square side in pixels (0 = off)"),
-    averaging: Averaging = typer.Option(Averaging.none, help="ema: evaluate and keep an EMA of the weights"),
+    averaging: Averaging = typer.Option(TrainConfig.averaging, help="ema: evaluate and keep an EMA of the weights"),
     grad_clip: Optional[float] = typer.Option(None, help="clip the gradient norm to this value"),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model"),
-    amp: bool = typer.Option(True, "--amp/--no-amp", help="bf16 autocast on CUDA"),
-    cpu_bf16: bool = typer.Option(False, "--cpu-bf16", help="bf16 autocast on a CPU with AVX512-BF16/AMX: about 2x "
+    compile: bool = typer.Option(TrainConfig.compile, "--compile", help="torch.compile the model"),
+    amp: bool = typer.Option(TrainConfig.amp, "--amp/--no-amp", help="bf16 autocast on CUDA"),
+    cpu_bf16: bool = typer.Option(TrainConfig.cpu_bf16, "--cpu-bf16", help="bf16 autocast on a CPU with AVX512-BF16/AMX: about 2x "
                                   "faster at width >= 0.25, but runs are not bit-identical"),
-    device: Device = typer.Option(Device.auto),
+    device: Device = typer.Option(TrainConfig.device),
     val_size: int = typer.Option(DataConfig.val_size, help="validation images carved from train"),
     train_per_class: Optional[int] = typer.Option(None, help="use only this many training images per class"),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(TrainConfig.seed),
     resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out"),
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="write TensorBoard scalars here (pip install 'edgekit[tensorboard]')"),
     force: bool = typer.Option(False, "--force", help="replace a finished or interrupted run in --out"),
@@ -179,7 +180,7 @@ def evaluate_command(
 
 @app.command()
 def info(artifact: Path = typer.Argument(..., help="a checkpoint or exported file")) -> None:
-    """Manifest, parameters, MACs, size and the precision census of an artifact.
+    """Manifest, parameters, MACs, size, precision census and, for an exported file, the metadata it carries.
 
     Example: edgekit info artifacts/train/best.pt
     """
@@ -203,6 +204,12 @@ def info(artifact: Path = typer.Argument(..., help="a checkpoint or exported fil
         rows += [["parameters", count_parameters(model)], ["MACs (batch 1)", count_macs(model)],
                  ["stage channels", list(spec.stage_channels)], ["int8 model", "yes" if int8 else "no"]]
     rows.append(["census", json.dumps(fmt.module().census(artifact))])
+    read_metadata = getattr(fmt.module(), "read_metadata", None)  # exported formats describe themselves
+    if read_metadata is not None:
+        from .formats.metadata import summary_rows
+
+        metadata = read_metadata(artifact)
+        rows += summary_rows(metadata) if metadata else [["metadata", "none (not written by this edgekit's export)"]]
     if manifest_path(artifact).exists():
         manifest = read_manifest(artifact)
         recorded = manifest.get("sha256")
@@ -281,21 +288,21 @@ def pipeline(
 def bench(
     artifacts: Optional[list[Path]] = typer.Argument(None, help="artifact files (checkpoints, .onnx, .tflite, ...)"),
     directory: Optional[Path] = typer.Option(None, "--dir", help="also bench every artifact (file with a manifest) under this folder"),
-    threads: int = typer.Option(2, help="threads for every runtime (pinned and recorded)"),
+    threads: int = typer.Option(BenchConfig.threads, help="threads for every runtime (pinned and recorded)"),
     batches: str = typer.Option("1,8,32,128", help="throughput sweep batch sizes, comma-separated"),
-    warmup: int = typer.Option(10, help="untimed batch-1 calls before timing"),
-    runs: int = typer.Option(100, help="at least this many timed batch-1 calls"),
-    min_seconds: float = typer.Option(2.0, help="and at least this many seconds of them"),
-    sweep_seconds: float = typer.Option(1.0, help="seconds per batch size in the throughput sweep"),
+    warmup: int = typer.Option(BenchConfig.warmup, help="untimed batch-1 calls before timing"),
+    runs: int = typer.Option(BenchConfig.runs, help="at least this many timed batch-1 calls"),
+    min_seconds: float = typer.Option(BenchConfig.min_seconds, help="and at least this many seconds of them"),
+    sweep_seconds: float = typer.Option(BenchConfig.sweep_seconds, help="seconds per batch size in the throughput sweep"),
     test_limit: Optional[int] = typer.Option(None, help="accuracy on the first N test images only (quick runs)"),
     out: Optional[Path] = typer.Option(None, help="result path without suffix (default benchmarks/results/bench-<time>)"),
-    baselines: bool = typer.Option(False, "--baselines", help="also make and bench stock ORT quantize_static and TFLite int8"),
-    baseline_dir: Path = typer.Option(Path("artifacts/baselines"), help="where --baselines writes its files"),
+    baselines: bool = typer.Option(BenchConfig.baselines, "--baselines", help="also make and bench stock ORT quantize_static and TFLite int8"),
+    baseline_dir: Path = typer.Option(Path(BenchConfig.baseline_dir), help="where --baselines writes its files"),
     calibration: Optional[Path] = typer.Option(None, help="calibration definition for --baselines (default: the lineage's)"),
     source: Optional[DataSource] = typer.Option(None, "--source", help="default: the data each lineage was trained on"),
     data_dir: Optional[Path] = DataDirOption,
     compare: Optional[tuple[Path, Path]] = typer.Option(None, "--compare", help="print per-row deltas B - A of two bench .json files"),
-    diff: bool = typer.Option(False, "--diff", help="per row: images flipped against the fp32 root and the class that flipped most"),
+    diff: bool = typer.Option(BenchConfig.diff, "--diff", help="per row: images flipped against the fp32 root and the class that flipped most"),
 ) -> None:
     """Accuracy, batch-1 latency (p50/p90/p99, mean with 95% CI), throughput, size and parity of every artifact.
 
@@ -304,7 +311,6 @@ def bench(
     import datetime
 
     from .bench import bench as run_bench, compare as compare_runs
-    from .config import BenchConfig
     from .errors import ConfigError
 
     reporter = _reporter()
@@ -330,7 +336,7 @@ def bench(
         raise typer.Exit(1)
 
 
-from .config import CalibMethod, Importance, QuantBackend, QuantizeConfig, QuantMode  # noqa: E402  (compression stage choices)
+from .config import CalibMethod, Importance, QuantBackend, QuantMode  # noqa: E402  (compression stage choices)
 
 
 @app.command()
@@ -338,7 +344,7 @@ def calibrate(
     source: DataSource = SourceOption,
     data_dir: Optional[Path] = DataDirOption,
     size: int = typer.Option(512, help="images (class-balanced); 128, 512 and 1024 are committed"),
-    seed: int = typer.Option(0, help="seed of the image selection"),
+    seed: int = typer.Option(DataConfig.seed, help="seed of the image selection"),
     val_size: int = typer.Option(DataConfig.val_size, help="the validation split the data is loaded with"),
     data_seed: int = typer.Option(0, help="seed of the train/val split"),
     checkpoint: Optional[Path] = typer.Option(None, help="record this model's mean/std (default CIFAR-10's)"),
@@ -373,18 +379,18 @@ def prune(
     checkpoint: Path = typer.Argument(..., help="an edgekit checkpoint (.pt)"),
     ratio: Optional[float] = typer.Option(None, help="channel sparsity in (0, 1); default 0.3"),
     target_macs: Optional[float] = typer.Option(None, help="prune until MACs <= this (e.g. 250e6)"),
-    importance: Importance = typer.Option(Importance.l1, help="channel importance: weight L1/L2, BN scale, Taylor"),
-    global_pruning: bool = typer.Option(False, "--global", help="rank channels across layers"),
-    round_to: int = typer.Option(8, help="keep channel counts multiples of this"),
-    steps: int = typer.Option(1, help="prune -> fine-tune -> BN recalibration rounds"),
-    finetune_epochs: int = typer.Option(2, help="fine-tune epochs per step (0 = none)"),
-    finetune_lr: float = typer.Option(0.02),
+    importance: Importance = typer.Option(PruneConfig.importance, help="channel importance: weight L1/L2, BN scale, Taylor"),
+    global_pruning: bool = typer.Option(PruneConfig.global_pruning, "--global", help="rank channels across layers"),
+    round_to: int = typer.Option(PruneConfig.round_to, help="keep channel counts multiples of this"),
+    steps: int = typer.Option(PruneConfig.steps, help="prune -> fine-tune -> BN recalibration rounds"),
+    finetune_epochs: int = typer.Option(PruneConfig.finetune_epochs, help="fine-tune epochs per step (0 = none)"),
+    finetune_lr: float = typer.Option(PruneConfig.finetune_lr),
     distill: float = typer.Option(0.5, help="share of the fine-tune loss distilled from the unpruned model (0 = labels only)"),
-    cpu_bf16: bool = typer.Option(False, "--cpu-bf16", help="fine-tune in bf16 on a CPU with AVX512-BF16/AMX"),
-    unstructured: bool = typer.Option(False, "--unstructured", help="zero weights instead (no dense speed-up)"),
+    cpu_bf16: bool = typer.Option(PruneConfig.cpu_bf16, "--cpu-bf16", help="fine-tune in bf16 on a CPU with AVX512-BF16/AMX"),
+    unstructured: bool = typer.Option(PruneConfig.unstructured, "--unstructured", help="zero weights instead (no dense speed-up)"),
     out: Path = typer.Option(Path("artifacts/pruned.pt")),
-    threads: int = typer.Option(1, help="threads for the latency measurement"),
-    seed: int = typer.Option(0),
+    threads: int = typer.Option(PruneConfig.threads, help="threads for the latency measurement"),
+    seed: int = typer.Option(PruneConfig.seed),
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="write TensorBoard scalars here (pip install 'edgekit[tensorboard]')"),
     force: bool = ForceOption,
 ) -> None:
@@ -392,7 +398,6 @@ def prune(
 
     Example: edgekit prune artifacts/train/best.pt --ratio 0.3 --steps 2 --out artifacts/pruned.pt
     """
-    from .config import PruneConfig
     from .prune import prune_checkpoint
 
     config = PruneConfig(ratio=ratio if ratio is not None else (None if target_macs else 0.3),
@@ -407,20 +412,20 @@ def prune(
 @app.command()
 def quantize(
     checkpoint: Path = typer.Argument(..., help="an edgekit checkpoint (.pt), fp32 or pruned"),
-    mode: QuantMode = typer.Option(QuantMode.static, help="dynamic: fc only; static: calibrated PTQ; qat"),
-    method: CalibMethod = typer.Option(CalibMethod.auto, help="activation calibration; auto keeps the best on val"),
+    mode: QuantMode = typer.Option(QuantizeConfig.mode, help="dynamic: fc only; static: calibrated PTQ; qat"),
+    method: CalibMethod = typer.Option(QuantizeConfig.method, help="activation calibration; auto keeps the best on val"),
     calibration: Optional[Path] = typer.Option(None, help="calibration/*.json (static and qat)"),
-    sensitivity: bool = typer.Option(False, "--sensitivity", help="per-layer accuracy with one layer int8"),
-    keep_float: int = typer.Option(0, help="keep the N most sensitive layers in float"),
-    qat_epochs: int = typer.Option(3),
-    qat_lr: float = typer.Option(0.002),
+    sensitivity: bool = typer.Option(QuantizeConfig.sensitivity, "--sensitivity", help="per-layer accuracy with one layer int8"),
+    keep_float: int = typer.Option(QuantizeConfig.keep_float, help="keep the N most sensitive layers in float"),
+    qat_epochs: int = typer.Option(QuantizeConfig.qat_epochs),
+    qat_lr: float = typer.Option(QuantizeConfig.qat_lr),
     backend: QuantBackend = typer.Option(QuantizeConfig.backend, help="torch int8 engine: x86 (default here) or "
                                          "qnnpack (ARM: 8-bit activations, per-tensor weights; its latency on x86 "
                                          "is not ARM's)"),
     onnx: bool = typer.Option(True, help="also write a QDQ ONNX for the exporters"),
     out: Path = typer.Option(Path("artifacts/int8.pt")),
-    threads: int = typer.Option(1, help="threads for the latency measurement"),
-    seed: int = typer.Option(0),
+    threads: int = typer.Option(QuantizeConfig.threads, help="threads for the latency measurement"),
+    seed: int = typer.Option(QuantizeConfig.seed),
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="write TensorBoard scalars here (pip install 'edgekit[tensorboard]')"),
     force: bool = ForceOption,
 ) -> None:
@@ -456,25 +461,31 @@ def export_command(
     target: ExportTarget = typer.Option(..., "--target", help="the runtime format to write"),
     precision: ExportPrecision = typer.Option(ExportPrecision("fp32"), "--precision", help="as counted in the file afterwards"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="default: beside the checkpoint, e.g. best.fp16.onnx"),
-    batch: int = typer.Option(1, "--batch", help="static batch dimension"),
-    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="a batch axis of any size instead of --batch"),
-    opset: int = typer.Option(17, "--opset", help="ONNX opset (17 or newer)"),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="write a folder to copy to a device instead: the file, "
+                                          "its manifest, labels.txt, the standalone runner script(s) and README.txt"),
+    batch: int = typer.Option(ExportOptions.batch, "--batch", help="static batch dimension"),
+    dynamic_batch: bool = typer.Option(ExportOptions.dynamic_batch, "--dynamic-batch", help="a batch axis of any size instead of --batch"),
+    opset: int = typer.Option(ExportOptions.opset, "--opset", help="ONNX opset (17 or newer)"),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="calibration definition (needed for int8), from `edgekit calibrate`"),
-    parity_images: int = typer.Option(256, "--parity-images", help="seeded test images the export must agree on"),
-    keep_failed: bool = typer.Option(False, "--keep-failed", help="keep a file that fails the parity gate as *.failed.*"),
-    debug_parity: bool = typer.Option(False, "--debug-parity", help="compare every conv output with torch; report the first divergent layer"),
-    int8_io: bool = typer.Option(False, "--int8-io", help="int8 input/output tensors (integer-only TFLite); runners still take floats"),
+    parity_images: int = typer.Option(ExportOptions.parity_images, "--parity-images", help="seeded test images the export must agree on"),
+    keep_failed: bool = typer.Option(ExportOptions.keep_failed, "--keep-failed", help="keep a file that fails the parity gate as *.failed.*"),
+    debug_parity: bool = typer.Option(ExportOptions.debug_parity, "--debug-parity", help="compare every conv output with torch; report the first divergent layer"),
+    int8_io: bool = typer.Option(ExportOptions.int8_io, "--int8-io", help="int8 input/output tensors (integer-only TFLite); runners still take floats"),
     threads: Optional[int] = typer.Option(None, help="runtime threads for the parity run"),
-    seed: int = typer.Option(0, help="seed of the parity image choice"),
+    seed: int = typer.Option(ExportOptions.seed, help="seed of the parity image choice"),
     source: Optional[DataSource] = typer.Option(None, "--source", help="default: the data the checkpoint was trained on"),
     data_dir: Optional[Path] = DataDirOption,
     force: bool = ForceOption,
 ) -> None:
     """Export a checkpoint to ONNX / TensorRT / TFLite / SavedModel, refused unless it matches its source.
 
+    The file carries its class names, input layout, shape and pixel scale (`edgekit info` shows them).
+
     Example: edgekit export artifacts/train/best.pt --target onnx --precision int8 --calibration calibration/cifar10.json
+
+    Example: edgekit export artifacts/train/best.pt --target tflite --precision int8 --int8-io --calibration calibration/cifar10.json --bundle deploy/pi
     """
-    from .config import ExportOptions, data_config_from_dict
+    from .config import data_config_from_dict
     from .export import export_artifact
     from .qmodel import torch_artifact_spec
 
@@ -489,6 +500,15 @@ def export_command(
             data.source = source
         if data_dir is not None:
             data.data_dir = str(data_dir)
+    if bundle is not None:
+        from .bundle import export_bundle
+        from .errors import ConfigError
+
+        if out is not None:
+            raise ConfigError("--out and --bundle exclude each other", "pass one of them")
+        typer.echo(str(export_bundle(artifact, target.value, precision.value, bundle, options, _reporter(),
+                                     data_config=data).path))
+        return
     result = export_artifact(artifact, target.value, precision.value, out, options, _reporter(), data_config=data,
                              force=force)
     typer.echo(str(result.path))

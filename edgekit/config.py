@@ -9,6 +9,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 
 def default_cache_dir() -> str:
@@ -180,6 +181,14 @@ def resume_mismatches(recorded: dict, current: dict, defaults: dict) -> list[str
         if json.dumps(value, sort_keys=True, default=str) != json.dumps(reference, sort_keys=True, default=str):
             mismatched.append(name)
     return mismatched
+
+
+def finetune_config(epochs: int, batch_size: int, lr: float, seed: int, **overrides: Any) -> TrainConfig:
+    """The schedule every fine-tune shares (prune, QAT, and the controls that fine-tune a parent the
+    same way): cosine decay from `lr` without warm-up, no Cutout: a short polish of a trained model,
+    not a training recipe."""
+    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, schedule=Schedule.cosine, warmup_epochs=0.0,
+                       channels_last=False, cutout=0, seed=seed, eval_batch_size=500, **overrides)
 
 
 def quick_profile() -> tuple[DataConfig, TrainConfig]:

@@ -2,9 +2,11 @@
 
 The flow, the same for every target in the format table: check the target can run here, load
 the data the checkpoint was trained on (for real parity images, and the calibration set for
-int8), export to a temporary path, compare it with the source runner on seeded test images,
-refuse it beyond tolerance, count what the file really holds, then move it into place with a
-manifest. Nothing here names a format: the table in edgekit.formats does.
+int8), export to a temporary path, write the file's self-description into it (class names,
+input layout/shape/dtype, pixel preparation, int8 I/O quantization, edgekit version, source
+sha256: edgekit/formats/metadata.py) so the gate and the hash see the final bytes, compare it
+with the source runner on seeded test images, refuse it beyond tolerance, count what the file
+really holds, then move it into place with a manifest. Nothing here names a format: the table in edgekit.formats does.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .artifacts import Manifest, guard_output, parent_ref, publish, read_manifes
 from .config import DataConfig, ExportOptions, data_config_from_dict
 from .errors import CheckpointError, ConfigError, DependencyError, ParityError, UnsupportedError
 from .formats import FORMATS, SOURCE_FORMAT, export_targets, load_source
+from .formats.metadata import DeployMetadata, describe_export
 from .report import Reporter, quiet
 from .validate import LAYER_TOLERANCE, ParityReport, check, parity, precision_label, violations
 
@@ -38,6 +41,12 @@ class ExportResult:
     census: dict[str, Any]
     manifest: Manifest
     debug: dict[str, Any] | None = field(default=None)
+    metadata: DeployMetadata | None = None  # what the file says about itself
+
+
+# The parity gate feeds the exported runner this many images per call, so a dynamic-batch file is
+# gated at a batch above 1 (a static one runs its own batch, padded).
+PARITY_BATCH = 64
 
 
 def default_out_path(source: Path, target: str, precision: str) -> Path:
@@ -107,6 +116,12 @@ def export_artifact(source: Path, target: str, precision: str, out: Path | None 
     fmt, module = _resolve_target(target, precision)
     if options.dynamic_batch and options.batch != 1:
         raise ConfigError("--batch and --dynamic-batch exclude each other", "pass one of them")
+    if options.int8_io and not fmt.int8_io:
+        holders = ", ".join(name for name, f in FORMATS.items() if f.int8_io)
+        raise ConfigError(f"--int8-io does not apply to {target}: only {holders} files have int8 input/output "
+                          f"tensors ({target} files take float32 pixels)", "drop --int8-io")
+    if options.int8_io and precision != "int8":
+        raise ConfigError("--int8-io needs --precision int8", "add --precision int8, or drop --int8-io")
     options.validate()
     if precision == "int8" and not options.calibration:
         raise ConfigError(f"int8 {target} export needs a calibration set",
@@ -138,12 +153,17 @@ def export_artifact(source: Path, target: str, precision: str, out: Path | None 
     staging = staging_path(out)
     remove_path(staging)
     debug = None
+    parent = parent_ref(source)
     try:
         module.export(source, staging, precision, options, calibration, reporter)
+        # Written into the file before the gate and the hash: the gate checks the final bytes.
+        metadata = module.write_metadata(staging, describe_export(
+            data.classes, checkpoint.spec.mean, checkpoint.spec.std, target, precision, options.dynamic_batch,
+            source.name, parent["sha256"]))
         source_runner = SOURCE_FORMAT.module().load_runner(source, options.threads)
         exported_runner = module.load_runner(staging, options.threads)
         reporter.info(f"parity: {len(images)} seeded test images, {source_runner.name} vs {exported_runner.name}")
-        report = parity(source_runner, exported_runner, images, labels)
+        report = parity(source_runner, exported_runner, images, labels, batch_size=PARITY_BATCH)
         source_precision = _source_precision(source)
         failing = violations(report, target, precision, source_precision)
         debugger = getattr(module, "debug_divergence", None)
@@ -174,15 +194,17 @@ def export_artifact(source: Path, target: str, precision: str, out: Path | None 
                           "(see the census in the manifest)")
         extra_fn = getattr(module, "manifest_extra", None)
         manifest = publish(staging, out, Manifest(
-            kind="export", format=target, precision=label, parent=parent_ref(source),
+            kind="export", format=target, precision=label, parent=parent,
             config={"target": target, "requested_precision": precision, "options": asdict(options),
                     "calibration": calibration.manifest_ref() if calibration is not None else None,
-                    "parity_images_indices_seed": options.seed, "data": data.describe()},
+                    "parity_images_indices_seed": options.seed, "parity_batch": PARITY_BATCH,
+                    "data": data.describe()},
             seed=options.seed,
             metrics={"parity": report.as_metrics(), "accuracy_parity_images": report.exported_accuracy,
                      "source_accuracy_parity_images": report.source_accuracy, "census": census,
                      "executed_precision": executed},
-            extra=(extra_fn(staging, source) if extra_fn else {}) | ({"debug_parity": debug} if debug else {}),
+            extra={"metadata": metadata.to_dict()} | (extra_fn(staging, source) if extra_fn else {})
+            | ({"debug_parity": debug} if debug else {}),
         ))
     finally:
         remove_path(staging)
@@ -191,7 +213,9 @@ def export_artifact(source: Path, target: str, precision: str, out: Path | None 
         ("top-1 agreement", f"{report.top1_agreement:.2%}"),
         ("max |logit error|", report.max_abs), ("cosine (mean)", report.cosine_mean),
         ("accuracy source / export", f"{report.source_accuracy:.2%} / {report.exported_accuracy:.2%}"),
+        ("right only in source / only in export", f"{report.source_only_correct} / {report.exported_only_correct} "
+                                                  f"(McNemar p {report.drop_p_value:.3g})"),
         ("size (bytes)", manifest.size_bytes)])
     return ExportResult(path=out, target=target, precision=label, executed_precision=executed,
                         requested_precision=precision, parity=report,
-                        census=to_plain(census), manifest=manifest, debug=debug)
+                        census=to_plain(census), manifest=manifest, debug=debug, metadata=metadata)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .artifacts import Manifest, guard_output, parent_ref, publish, remove_path, staging_path, to_plain
-from .config import DataConfig, Importance, PruneConfig, TrainConfig, Schedule
+from .config import DataConfig, Importance, PruneConfig, finetune_config
 from .data import DataSplits, batches, load_data_for_checkpoint, to_unit_float
 from .errors import ConfigError, DependencyError
 from .model import ModelSpec, ResNet18, count_macs, count_parameters, load_checkpoint, save_checkpoint
@@ -222,11 +222,10 @@ def _finetune(model: ResNet18, data: DataSplits, config: PruneConfig, reporter: 
               teacher: nn.Module | None = None) -> dict[str, Any]:
     from .train import train_model
 
-    train_config = TrainConfig(epochs=config.finetune_epochs, batch_size=config.batch_size, lr=config.finetune_lr,
-                               schedule=Schedule.cosine, warmup_epochs=0.0, channels_last=False, cutout=0,
-                               seed=config.seed, eval_batch_size=500, cpu_bf16=config.cpu_bf16,
-                               distill_alpha=config.distill_alpha if teacher is not None else 0.0,
-                               distill_temperature=config.distill_temperature, tensorboard=config.tensorboard)
+    train_config = finetune_config(config.finetune_epochs, config.batch_size, config.finetune_lr, config.seed,
+                                   cpu_bf16=config.cpu_bf16,
+                                   distill_alpha=config.distill_alpha if teacher is not None else 0.0,
+                                   distill_temperature=config.distill_temperature, tensorboard=config.tensorboard)
     result = train_model(model, data, train_config, reporter=reporter, teacher=teacher)
     return {"finetune_epochs": config.finetune_epochs, "finetune_best_val": result.best_val_accuracy,
             "distill_alpha": train_config.distill_alpha}

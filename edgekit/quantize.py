@@ -28,8 +28,8 @@ from torch import nn
 
 from .artifacts import Manifest, parent_ref, write_manifest
 from .calibrate import CalibrationSet, load_calibration
-from .config import (CalibMethod, DataConfig, ExportOptions, QuantBackend, QuantizeConfig, QuantMode, Schedule,
-                     TrainConfig, check_choice)
+from .config import (CalibMethod, DataConfig, ExportOptions, QuantBackend, QuantizeConfig, QuantMode, TrainConfig,
+                     check_choice, finetune_config)
 from .data import DataSplits, load_data_for_checkpoint
 from .errors import ConfigError
 from .model import ResNet18, count_macs, load_checkpoint
@@ -320,10 +320,8 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
             epochs_a = max(1, min(config.qat_freeze_epoch, config.qat_epochs))
             epochs_b = config.qat_epochs - epochs_a
             def train_config(epochs: int) -> TrainConfig:
-                return TrainConfig(epochs=epochs, batch_size=config.batch_size, lr=config.qat_lr,
-                                   schedule=Schedule.cosine, warmup_epochs=0.0, channels_last=False, cutout=0,
-                                   seed=config.seed, eval_batch_size=500, label_smoothing=0.1,
-                                   tensorboard=config.tensorboard)
+                return finetune_config(epochs, config.batch_size, config.qat_lr, config.seed,
+                                       tensorboard=config.tensorboard)
             train_model(qat, data, train_config(epochs_a), reporter=reporter)
             # Observers and BN statistics frozen from here: the last epochs fit the weights to fixed
             # ranges and fixed BN folding, which is what the converted model will have.

@@ -258,3 +258,56 @@ def test_a_root_named_relative_and_recorded_absolute_is_one_root(tmp_path, monke
     from pathlib import Path
 
     assert lineage(Path("child.pt")).root == lineage(Path("root.pt")).root == Path("root.pt")
+
+
+# ---- the summary's winner rule and the shared-CPU note, on hand-made rows -------------------------
+
+
+def _row(artifact, p50, test, val, *, root="ref.pt", source="ref.pt", precision="int8", baseline=None):
+    return {"artifact": artifact, "runtime": "onnxruntime", "status": "ok", "latency_ms": {"p50": p50},
+            "accuracy": test, "val_accuracy": val, "root": root, "source": source, "precision": precision,
+            "baseline": baseline}
+
+
+def test_summary_picks_winners_on_validation_and_reports_them_on_test():
+    from edgekit.bench.baselines import STOCK_SOURCE
+    from edgekit.bench.render import summary, summary_lines
+
+    rows = [
+        _row("ref.pt", 10.0, 0.900, 0.900, precision="fp32", baseline=STOCK_SOURCE),
+        # fastest, and within 1 point on test, but 1.2 points down on validation: not a winner
+        _row("pruned-hard.int8.onnx", 1.0, 0.895, 0.888, source="pruned-hard.pt"),
+        _row("pruned.int8.onnx", 2.0, 0.880, 0.892, source="pruned.pt"),  # 0.8 down on val: within 1
+        _row("ref.int8.onnx", 4.0, 0.899, 0.897),  # 0.3 down on val: within 0.5
+        _row("ref.ort-qdq.onnx", 5.0, 0.899, 0.899, baseline="ort-qdq-u8"),
+        _row("broken.onnx", 0.5, 0.99, 0.99) | {"status": "error"},
+    ]
+    [entry] = summary(rows)
+    assert entry["chosen_on"] == "validation"
+    assert entry["best_within_1pt"]["artifact"] == "pruned.int8.onnx"  # though 2 points down on test
+    assert entry["best_within_0.5pt"]["artifact"] == "ref.int8.onnx"
+    assert entry["best_stock_int8"]["artifact"] == "ref.ort-qdq.onnx"
+    assert entry["best_edgekit_unpruned_int8"]["artifact"] == "ref.int8.onnx"
+    text = "\n".join(summary_lines(rows))
+    assert "chosen on the validation split" in text and "test 88.00 %" in text
+    assert "5.0x over torch eager fp32, 2.50x over the fastest stock int8" in text  # 10/2 and 5/2
+
+    # without a validation accuracy on every candidate, the test split decides, and says so
+    no_val = [dict(r, val_accuracy=None) for r in rows]
+    [entry] = summary(no_val)
+    assert entry["chosen_on"].startswith("test")
+    assert entry["best_within_1pt"]["artifact"] == "pruned-hard.int8.onnx"
+
+
+def test_shared_cpu_note_counts_other_work_not_the_bench_itself():
+    from edgekit.bench.render import contention_notes, other_load
+
+    quiet_machine = {"cores": 2, "threads": 2, "load_average_start": [0.1, 0.1, 0.1],
+                     "load_average_end": [2.1, 1.0, 0.5]}  # the end reading is the bench's own 2 threads
+    assert other_load(quiet_machine) == pytest.approx(0.1)
+    assert contention_notes(quiet_machine) == []
+    busy = dict(quiet_machine, load_average_start=[1.9, 1.5, 1.0], load_average_end=[3.8, 2.0, 1.0])
+    assert other_load(busy) == pytest.approx(1.9)
+    [note] = contention_notes(busy)
+    assert "Shared CPU" in note and "1.9 on 2 cores" in note
+    assert contention_notes(dict(busy, threads=None)) == []

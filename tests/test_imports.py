@@ -22,7 +22,7 @@ LAYERS = {
     "edgekit.cli": 6,
     "edgekit.pipeline": 5,
     **{f"edgekit.{stage}": 4 for stage in ("train", "prune", "quantize", "calibrate", "export", "bench", "validate",
-                                           "diagnose", "gradcam")},
+                                           "diagnose", "gradcam", "bundle")},
     "edgekit.formats": 3,
     "edgekit.qmodel": 2,
     "edgekit.model": 2,

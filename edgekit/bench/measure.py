@@ -124,6 +124,13 @@ class MeasureContext:
             self.data[key] = (data, to_unit_float(data.test_x).numpy(), data.test_y.numpy())
         return self.data[key]
 
+    def val_set(self, data_config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+        """The validation split of the same data: where the summary picks its winners."""
+        from ..data import to_unit_float
+
+        data = self.test_set(data_config)[0]
+        return to_unit_float(data.val_x).numpy(), data.val_y.numpy()
+
     def torch_predictions(self, path: Path, images: np.ndarray, key: str) -> np.ndarray | None:
         cache_key = f"{path.resolve()}|{key}"
         if cache_key not in self.source_predictions:
@@ -162,7 +169,7 @@ def why(exc: BaseException) -> str:
 def blank_row(path: Path, fmt_name: str, runtime: str) -> dict[str, Any]:
     return {"artifact": str(path), "format": fmt_name, "runtime": runtime, "runner": None, "kind": None,
             "precision": None, "baseline": None, "status": "error", "why": None, "accuracy": None,
-            "test_images": None, "agreement_root": None, "agreement_source": None, "root": None, "source": None,
+            "test_images": None, "val_accuracy": None, "val_images": None, "agreement_root": None, "agreement_source": None, "root": None, "source": None,
             "latency_ms": None, "throughput": {}, "size_bytes": None, "params": None, "macs": None,
             "census": None, "load_average": load_average(), "notes": []}
 
@@ -204,6 +211,11 @@ def bench_one(path: Path, fmt: Format, runtime: Runtime, ctx: MeasureContext, ba
         row["accuracy"] = float((predicted == labels).mean())
         row["test_images"] = int(len(labels))
         row["data"] = data.source
+        val_images, val_labels = ctx.val_set(data_config)
+        if len(val_labels):
+            val_logits, _ = predict_all(runner, val_images, config.eval_batch)
+            row["val_accuracy"] = float((val_logits.argmax(1) == val_labels).mean())
+            row["val_images"] = int(len(val_labels))
         key = json.dumps(to_plain(data_config), sort_keys=True)
         root_pred = ctx.torch_predictions(lin.root, images, key)
         if root_pred is not None:

@@ -11,6 +11,9 @@ would do without edgekit) and its availability check. Format modules are importe
     load_runner(path: Path, threads: int | None = None) -> Runner
     census(path: Path) -> dict        # weights and ops counted by dtype, read from the file
     unavailable_reason() -> str | None  # why this machine cannot export/run it, or None
+    write_metadata(path: Path, meta: DeployMetadata) -> DeployMetadata   # exportable formats: complete
+        # the record from the file's own I/O and store it with the format's mechanism (metadata.py)
+    read_metadata(path: Path) -> DeployMetadata | None   # read it back from the file alone
     make_baseline(baseline: StockBaseline, start: Path, out: Path, calibration) -> Path   # if it has baselines
     int8_slowdown_reasons(row: dict) -> list[str]   # optional: why an int8 file of it can run slower
     manifest_extra(path: Path, source: Path) -> dict   # optional: facts about an export for its manifest
@@ -18,6 +21,9 @@ would do without edgekit) and its availability check. Format modules are importe
 A runtime module offers load_runner and unavailable_reason. A Runner takes float32 pixels in
 [0, 1], NCHW [N, 3, 32, 32], and returns float32 logits [N, C], whatever the file holds inside;
 layout and dtype conversion live in the runner.
+
+`examples` names the standalone runner scripts (examples/, importing only their runtime, numpy and
+Pillow) that run the format's files without edgekit; `edgekit export --bundle` copies them.
 """
 
 from __future__ import annotations
@@ -107,6 +113,8 @@ class Format:
     runtimes: tuple[Runtime, ...] = ()  # empty: one runtime, the format module, named after the format
     tolerances: dict[str, Tolerance] = field(default_factory=dict, hash=False, compare=False)
     baselines: tuple[StockBaseline, ...] = ()
+    examples: tuple[str, ...] = ()  # standalone runner scripts in examples/, one per runtime that has one
+    int8_io: bool = False  # can hold int8 input/output tensors (--int8-io)
 
     def module(self) -> ModuleType:
         return importlib.import_module(self.module_name)
@@ -127,16 +135,19 @@ FORMATS: dict[str, Format] = {
                runtimes=(Runtime("onnxruntime", "edgekit.formats.onnx"), Runtime("openvino", "edgekit.formats.openvino")),
                tolerances=dict(STANDARD_TOLERANCES),
                baselines=(StockBaseline("stock ORT quantize_static (defaults: QDQ, s8 act.)", "ort-qdq-s8", True),
-                          StockBaseline("stock ORT quantize_static (QDQ, u8 act.)", "ort-qdq-u8", True, "uint8"))),
+                          StockBaseline("stock ORT quantize_static (QDQ, u8 act.)", "ort-qdq-u8", True, "uint8")),
+               examples=("run_onnxruntime.py", "run_openvino.py")),
         # TensorRT may run fp32 layers in TF32 on Ampere and newer, so its fp32 row gates on
         # agreement and cosine rather than a tight max-abs.
         Format("tensorrt", "edgekit.formats.tensorrt", ".engine", ("fp32", "fp16", "int8"), "tensorrt",
                tolerances={**STANDARD_TOLERANCES,
-                           "fp32": Tolerance(min_agreement=0.999, max_abs=5e-2, min_cosine=0.9999)}),
+                           "fp32": Tolerance(min_agreement=0.999, max_abs=5e-2, min_cosine=0.9999)},
+               examples=("run_tensorrt.py",)),
         Format("tflite", "edgekit.formats.tflite", ".tflite", ("fp32", "fp16", "int8"), "tflite",
                tolerances=dict(STANDARD_TOLERANCES),
                baselines=(StockBaseline("stock TFLite converter (full-integer defaults)", "tflite-default-int8",
-                                        False),)),
+                                        False),),
+               examples=("run_tflite.py",), int8_io=True),
         Format("savedmodel", "edgekit.formats.savedmodel", ".savedmodel", ("fp32",), "tflite",
                tolerances={"fp32": TOLERANCE_FP32}),
     )

@@ -14,12 +14,13 @@ as DQ -> float Conv -> Q, slower than plain fp32. That is the "12 of 20 convolut
 float" seen on the pruned model; it is the same 12 on the unpruned one. With uint8 activations
 (U8S8) all 20 fuse. Optimizing the fp32 graph with ORT before quantizing is the other trap:
 its Conv+ReLU fusion makes FusedConv nodes that `quantize_static` does not know, so 9 convs stay
-float. So the census below counts both what the file holds and what ORT actually executes.
+float. So the census (onnx_census.py) counts both what the file holds and what ORT actually executes.
+
+Every exported file carries edgekit's DeployMetadata in its metadata_props (`write_metadata`).
 """
 
 from __future__ import annotations
 
-import collections
 import tempfile
 import warnings
 from pathlib import Path
@@ -31,11 +32,13 @@ from ..artifacts import atomic_path
 from ..errors import CheckpointError, ConfigError, missing_dependency
 from ..report import Reporter, quiet
 from . import predict_in_fixed_batches
+from .metadata import DeployMetadata, from_props
+# The format's census and --debug-parity, each in its own module (this one exports and runs):
+from .onnx_census import census, runtime_census  # noqa: F401
+from .onnx_debug import debug_divergence  # noqa: F401
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-FLOAT_TYPES = {1: "fp32", 10: "fp16", 11: "fp64", 16: "bf16"}
-QUANT_TYPES = {2: "int8", 3: "int8", 6: "int32"}  # uint8, int8, int32 (quantized bias)
 
 
 def unavailable_reason() -> str | None:
@@ -389,6 +392,45 @@ def quantize_qdq(src: Path, out: Path, images: np.ndarray, batch: int | None = 1
     return out
 
 
+# ---- metadata: what the file says about itself (edgekit/formats/metadata.py) -----------------
+
+
+def _dims(value_info) -> list[int | None]:
+    return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
+
+
+def write_metadata(path: Path, meta: DeployMetadata) -> DeployMetadata:
+    """Complete `meta` from the graph's input and output, store it in metadata_props; returns it."""
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.load(str(path))
+    inp, out = model.graph.input[0], model.graph.output[0]
+
+    def dtype(value_info) -> str:
+        elem = value_info.type.tensor_type.elem_type
+        return "float32" if elem == TensorProto.FLOAT else TensorProto.DataType.Name(elem).lower()
+
+    meta = meta.with_io(input_name=inp.name, input_layout="NCHW", input_shape=_dims(inp), input_dtype=dtype(inp),
+                        output_name=out.name, output_dtype=dtype(out))
+    props = meta.to_props()
+    kept = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+    return meta
+
+
+def read_metadata(path: Path) -> DeployMetadata | None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return from_props({p.key: p.value for p in model.metadata_props}, str(path))
+
+
 # ---- runner ----------------------------------------------------------------------------------
 
 
@@ -431,203 +473,3 @@ class OnnxRunner:
 
 def load_runner(path: Path, threads: int | None = None) -> OnnxRunner:
     return OnnxRunner(path, threads)
-
-
-# ---- census ----------------------------------------------------------------------------------
-
-
-def _qparam_names(graph) -> set[str]:
-    """Initializers that are scales / zero points of Q/DQ nodes: quantization parameters, not weights."""
-    names = set()
-    for node in graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul"):
-            inputs = list(node.input)
-            keep = {0} if node.op_type in ("QuantizeLinear", "DequantizeLinear") else {0, 3, 6, 8}
-            names.update(name for i, name in enumerate(inputs) if i not in keep and name)
-    return names
-
-
-def _dtype_name(elem_type: int) -> str:
-    return FLOAT_TYPES.get(elem_type) or QUANT_TYPES.get(elem_type) or f"type{elem_type}"
-
-
-def census(path: Path, runtime: bool = True) -> dict[str, Any]:
-    """Weights counted by dtype from the file, and convolutions as ORT actually executes them.
-
-    `weights_by_dtype`: elements of every initializer except Q/DQ scales and zero points (int32
-    quantized biases count as int8 arithmetic). `runtime`: the graph after ORT's optimizer, where
-    a QDQ Conv either became QLinearConv (integer) or stayed Conv (float); `executed_weights_by_dtype`
-    counts conv/gemm weights by how they run (`precision_label(census, executed=True)`).
-    """
-    import onnx
-
-    model = onnx.load(str(path))
-    graph = model.graph
-    qparams = _qparam_names(graph)
-    weights: collections.Counter[str] = collections.Counter()
-    for init in graph.initializer:
-        if init.name in qparams:
-            continue
-        dtype = _dtype_name(init.data_type)
-        weights["int8" if dtype == "int32" else dtype] += int(np.prod(init.dims)) if init.dims else 1
-    producers = {out: node for node in graph.node for out in node.output}
-    convs = [n for n in graph.node if n.op_type == "Conv"]
-    qdq_convs = sum(1 for n in convs if n.input[1] in producers and producers[n.input[1]].op_type == "DequantizeLinear")
-    result: dict[str, Any] = {
-        "format": "onnx",
-        "weights_by_dtype": dict(weights),
-        "ops": dict(collections.Counter(n.op_type for n in graph.node)),
-        "convs": len(convs),
-        "convs_with_int8_weights": qdq_convs,
-        "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None),
-    }
-    if runtime:
-        result["runtime"] = runtime_census(path)
-        result["executed_weights_by_dtype"] = result["runtime"].pop("executed_weights_by_dtype")
-    return result
-
-
-def runtime_census(path: Path) -> dict[str, Any]:
-    """Let ORT optimize the graph (as a session would) and count how each Conv/Gemm will execute."""
-    import onnx
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory(prefix="edgekit-census-") as scratch:
-        optimized = Path(scratch) / "optimized.onnx"
-        so = session_options(1)
-        # EXTENDED: the QDQ -> QLinear* fusions, without the NCHWc layout rewrite that ORT_ENABLE_ALL
-        # adds (machine-specific and not serializable as plain ONNX ops).
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        so.optimized_model_filepath = str(optimized)
-        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        model = onnx.load(str(optimized))
-    graph = model.graph
-    sizes = {init.name: (int(np.prod(init.dims)) if init.dims else 1, init.data_type) for init in graph.initializer}
-    producers = {out: node for node in graph.node for out in node.output}
-
-    def weight_size(name: str) -> tuple[int, str]:
-        node = producers.get(name)
-        if node is not None and node.op_type in ("DequantizeLinear", "Cast"):
-            # A conv fed by dequantized weights computes in float; so does one fed by ORT's inserted
-            # Casts (x86 has no fp16 conv kernel: fp16 weights are stored, fp32 arithmetic runs).
-            numel, _ = sizes.get(node.input[0], (0, 1))
-            if node.op_type == "DequantizeLinear":
-                return numel, "fp32"
-            to = next((a.i for a in node.attribute if a.name == "to"), 1)
-            return numel, _dtype_name(to)
-        numel, elem = sizes.get(name, (0, 1))
-        return numel, _dtype_name(elem)
-
-    executed: collections.Counter[str] = collections.Counter()
-    integer_ops = float_ops = 0
-    float_names = []
-    for node in graph.node:
-        if node.op_type in ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger"):
-            integer_ops += 1
-            index = 3 if node.op_type in ("QLinearConv", "QGemm", "QLinearMatMul") else 1
-            numel, _ = weight_size(node.input[index])
-            executed["int8"] += numel
-        elif node.op_type in ("Conv", "FusedConv", "Gemm", "MatMul", "FusedGemm"):
-            float_ops += 1
-            float_names.append(node.name)
-            numel, dtype = weight_size(node.input[1])
-            executed["int8" if dtype == "int8" else dtype] += numel
-    return {"integer_conv_gemm": integer_ops, "float_conv_gemm": float_ops,
-            # names only when int8 and float are mixed: the list that says which layers did not fuse
-            "float_conv_gemm_nodes": float_names if integer_ops else [],
-            "optimized_ops": dict(collections.Counter(n.op_type for n in graph.node)),
-            "executed_weights_by_dtype": dict(executed)}
-
-
-# ---- debug parity: where does the exported graph first diverge? ------------------------------
-
-
-def debug_divergence(model, path: Path, images: np.ndarray, tolerance: float) -> dict[str, Any]:
-    """Expose every Conv output of the ONNX graph, compare it with the torch module's output.
-
-    Conv nodes exported by TorchScript are named after their module path ("/layer1/layer1.0/conv1/Conv"),
-    and BN is folded into them, so each maps to the BatchNorm that follows the torch conv when
-    there is one. Returns the per-layer relative max error in graph order and the first layer
-    beyond `tolerance` (best effort: unmapped nodes are skipped).
-    """
-    import onnx
-    import onnxruntime as ort
-    import torch
-
-    onnx_model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
-    graph = onnx_model.graph
-    modules = dict(model.named_modules())
-    mapping: list[tuple[str, str, str]] = []  # (onnx tensor, node name, torch module)
-    for node in graph.node:
-        if node.op_type != "Conv":
-            continue
-        conv_name = _module_path(node.name)
-        bn_name = _following_bn(conv_name, modules)
-        if conv_name in modules:
-            mapping.append((node.output[0], node.name, bn_name or conv_name))
-    if not mapping:
-        return {"layers": [], "first_divergent": None, "note": "no Conv node names map to torch modules"}
-    existing = {o.name for o in graph.output}
-    known = {vi.name: vi for vi in graph.value_info}
-    for tensor, _, _ in mapping:
-        if tensor not in existing:
-            graph.output.append(known.get(tensor) or onnx.helper.make_empty_tensor_value_info(tensor))
-    captured: dict[str, np.ndarray] = {}
-    hooks = [modules[name].register_forward_hook(
-        lambda _m, _i, output, name=name: captured.__setitem__(name, output.detach().float().numpy().copy()))
-        for name in {m for _, _, m in mapping}]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    with tempfile.TemporaryDirectory(prefix="edgekit-debug-") as scratch:
-        debug_path = Path(scratch) / "debug.onnx"
-        onnx.save(onnx_model, str(debug_path))
-        session = ort.InferenceSession(str(debug_path), session_options(None), providers=["CPUExecutionProvider"])
-        inp = session.get_inputs()[0]
-        feed = np.ascontiguousarray(images, dtype=np.float16 if inp.type == "tensor(float16)" else np.float32)
-        fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
-        if fixed is not None:
-            feed = feed[:fixed]
-        names = [o.name for o in session.get_outputs()]
-        outputs = dict(zip(names, session.run(names, {inp.name: feed})))
-    layers, first = [], None
-    for tensor, node_name, module_name in mapping:
-        ref = captured[module_name][: len(feed)]
-        got = outputs[tensor].astype(np.float32)
-        if ref.shape != got.shape:
-            continue
-        scale = float(np.abs(ref).max()) or 1.0
-        rel = float(np.abs(ref - got).max()) / scale
-        layers.append({"onnx_node": node_name, "torch_module": module_name, "relative_max_error": rel})
-        if first is None and rel > tolerance:
-            first = layers[-1]
-    return {"layers": layers, "first_divergent": first, "tolerance": tolerance}
-
-
-def _module_path(node_name: str) -> str:
-    """'/layer2/layer2.0/downsample/downsample.0/Conv' -> 'layer2.0.downsample.0' (TorchScript scope names)."""
-    full = leaf = ""
-    for part in [p for p in node_name.split("/") if p][:-1]:
-        if leaf and part.startswith(leaf + "."):
-            full += part[len(leaf):]
-        else:
-            full = f"{full}.{part}" if full else part
-        leaf = part
-    return full
-
-
-def _following_bn(conv_name: str, modules: dict) -> str | None:
-    """The BatchNorm folded into a conv: conv1 -> bn1, layerX.Y.conv2 -> layerX.Y.bn2, downsample.0 -> .1."""
-    head, _, leaf = conv_name.rpartition(".")
-    candidates = []
-    if leaf.startswith("conv"):
-        candidates.append((head + "." if head else "") + "bn" + leaf[4:])
-    if leaf.isdigit():
-        candidates.append((head + "." if head else "") + str(int(leaf) + 1))
-    for name in candidates:
-        if name in modules and type(modules[name]).__name__.startswith("BatchNorm"):
-            return name
-    return None

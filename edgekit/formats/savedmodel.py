@@ -5,6 +5,10 @@ directory `<name>.savedmodel` with one signature, `serving_default`: input `pixe
 NHWC [N, 32, 32, 3] in [0, 1] (the model normalizes inside), output `logits` [N, C]. TF Serving
 takes the directory as version folder contents (`models/<name>/1/` = this directory).
 
+It carries edgekit's DeployMetadata (metadata.py) twice, both read with TensorFlow's own API:
+a registered asset, assets/edgekit_metadata.json (`loaded.edgekit_metadata_file.asset_path`),
+and a second signature, `edgekit_metadata`, that returns the JSON (`saved_model_cli show` lists it).
+
 fp32 only: TensorFlow runs a SavedModel's float16/int8 weights no faster on CPU; smaller or
 integer models are what the TFLite target is for.
 """
@@ -23,6 +27,7 @@ import numpy as np
 from ..errors import CheckpointError, ConfigError, UnsupportedError
 from ..report import Reporter, quiet
 from .keras_twin import build_twin_from_file, require_tensorflow, tensorflow_missing
+from .metadata import SAVEDMODEL_ASSET, SAVEDMODEL_SIGNATURE, DeployMetadata, from_json
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "pixels"
@@ -88,6 +93,40 @@ def export(source: Path, out: Path, precision: str, options: Any, calibration: A
     with _atomic_dir(out) as tmp:
         tf.saved_model.save(module, str(tmp), signatures={SIGNATURE: module.serve})
     return out
+
+
+def write_metadata(path: Path, meta: DeployMetadata) -> DeployMetadata:
+    """Complete `meta` from the serving signature and save the SavedModel again with the metadata
+    asset and signature added (the variables and serving function are the same objects)."""
+    tf = _tf()
+    path = Path(path)
+    loaded = tf.saved_model.load(str(path))
+    serving = loaded.signatures[SIGNATURE]
+    spec = serving.structured_input_signature[1][INPUT_NAME]
+    meta = meta.with_io(input_name=INPUT_NAME, input_layout="NHWC",
+                        input_shape=[None if d is None else int(d) for d in spec.shape.as_list()],
+                        input_dtype=spec.dtype.name, output_name=OUTPUT_NAME, output_dtype="float32")
+    text = meta.to_json()
+
+    @tf.function(input_signature=[])
+    def metadata() -> dict[str, Any]:
+        return {"metadata": tf.constant(text)}
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-savedmodel-meta-") as scratch:
+        asset = Path(scratch) / SAVEDMODEL_ASSET
+        asset.write_text(text)
+        loaded.edgekit_metadata_file = tf.saved_model.Asset(str(asset))
+        loaded.edgekit_metadata = metadata
+        with _atomic_dir(path) as tmp:
+            tf.saved_model.save(loaded, str(tmp),
+                                signatures={SIGNATURE: serving, SAVEDMODEL_SIGNATURE: metadata})
+    return meta
+
+
+def read_metadata(path: Path) -> DeployMetadata | None:
+    """The metadata asset of the SavedModel directory, or None when it has none."""
+    asset = Path(path) / "assets" / SAVEDMODEL_ASSET
+    return from_json(asset.read_bytes(), str(path)) if asset.is_file() else None
 
 
 class SavedModelRunner:

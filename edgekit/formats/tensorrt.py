@@ -11,6 +11,10 @@ manifest records both (`manifest_extra`) and `load_runner` refuses a mismatch wi
 rather than a deserialization crash. The timing cache is kept beside the engine, per GPU and
 TensorRT version, so a rebuild skips most tactic timing.
 
+An engine has no field for user metadata, so edgekit's DeployMetadata (metadata.py) travels in
+the manifest beside it (`extra.metadata`, as in every export's manifest); examples/run_tensorrt.py
+reads it from there.
+
 Install: `edgekit[tensorrt-cu12]` (CUDA 12 builds, NVIDIA driver 525 or newer) or
 `edgekit[tensorrt-cu13]` (CUDA 13 builds, driver 580 or newer); `edgekit[tensorrt]` is the
 CUDA 12 one. On Jetson, TensorRT comes with JetPack as a system package (see the README).
@@ -117,6 +121,28 @@ def device_record() -> dict[str, Any]:
 
 def manifest_extra(path: Path, source: Path) -> dict[str, Any]:
     return {"engine": device_record()}
+
+
+def write_metadata(path: Path, meta):
+    """Complete `meta` from the engine's I/O tensors; the export stage writes it into the manifest."""
+    runner = TensorRTRunner(path)
+    engine = runner.engine
+    shape = [int(d) for d in engine.get_tensor_shape(runner.input_name)]
+    return meta.with_io(input_name=runner.input_name, input_layout="NCHW",
+                        input_shape=[None if d < 0 else d for d in shape],
+                        input_dtype=np.dtype(runner.input_dtype).name, output_name=runner.output_name,
+                        output_dtype=np.dtype(runner.output_dtype).name)
+
+
+def read_metadata(path: Path):
+    """From the manifest beside the engine (an engine file has no room for it), or None."""
+    from ..artifacts import manifest_path, read_manifest
+    from .metadata import from_dict
+
+    if not manifest_path(path).exists():
+        return None
+    recorded = read_manifest(path).get("extra", {}).get("metadata")
+    return from_dict(recorded, str(manifest_path(path))) if recorded else None
 
 
 # ---- ONNX preparation (runs without TensorRT) ---------------------------------------------------

@@ -6,6 +6,12 @@ shared calibration set (the same images every int8 target sees) and is told to a
 builtins only, so a layer it could not quantize fails the export instead of silently staying in
 float. `census` reads the flatbuffer itself, so the manifest's precision is what the file holds.
 
+Every exported file carries edgekit's DeployMetadata (metadata.py) in the flatbuffer's own
+Model.metadata list: an entry named "edgekit" whose buffer is the JSON, written with LiteRT's
+flatbuffer_utils and read back with its schema_py_generated (tflite-support's TFLITE_METADATA
+tooling pins protobuf < 4 and cannot be installed beside TensorFlow 2.21; a stock reader skips
+metadata entries it does not know).
+
 The runner uses LiteRT (`ai_edge_litert`), the maintained home of the interpreter;
 `tf.lite.Interpreter` is deprecated and only the fallback.
 """
@@ -23,6 +29,7 @@ from ..artifacts import atomic_path
 from ..errors import CalibrationError, CheckpointError, ConfigError, UnsupportedError, missing_dependency
 from ..report import Reporter, quiet
 from .keras_twin import build_twin_from_file, require_tensorflow, tensorflow_missing
+from .metadata import TFLITE_METADATA_NAME, DeployMetadata, from_json, quantization
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # Chunk size for big predict() calls: the interpreter allocates every activation for the whole
@@ -235,6 +242,75 @@ class TFLiteRunner:
 
 def load_runner(path: Path, threads: int | None = None) -> TFLiteRunner:
     return TFLiteRunner(path, threads)
+
+
+# ---- metadata: what the file says about itself ------------------------------------------------
+
+
+def _flatbuffer_utils() -> Any:
+    try:
+        from ai_edge_litert.tools import flatbuffer_utils
+    except ImportError:
+        if importlib.util.find_spec("tensorflow") is None:
+            raise missing_dependency("ai-edge-litert", "tflite", "writing TFLite metadata") from None
+        from tensorflow.lite.tools import flatbuffer_utils
+    return flatbuffer_utils
+
+
+def write_metadata(path: Path, meta: DeployMetadata) -> DeployMetadata:
+    """Complete `meta` from the file's input/output tensors (shape, dtype, int8 quantization), store
+    it as the Model.metadata entry "edgekit" (replacing an earlier one); returns it."""
+    path = Path(path)
+    schema, utils = _schema(), _flatbuffer_utils()
+    model = utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+    graph = model.subgraphs[0]
+    type_names = {k: v.lower() for k, v in _enum_names(schema.TensorType).items()}
+
+    def describe(index: int) -> tuple[str, list[int | None], str, dict | None]:
+        tensor = graph.tensors[index]
+        signature = tensor.shapeSignature  # -1 where the batch is dynamic; absent when static
+        dims = list(signature) if signature is not None and len(signature) else list(tensor.shape)
+        shape = [None if d < 0 else int(d) for d in dims]
+        dtype = type_names.get(tensor.type, str(tensor.type))
+        q = tensor.quantization
+        quant = None
+        if dtype in ("int8", "uint8", "int16") and q is not None and q.scale is not None and len(q.scale):
+            quant = quantization(q.scale[0], q.zeroPoint[0])
+        name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+        return name, shape, dtype, quant
+
+    in_name, in_shape, in_dtype, in_quant = describe(graph.inputs[0])
+    out_name, _, out_dtype, out_quant = describe(graph.outputs[0])
+    meta = meta.with_io(input_name=in_name, input_layout="NHWC", input_shape=in_shape, input_dtype=in_dtype,
+                        input_quantization=in_quant, output_name=out_name, output_dtype=out_dtype,
+                        output_quantization=out_quant)
+    entries = [m for m in (model.metadata or []) if _text(m.name) != TFLITE_METADATA_NAME]
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(meta.to_json().encode(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = TFLITE_METADATA_NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = entries + [entry]
+    content = utils.convert_object_to_bytearray(model)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(bytes(content))
+    return meta
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_metadata(path: Path) -> DeployMetadata | None:
+    """The "edgekit" Model.metadata entry of a .tflite file, or None when it has none."""
+    buffer = Path(path).read_bytes()
+    model = _schema().Model.GetRootAs(buffer, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if _text(entry.Name()) == TFLITE_METADATA_NAME:
+            return from_json(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes(), str(path))
+    return None
 
 
 # ---- census: read the flatbuffer ---------------------------------------------------------------

@@ -1,0 +1,138 @@
+"""`edgekit export --bundle DIR`: one folder to copy to a device.
+
+The folder holds the exported file (through the same parity gate as any export), its manifest,
+labels.txt (one class name per line, in output order), the standalone runner scripts the format
+table lists for the format (examples/, importing only their runtime, numpy and Pillow), a
+README.txt with the commands, and edgekit-bundle.json, which marks the folder as edgekit's.
+
+Atomic: the bundle is built in a hidden sibling folder and renamed into place, so DIR is either
+the old bundle or the new one. An existing DIR is replaced only when it is an edgekit bundle (or
+empty); never a folder edgekit did not make, never one holding the source.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .artifacts import apply_umask
+from .config import DataConfig, ExportOptions
+from .errors import DependencyError, OutputError, UnsupportedError
+from .export import ExportResult, default_out_path, export_artifact
+from .formats import FORMATS, export_targets
+from .formats.metadata import edgekit_version
+from .report import Reporter, quiet
+
+MARKER = "edgekit-bundle.json"
+LABELS = "labels.txt"
+# The runner scripts live in the repository's examples/ (they are not part of the package: each
+# imports only its runtime, numpy and Pillow).
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+
+
+@dataclass
+class BundleResult:
+    path: Path
+    model: Path
+    runners: list[Path]
+    export: ExportResult
+
+
+def example_scripts(target: str) -> list[Path]:
+    """The standalone runners of `target`'s files, from its format table entry."""
+    fmt = FORMATS.get(target)
+    if fmt is None or not fmt.exportable:
+        raise UnsupportedError(f"unknown export target '{target}'", f"choose one of: {', '.join(export_targets())}")
+    if not fmt.examples:
+        with_runners = [name for name in export_targets() if FORMATS[name].examples]
+        raise UnsupportedError(f"there is no standalone runner for {target} files to put in a bundle",
+                               f"bundle one of: {', '.join(with_runners)}, or export without --bundle")
+    scripts = [EXAMPLES_DIR / name for name in fmt.examples]
+    missing = [str(s) for s in scripts if not s.is_file()]
+    if missing:
+        raise DependencyError(f"the runner scripts {', '.join(missing)} are not here (a bundle copies them from the "
+                              "repository's examples/ folder)", "run edgekit from a checkout: pip install -e .")
+    return scripts
+
+
+def guard_bundle(bundle: Path, source: Path) -> None:
+    """Refuse a bundle folder whose replacing would destroy what edgekit did not make."""
+    if bundle.exists() and not bundle.is_dir():
+        raise OutputError(f"the bundle folder {bundle} is an existing file", "choose another --bundle")
+    if bundle.is_dir():
+        if source.resolve().is_relative_to(bundle.resolve()):
+            raise OutputError(f"the source {source} is inside the bundle folder {bundle}: replacing the folder "
+                              "would delete it", "choose another --bundle")
+        if any(bundle.iterdir()) and not (bundle / MARKER).is_file():
+            raise OutputError(f"{bundle} exists and is not an edgekit bundle (no {MARKER} in it); edgekit will not "
+                              "replace it", "choose another --bundle, or empty that folder")
+
+
+def _install_line(script: Path) -> str:
+    doc = ast.get_docstring(ast.parse(script.read_text())) or ""
+    return next((line.strip() for line in doc.splitlines() if line.strip().startswith("pip install")), "")
+
+
+def _readme(result: ExportResult, scripts: list[Path]) -> str:
+    meta = result.metadata
+    model = result.path.name
+    shape = "x".join("N" if d is None else str(d) for d in meta.input_shape)
+    lines = [f"{model}: {result.target} {result.precision}, exported by edgekit {meta.edgekit_version} from "
+             f"{meta.source_file} (sha256 {meta.source_sha256[:16]}), passed the parity gate "
+             f"({result.parity.top1_agreement:.2%} top-1 agreement with its source).",
+             "",
+             f"Classes ({len(meta.classes)}, in output order): {LABELS}",
+             f"Input: {meta.input_dtype} {meta.input_layout} {shape}; {meta.color}, resized {meta.resize}, pixels x "
+             f"{meta.pixel_scale:.6g} in {meta.pixel_range}"
+             + (f", quantized with scale {meta.input_quantization['scale']:.6g} and zero point "
+                f"{meta.input_quantization['zero_point']}" if meta.input_quantization else "")
+             + "; the model normalizes inside (do not subtract a mean). The file carries this itself.",
+             "",
+             "Run it on the device (only the runtime, numpy and Pillow are needed, not edgekit):", ""]
+    for script in scripts:
+        lines += [f"    {_install_line(script)}", f"    python {script.name} {model} IMAGE.jpg", ""]
+    lines.append("Each prints the top-5 classes: rank, class index, probability, class name.")
+    return "\n".join(lines) + "\n"
+
+
+def export_bundle(source: Path, target: str, precision: str, bundle: Path, options: ExportOptions | None = None,
+                  reporter: Reporter = quiet, data_config: DataConfig | None = None) -> BundleResult:
+    source, bundle = Path(source), Path(bundle)
+    scripts = example_scripts(target)
+    guard_bundle(bundle, source)
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.", suffix=".tmp", dir=bundle.parent))
+    try:
+        result = export_artifact(source, target, precision, staging / default_out_path(source, target, precision).name,
+                                 options, reporter, data_config=data_config)
+        for script in scripts:
+            shutil.copyfile(script, staging / script.name)
+        (staging / LABELS).write_text("\n".join(result.metadata.classes) + "\n")
+        (staging / "README.txt").write_text(_readme(result, scripts))
+        (staging / MARKER).write_text(json.dumps({
+            "kind": "bundle", "model": result.path.name, "format": target, "precision": result.precision,
+            "runners": [s.name for s in scripts], "edgekit_version": edgekit_version(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}, indent=2) + "\n")
+        apply_umask(staging)
+        if bundle.exists():
+            # os.replace cannot overwrite a non-empty folder: move the old bundle (edgekit's, checked
+            # above) aside, put the new one in place, then delete the old one.
+            old = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.old.", dir=bundle.parent))
+            os.replace(bundle, old / bundle.name)
+            os.replace(staging, bundle)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, bundle)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    result.path = bundle / result.path.name
+    reporter.info(f"bundle: {bundle} ({', '.join(p.name for p in sorted(bundle.iterdir()))})")
+    return BundleResult(path=bundle, model=result.path, runners=[bundle / s.name for s in scripts],
+                        export=result)
