@@ -336,7 +336,7 @@ def bench(
         raise typer.Exit(1)
 
 
-from .config import CalibMethod, Importance, QuantMode  # noqa: E402  (compression stage choices)
+from .config import CalibMethod, Importance, QuantBackend, QuantMode  # noqa: E402  (compression stage choices)
 
 
 @app.command()
@@ -419,6 +419,9 @@ def quantize(
     keep_float: int = typer.Option(QuantizeConfig.keep_float, help="keep the N most sensitive layers in float"),
     qat_epochs: int = typer.Option(QuantizeConfig.qat_epochs),
     qat_lr: float = typer.Option(QuantizeConfig.qat_lr),
+    backend: QuantBackend = typer.Option(QuantizeConfig.backend, help="torch int8 engine: x86 (default here) or "
+                                         "qnnpack (ARM: 8-bit activations, per-tensor weights; its latency on x86 "
+                                         "is not ARM's)"),
     onnx: bool = typer.Option(True, help="also write a QDQ ONNX for the exporters"),
     out: Path = typer.Option(Path("artifacts/int8.pt")),
     threads: int = typer.Option(QuantizeConfig.threads, help="threads for the latency measurement"),
@@ -429,12 +432,13 @@ def quantize(
     """int8 quantization: dynamic (fc only), static PTQ (calibrated) or QAT; writes int8 .pt + manifest.
 
     Example: edgekit quantize artifacts/train/best.pt --mode static --calibration calibration/cifar10-jpg-512.json
+    For ARM boards (PyTorch Mobile-like runtimes): add --backend qnnpack.
     """
     from .quantize import quantize_checkpoint
 
     config = QuantizeConfig(mode=mode, method=method, calibration=str(calibration) if calibration else None,
                             sensitivity=sensitivity, keep_float=keep_float, qat_epochs=qat_epochs, qat_lr=qat_lr,
-                            export_onnx=onnx, threads=threads, seed=seed,
+                            backend=backend, export_onnx=onnx, threads=threads, seed=seed,
                             tensorboard=str(tensorboard) if tensorboard else None)
     from .artifacts import guard_output
 

@@ -249,6 +249,25 @@ class QuantMode(str, Enum):
     qat = "qat"
 
 
+class QuantBackend(str, Enum):
+    """torch's int8 engines edgekit quantizes for: each has its own qconfig, fusions and kernels,
+    and an int8 file runs correctly only under the engine it was made for (edgekit.qmodel)."""
+
+    x86 = "x86"  # the x86 default (fbgemm + oneDNN kernels): 7-bit activations (reduce_range), per-channel weights
+    fbgemm = "fbgemm"  # fbgemm alone: the same qconfig as x86
+    qnnpack = "qnnpack"  # the ARM engine (PyTorch Mobile): full 8-bit activations, per-tensor weights
+
+
+def check_choice(flag: str, value, choices: type[Enum]) -> None:
+    """One option that takes a name from `choices` (an Enum), with the choices in the message."""
+    from .errors import ConfigError
+
+    names = [c.value for c in choices]
+    if (value.value if isinstance(value, choices) else value) not in names:
+        raise ConfigError(f"--{flag.replace('_', '-')} must be one of {', '.join(names)}, got {value!r}",
+                          f"pass --{flag.replace('_', '-')} {names[0]} (or another of the above)")
+
+
 class CalibMethod(str, Enum):
     minmax = "minmax"
     percentile = "percentile"
@@ -314,7 +333,7 @@ class QuantizeConfig:
     method: CalibMethod = CalibMethod.auto
     calibration: str | None = None  # a calibration/*.json definition; required for static and qat
     percentile: float = 99.99
-    backend: str = "x86"
+    backend: QuantBackend = QuantBackend.x86  # qnnpack: the ARM engine (measured here on x86, latency aside)
     qat_epochs: int = 3
     qat_lr: float = 0.002
     qat_freeze_epoch: int = 1  # observers and BN statistics frozen after this many QAT epochs
@@ -329,6 +348,7 @@ class QuantizeConfig:
     tensorboard: str | None = None  # TensorBoard log folder for the QAT fine-tune (None = off)
 
     def validate(self) -> "QuantizeConfig":
+        check_choice("backend", self.backend, QuantBackend)
         check_range("percentile", self.percentile, 0, 100, low_open=True)
         check_range("qat_epochs", self.qat_epochs, 0)
         check_range("qat_lr", self.qat_lr, 0, 10, low_open=True)

@@ -203,7 +203,7 @@ def export_artifact(source: Path, target: str, precision: str, out: Path | None 
             metrics={"parity": report.as_metrics(), "accuracy_parity_images": report.exported_accuracy,
                      "source_accuracy_parity_images": report.source_accuracy, "census": census,
                      "executed_precision": executed},
-            extra={"metadata": metadata.to_dict()} | (extra_fn(staging) if extra_fn else {})
+            extra={"metadata": metadata.to_dict()} | (extra_fn(staging, source) if extra_fn else {})
             | ({"debug_parity": debug} if debug else {}),
         ))
     finally:

@@ -21,8 +21,21 @@ API choice, and why (torch 2.13/2.14):
   activations quint8), not the default fused `fused_moving_avg_obs_fake_quant`: the legacy
   ONNX exporter writes the non-fused ones as QuantizeLinear/DequantizeLinear pairs that match
   torch's fake-quant output; the fused op and the dynamo exporter did not export.
-- Activations use reduce_range (7-bit) like torch's x86 default: without VNNI, fbgemm's u8*s8
-  pair sums can saturate int16; with it the int8 model is correct on any x86 CPU.
+- The engine (`backend`) decides the qconfig, the fusions and the kernels, from torch's own
+  definitions for it (`get_default_qconfig(engine)`, `get_default_qat_qconfig(engine)`, the
+  engine's BackendConfig fusion patterns); edgekit only swaps the activation observer for its
+  calibration method, keeping the engine's dtype and range. x86/fbgemm (the default): 7-bit
+  activations (reduce_range, 0..127: without VNNI, fbgemm's u8*s8 pair sums can saturate int16;
+  with it the int8 model is correct on any x86 CPU), per-channel symmetric int8 weights.
+  qnnpack (the ARM engine of PyTorch Mobile): full 8-bit activations (0..255, no reduce_range),
+  per-tensor symmetric int8 weights, as torch's qnnpack qconfig has them. (Per-channel weights
+  do run under qnnpack in eager mode on torch 2.13, checked here, but torch's qnnpack qconfig is
+  per-tensor and edgekit follows it.)
+- An int8 file is only right under the engine it was made for: conv weights are prepacked for
+  the engine current at load time, and elementwise ops (add_relu, quantize) dispatch on the
+  engine current at run time. A qnnpack file loaded under x86 changed the top class of 3 of 32
+  random inputs here (fbgemm's kernels assume 7-bit activations). So the recipe records the engine,
+  `load_quantized` selects it, and runners run under it (`quantized_engine`).
 
 Saving without pickle: a converted model's state dict is tensors (qint8/quint8 quantized
 tensors, scales, zero points, packed Linear params) that load with weights_only=True. The file
@@ -32,6 +45,7 @@ float-kept layers); loading replays fuse/prepare/convert on a fresh model and lo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from collections import OrderedDict
@@ -42,7 +56,7 @@ import torch
 from torch import nn
 
 from .artifacts import atomic_torch_save, to_plain
-from .config import QuantMode
+from .config import QuantBackend, QuantMode
 from .errors import CheckpointError, UnsupportedError
 from .model import BasicBlock, Checkpoint, ModelSpec, ResNet18, build_model, load_checkpoint
 
@@ -119,19 +133,20 @@ def fusion_groups(model: ResNet18) -> list[tuple[nn.Module, list[list[str]]]]:
     return groups
 
 
-def quantizable(model: ResNet18, qat: bool = False) -> QuantResNet:
-    """Wrap + fuse a float ResNet18 (copied) for eager-mode quantization."""
+def quantizable(model: ResNet18, qat: bool = False, backend: str = QuantBackend.x86.value) -> QuantResNet:
+    """Wrap + fuse a float ResNet18 (copied) for eager-mode quantization, with the engine's fusers."""
     aoq = _aoq()
     model = copy.deepcopy(model)
     wrapped = QuantResNet(model)
+    custom = {"additional_fuser_method_mapping": engine_fusers(backend)}
     if qat:
         wrapped.train()
         for parent, groups in fusion_groups(model):
-            aoq.fuse_modules_qat(parent, groups, inplace=True)
+            aoq.fuse_modules_qat(parent, groups, inplace=True, fuse_custom_config_dict=custom)
     else:
         wrapped.eval()
         for parent, groups in fusion_groups(model):
-            aoq.fuse_modules(parent, groups, inplace=True)
+            aoq.fuse_modules(parent, groups, inplace=True, fuse_custom_config_dict=custom)
     return wrapped
 
 
@@ -161,41 +176,164 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
 
 
-# ---- qconfigs -----------------------------------------------------------------------------------
+# ---- engines and their qconfigs ---------------------------------------------------------------
+
+# The CPUs each engine's int8 kernels are written for. qnnpack also runs on x86 (SSE2 kernels),
+# which is how its accuracy and parity are measured here; its latency there says nothing about ARM.
+ENGINE_CPU = {QuantBackend.x86: "x86", QuantBackend.fbgemm: "x86", QuantBackend.qnnpack: "ARM"}
+# The conv+BN(+ReLU) patterns fusion_groups makes: every engine must fuse them itself.
+FUSED_PATTERNS = ((nn.Conv2d, nn.BatchNorm2d, nn.ReLU), (nn.Conv2d, nn.BatchNorm2d))
 
 
-def minmax_activation_observer():
-    return _aoq().MinMaxObserver.with_args(dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=True)
+def engine_of(backend: str | QuantBackend) -> QuantBackend:
+    """The engine named `backend`, refused (one line, with the fix) if edgekit or this torch lacks it."""
+    name = backend.value if isinstance(backend, QuantBackend) else str(backend)
+    choices = [b.value for b in QuantBackend]
+    if name not in choices:
+        raise UnsupportedError(f"unknown quantized engine '{name}'", f"pass --backend with one of {', '.join(choices)}")
+    if name not in torch.backends.quantized.supported_engines:
+        raise UnsupportedError(f"quantized engine '{name}' is not available in this torch build "
+                               f"(it has {', '.join(torch.backends.quantized.supported_engines)})",
+                               "pass --backend with one of those, or install a torch build with it")
+    return QuantBackend(name)
 
 
-def weight_observer():
+def set_backend(backend: str | QuantBackend) -> None:
+    torch.backends.quantized.engine = engine_of(backend).value
+
+
+@contextlib.contextmanager
+def quantized_engine(backend: str | QuantBackend | None):
+    """Run the body under `backend` (None: leave the engine as it is), then restore the previous one."""
+    previous = torch.backends.quantized.engine
+    if backend is None or previous == (backend.value if isinstance(backend, QuantBackend) else backend):
+        yield  # the common case in a timed loop: nothing to switch
+        return
+    set_backend(backend)
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def artifact_engine(recipe: dict[str, Any]) -> QuantBackend:
+    """The engine an int8 artifact was made for (files from before the recipe named it: x86)."""
+    return engine_of(recipe.get("backend", QuantBackend.x86.value))
+
+
+def host_cpu() -> str:
+    """This machine's CPU family as ENGINE_CPU names them ("x86", "ARM"), or what platform says."""
+    import platform
+
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return "x86"
+    if machine.startswith(("arm", "aarch64")):
+        return "ARM"
+    return machine or "unknown"
+
+
+def engine_latency_note(backend: str | QuantBackend) -> str | None:
+    """A label for latency measured with an engine whose kernels are written for other CPUs, else None."""
+    engine = engine_of(backend)
+    host, target = host_cpu(), ENGINE_CPU[engine]
+    if host == target:
+        return None
+    return (f"{host} via {engine.value}: not representative of {target} (latency only: {engine.value}'s {host} "
+            f"kernels ran here, not its {target} ones)")
+
+
+def _instance(factory):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's reduce_range deprecation notice, about its own defaults
+        return factory()
+
+
+def _backend_config(backend: str):
+    import torch.ao.quantization.backend_config.utils  # noqa: F401  (the getters below need it imported first)
+    from torch.ao.quantization import backend_config
+
+    getters = {QuantBackend.qnnpack: backend_config.get_qnnpack_backend_config,
+               QuantBackend.fbgemm: backend_config.get_fbgemm_backend_config}
+    if engine_of(backend) in getters:
+        return getters[engine_of(backend)]()
+    from torch.ao.quantization.backend_config.x86 import get_x86_backend_config
+
+    return get_x86_backend_config()
+
+
+def engine_fusers(backend: str) -> dict[tuple, Any]:
+    """The engine's own fuser for each pattern edgekit fuses, from its BackendConfig; refused if it lacks one."""
+    found = {}
+    for config in _backend_config(backend).configs:
+        if config.fuser_method is not None and config.pattern in FUSED_PATTERNS:
+            found[config.pattern] = config.fuser_method
+    missing = [" + ".join(t.__name__ for t in p) for p in FUSED_PATTERNS if p not in found]
+    if missing:
+        raise UnsupportedError(f"quantized engine '{backend}' does not fuse {', '.join(missing)}",
+                               f"pass --backend with one of {', '.join(b.value for b in QuantBackend)}")
+    return {pattern: found[pattern] for pattern in FUSED_PATTERNS}
+
+
+def activation_range(backend: str) -> dict[str, Any]:
+    """dtype, qscheme, quant_min/max and reduce_range of the engine's own activation observer."""
+    observer = _instance(_aoq().get_default_qconfig(engine_of(backend).value).activation)
+    return {"dtype": observer.dtype, "qscheme": observer.qscheme, "quant_min": int(observer.quant_min),
+            "quant_max": int(observer.quant_max), "reduce_range": bool(observer.reduce_range)}
+
+
+def describe_engine(backend: str) -> dict[str, Any]:
+    """What the manifest records about the engine: its ranges, weight scheme and fusions, as plain data."""
+    engine = engine_of(backend)
+    act = activation_range(engine.value)
+    weight = _instance(_aoq().get_default_qconfig(engine.value).weight)
+    per_channel = weight.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine)
+    bits = (act["quant_max"] - act["quant_min"] + 1).bit_length() - 1
+    return {"engine": engine.value, "kernels_for": ENGINE_CPU[engine],
+            "qconfig": f"torch.ao.quantization.get_default_qconfig('{engine.value}') / "
+                       f"get_default_qat_qconfig('{engine.value}'); activation observer per calibration method",
+            "activation": {"dtype": str(act["dtype"]).replace("torch.", ""),
+                           "qscheme": str(act["qscheme"]).replace("torch.", ""), "quant_min": act["quant_min"],
+                           "quant_max": act["quant_max"], "reduce_range": act["reduce_range"], "bits": bits},
+            "weight": {"dtype": str(weight.dtype).replace("torch.", ""),
+                       "qscheme": str(weight.qscheme).replace("torch.", ""), "per_channel": per_channel,
+                       "quant_min": int(weight.quant_min), "quant_max": int(weight.quant_max)},
+            "fusions": [" + ".join(t.__name__ for t in p) for p in engine_fusers(engine.value)]
+                       + ["residual add + ReLU (FloatFunctional.add_relu)"]}
+
+
+def minmax_activation_observer(backend: str = QuantBackend.x86.value):
+    act = activation_range(backend)
+    return _aoq().MinMaxObserver.with_args(dtype=act["dtype"], qscheme=act["qscheme"], reduce_range=act["reduce_range"])
+
+
+def weight_observer(backend: str = QuantBackend.x86.value):
+    """The engine's weight observer: x86/fbgemm per-channel symmetric int8, qnnpack per-tensor symmetric int8."""
+    return _aoq().get_default_qconfig(engine_of(backend).value).weight
+
+
+def static_qconfig(activation=None, backend: str = QuantBackend.x86.value):
+    """The engine's int8 weights; its quint8 activations observed by `activation` (default min/max)."""
+    return _aoq().QConfig(activation=activation or minmax_activation_observer(backend), weight=weight_observer(backend))
+
+
+def qat_qconfig(backend: str = QuantBackend.x86.value):
+    """Non-fused FakeQuantize (exports to ONNX QDQ) with the ranges of torch's QAT qconfig for the engine."""
     aoq = _aoq()
-    return aoq.PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
-                                                  quant_min=-128, quant_max=127)
-
-
-def static_qconfig(activation=None):
-    """Per-channel symmetric int8 weights; quint8 activations observed by `activation` (default min/max)."""
-    return _aoq().QConfig(activation=activation or minmax_activation_observer(), weight=weight_observer())
-
-
-def qat_qconfig():
-    """Non-fused FakeQuantize (exports to ONNX QDQ); same ranges as the static qconfig."""
-    aoq = _aoq()
-    act = aoq.FakeQuantize.with_args(observer=aoq.MovingAverageMinMaxObserver, quant_min=0, quant_max=127,
-                                     dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=False)
-    weight = aoq.FakeQuantize.with_args(observer=aoq.MovingAveragePerChannelMinMaxObserver, quant_min=-128,
-                                        quant_max=127, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
-    return aoq.QConfig(activation=act, weight=weight)
+    torch_qat = aoq.get_default_qat_qconfig(engine_of(backend).value)
+    act, weight = _instance(torch_qat.activation), _instance(torch_qat.weight)
+    act_fq = aoq.FakeQuantize.with_args(observer=aoq.MovingAverageMinMaxObserver, quant_min=int(act.quant_min),
+                                        quant_max=int(act.quant_max), dtype=act.dtype, qscheme=act.qscheme,
+                                        reduce_range=False)
+    per_channel = weight.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine)
+    observer = aoq.MovingAveragePerChannelMinMaxObserver if per_channel else aoq.MovingAverageMinMaxObserver
+    weight_fq = aoq.FakeQuantize.with_args(observer=observer, quant_min=int(weight.quant_min),
+                                           quant_max=int(weight.quant_max), dtype=weight.dtype,
+                                           qscheme=weight.qscheme)
+    return aoq.QConfig(activation=act_fq, weight=weight_fq)
 
 
 # ---- building int8 models ---------------------------------------------------------------------
-
-def set_backend(backend: str) -> None:
-    if backend not in torch.backends.quantized.supported_engines:
-        raise UnsupportedError(f"quantized backend '{backend}' is not available in this torch build",
-                               f"use one of {torch.backends.quantized.supported_engines}")
-    torch.backends.quantized.engine = backend
 
 
 def _mark_islands(wrapped: QuantResNet, keep_float: list[str], only_int8: list[str] | None) -> None:
@@ -221,10 +359,10 @@ class _FloatAddReLU(nn.Module):
         return torch.relu(a + b)
 
 
-def prepare_static(model: ResNet18, qconfig, keep_float: list[str] = (), only_int8: list[str] | None = None
-                   ) -> QuantResNet:
+def prepare_static(model: ResNet18, qconfig, keep_float: list[str] = (), only_int8: list[str] | None = None,
+                   backend: str = QuantBackend.x86.value) -> QuantResNet:
     aoq = _aoq()
-    wrapped = quantizable(model)
+    wrapped = quantizable(model, backend=backend)
     wrapped.qconfig = qconfig
     _mark_islands(wrapped, list(keep_float), only_int8)
     if only_int8 is not None:
@@ -286,6 +424,13 @@ def is_quantized_artifact(path: str | Path) -> bool:
     return isinstance(payload, dict) and payload.get("format") == QUANTIZED_FORMAT
 
 
+def artifact_recipe(path: str | Path) -> dict[str, Any] | None:
+    """The quantization recipe of an edgekit int8 artifact (mode, backend, ...), None for any other file."""
+    if not is_quantized_artifact(path):
+        return None
+    return dict(torch.load(path, map_location="cpu", weights_only=True)["recipe"])
+
+
 def torch_artifact_spec(path: str | Path) -> tuple[ModelSpec, dict[str, Any], bool]:
     """(architecture, extra, is_int8) of an edgekit torch file, a float checkpoint or an int8
     artifact alike, without rebuilding an int8 model: for `edgekit info` and `export --source`."""
@@ -297,7 +442,10 @@ def torch_artifact_spec(path: str | Path) -> tuple[ModelSpec, dict[str, Any], bo
 
 
 def load_quantized(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild an int8 model by replaying its recipe on a fresh model, then loading its tensors."""
+    """Rebuild an int8 model by replaying its recipe on a fresh model, then loading its tensors.
+
+    Leaves torch's quantized engine set to the file's (artifact_engine); a runner that shares the
+    process with other engines' files runs under `quantized_engine(...)` per call."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"quantized model not found: {path}", "make one with `edgekit quantize`")
@@ -309,15 +457,17 @@ def load_quantized(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise CheckpointError(f"{path} is not an edgekit quantized model", "pass a file written by `edgekit quantize`")
     recipe = payload["recipe"]
     spec = ModelSpec.from_dict(payload["spec"])
-    set_backend(recipe.get("backend", "x86"))
+    # The engine current while the state loads is the one conv weights get packed for: the file's own.
+    engine = artifact_engine(recipe).value
+    set_backend(engine)
     float_model = build_model(spec).eval()
     if recipe["mode"] == QuantMode.dynamic.value:
         model = dynamic_quantize(float_model)
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # uncalibrated observers warn; their values are overwritten below
-            prepared = prepare_static(float_model, static_qconfig(),
-                                      recipe.get("keep_float", []))
+            prepared = prepare_static(float_model, static_qconfig(backend=engine),
+                                      recipe.get("keep_float", []), backend=engine)
             model = convert(prepared)
     state = OrderedDict(payload["state_dict"])
     state._metadata = OrderedDict(payload.get("state_metadata", {}))  # type: ignore[attr-defined]
@@ -332,15 +482,17 @@ def int8_as_fake_quant(qmodel: nn.Module, spec: ModelSpec, recipe: dict[str, Any
     """A float fake-quant twin of a converted int8 model: its int8 weights and scales, nothing re-measured.
 
     Built from the converted model alone (so from any int8 artifact on disk, PTQ or QAT): the
-    same fused graph is prepared with non-fused FakeQuantize modules, then every weight fake-quant
-    takes the module's int8 weight (dequantized: exactly on the int8 grid) with its per-channel
-    scales, and every activation fake-quant takes the module's output scale and zero point.
+    same fused graph is prepared with the engine's non-fused FakeQuantize modules, then every weight
+    fake-quant takes the module's int8 weight (dequantized: exactly on the int8 grid) with its scales
+    (per channel for x86/fbgemm, per tensor for qnnpack), and every activation fake-quant takes the
+    module's output scale and zero point.
     Exported through the TorchScript ONNX exporter, that is a QDQ graph of the very numbers the
     torch int8 model computes with.
     """
     aoq = _aoq()
-    wrapped = quantizable(build_model(spec).eval())
-    wrapped.qconfig = qat_qconfig()
+    engine = artifact_engine(recipe).value
+    wrapped = quantizable(build_model(spec).eval(), backend=engine)
+    wrapped.qconfig = qat_qconfig(engine)
     _mark_islands(wrapped, list(recipe.get("keep_float", [])), None)
     wrapped.train()
     aoq.prepare_qat(wrapped, inplace=True)
@@ -360,8 +512,12 @@ def int8_as_fake_quant(qmodel: nn.Module, spec: ModelSpec, recipe: dict[str, Any
                 float_owner.weight.copy_(weight.dequantize())
                 if owner.bias() is not None:
                     float_owner.bias = nn.Parameter(owner.bias().detach().clone())
-                scale, zero = weight.q_per_channel_scales().float(), weight.q_per_channel_zero_points()
-                fake.ch_axis = int(weight.q_per_channel_axis())
+                if weight.qscheme() in (torch.per_channel_symmetric, torch.per_channel_affine):
+                    scale, zero = weight.q_per_channel_scales().float(), weight.q_per_channel_zero_points()
+                    fake.ch_axis = int(weight.q_per_channel_axis())
+                else:  # qnnpack: one scale per tensor
+                    scale = torch.tensor([float(weight.q_scale())])
+                    zero = torch.tensor([int(weight.q_zero_point())], dtype=torch.int32)
             else:
                 scale = torch.tensor([float(owner.scale)])
                 zero = torch.tensor([int(owner.zero_point)], dtype=torch.int32)

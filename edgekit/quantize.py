@@ -28,13 +28,15 @@ from torch import nn
 
 from .artifacts import Manifest, parent_ref, write_manifest
 from .calibrate import CalibrationSet, load_calibration
-from .config import CalibMethod, DataConfig, ExportOptions, QuantizeConfig, QuantMode, TrainConfig, finetune_config
+from .config import (CalibMethod, DataConfig, ExportOptions, QuantBackend, QuantizeConfig, QuantMode, TrainConfig,
+                     check_choice, finetune_config)
 from .data import DataSplits, load_data_for_checkpoint
 from .errors import ConfigError
 from .model import ResNet18, count_macs, load_checkpoint
 from .prune import accuracy, measure_latency
-from .qmodel import (Island, QuantResNet, _aoq, _mark_islands, convert, dynamic_quantize, int8_census, layer_names,
-                     prepare_static, qat_qconfig, quantizable, save_quantized, set_backend)
+from .qmodel import (Island, QuantResNet, _aoq, _mark_islands, activation_range, convert, describe_engine,
+                     dynamic_quantize, engine_latency_note, engine_of, int8_census, layer_names, prepare_static, qat_qconfig, quantizable,
+                     save_quantized, set_backend)
 from .qmodel import static_qconfig as _qconfig_with
 from .report import Reporter, quiet
 
@@ -112,13 +114,21 @@ class RangeSearchObserver(torch.ao.quantization.HistogramObserver):
 
 
 def activation_observer(method: CalibMethod, config: QuantizeConfig):
-    common = dict(dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=True)
+    """`method`'s observer with the engine's own activation dtype and range (x86 0..127, qnnpack 0..255)."""
+    act = activation_range(backend_of(config))
+    common = dict(dtype=act["dtype"], qscheme=act["qscheme"], reduce_range=act["reduce_range"])
     if method is CalibMethod.minmax:
         return _aoq().MinMaxObserver.with_args(**common)
     return RangeSearchObserver.with_args(method=method.value, percentile=config.percentile, **common)
 
 def static_qconfig(method: CalibMethod, config: QuantizeConfig):
-    return _qconfig_with(activation_observer(method, config))
+    return _qconfig_with(activation_observer(method, config), backend_of(config))
+
+
+def backend_of(config: QuantizeConfig) -> str:
+    """The config's engine by name, refused with the choices if unknown or missing from this torch."""
+    check_choice("backend", config.backend, QuantBackend)
+    return engine_of(config.backend).value
 
 
 # ---- building int8 models ---------------------------------------------------------------------
@@ -132,20 +142,20 @@ def calibrate(prepared: nn.Module, cal: CalibrationSet, batch_size: int = 128) -
 
 def static_quantize(model: ResNet18, cal: CalibrationSet, method: CalibMethod, config: QuantizeConfig,
                     keep_float: list[str] = (), only_int8: list[str] | None = None) -> nn.Module:
-    set_backend(config.backend)
-    prepared = prepare_static(model, static_qconfig(method, config), keep_float, only_int8)
+    set_backend(backend_of(config))
+    prepared = prepare_static(model, static_qconfig(method, config), keep_float, only_int8, backend_of(config))
     calibrate(prepared, cal)
     return convert(prepared)
 
 # ---- QAT --------------------------------------------------------------------------------------
 
 
-def prepare_qat_from_ptq(model: ResNet18, ptq_prepared: QuantResNet | None, keep_float: list[str] = ()
-                         ) -> QuantResNet:
+def prepare_qat_from_ptq(model: ResNet18, ptq_prepared: QuantResNet | None, keep_float: list[str] = (),
+                         backend: str = QuantBackend.x86.value) -> QuantResNet:
     """Fake-quant model for QAT whose activation ranges start at the calibrated PTQ ranges."""
     aoq = _aoq()
-    wrapped = quantizable(model, qat=True)
-    wrapped.qconfig = qat_qconfig()
+    wrapped = quantizable(model, qat=True, backend=backend)
+    wrapped.qconfig = qat_qconfig(backend)
     _mark_islands(wrapped, list(keep_float), None)
     aoq.prepare_qat(wrapped, inplace=True)
     if ptq_prepared is not None:
@@ -245,16 +255,18 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
                           "pass --calibration calibration/<data>-512.json (make one with `edgekit calibrate`)")
     if mode is QuantMode.dynamic and (config.keep_float or config.sensitivity):
         raise ConfigError("--sensitivity/--keep-float apply to static and qat modes", "drop them or use --mode static")
+    backend = backend_of(config)
     checkpoint = load_checkpoint(source)
     model = checkpoint.build()
     data = data if data is not None else load_data_for_checkpoint(checkpoint, data_config, reporter)
-    set_backend(config.backend)
+    set_backend(backend)
     torch.manual_seed(config.seed)
     fp32 = _accuracies(model, data)
     fp32_latency = measure_latency(model, config.threads, config.latency_runs)
     metrics: dict[str, Any] = {"fp32_" + k: v for k, v in fp32.items()}
     metrics["fp32_latency_ms"] = fp32_latency["p50_ms"]
-    recipe: dict[str, Any] = {"mode": mode.value, "backend": config.backend, "keep_float": []}
+    engine = describe_engine(backend)
+    recipe: dict[str, Any] = {"mode": mode.value, "backend": backend, "keep_float": []}
     extra: dict[str, Any] = {"parent": parent_ref(source), "data_config": checkpoint.extra.get("data_config"),
                              "data": data.describe()}
     cal = None
@@ -282,7 +294,7 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
         tried = []
         best = None
         for candidate in candidates:
-            prepared = prepare_static(model, static_qconfig(candidate, config), recipe["keep_float"])
+            prepared = prepare_static(model, static_qconfig(candidate, config), recipe["keep_float"], backend=backend)
             calibrate(prepared, cal)
             qmodel_c = convert(prepared)
             val = accuracy(qmodel_c, data)
@@ -291,16 +303,20 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
             if best is None or val > best[0]:
                 best = (val, candidate, prepared, qmodel_c)
         _, chosen, ptq_prepared, qmodel = best
-        recipe.update({"method": chosen.value, "methods_tried": tried,
-                       "weight": "qint8 per-channel symmetric [-128, 127], min/max",
-                       "activation": f"quint8 per-tensor affine, reduce_range (0..127), {chosen.value}",
-                       "fused": "conv+BN+ReLU, residual add+ReLU (FloatFunctional.add_relu)",
+        weight, act = engine["weight"], engine["activation"]
+        weights = f"{weight['dtype']} {weight['qscheme'].replace('_', '-')} [{weight['quant_min']}, {weight['quant_max']}]"
+        recipe.update({"method": chosen.value, "methods_tried": tried, "engine": engine,
+                       "weight": f"{weights}, min/max",
+                       "activation": f"{act['dtype']} per-tensor affine, "
+                                     f"{'reduce_range ' if act['reduce_range'] else ''}"
+                                     f"({act['quant_min']}..{act['quant_max']}, {act['bits']}-bit), {chosen.value}",
+                       "fused": ", ".join(engine["fusions"]),
                        "float_layers": ["normalize (x*scale+shift on the input)"] + recipe["keep_float"]})
         metrics["ptq_val_accuracy"], metrics["ptq_test_accuracy"] = best[0], accuracy(qmodel, data, "test")
         if mode is QuantMode.qat:
             from .train import train_model
 
-            qat = prepare_qat_from_ptq(model, ptq_prepared, recipe["keep_float"])
+            qat = prepare_qat_from_ptq(model, ptq_prepared, recipe["keep_float"], backend)
             epochs_a = max(1, min(config.qat_freeze_epoch, config.qat_epochs))
             epochs_b = config.qat_epochs - epochs_a
             def train_config(epochs: int) -> TrainConfig:
@@ -320,17 +336,22 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
             fold_float_islands(qmodel)
             recipe.update({"qat_epochs": config.qat_epochs, "qat_lr": config.qat_lr,
                            "qat_freeze_epoch": epochs_a,
-                           "qat_fake_quant": "non-fused FakeQuantize, weights per-channel symmetric qint8, "
-                                             "activations quint8 0..127, started from the PTQ ranges"})
+                           "qat_fake_quant": f"non-fused FakeQuantize, weights {weights}, "
+                                             f"activations {act['dtype']} {act['quant_min']}..{act['quant_max']}, "
+                                             "started from the PTQ ranges"})
             note = "QAT: fake-quant accuracy and converted int8 accuracy side by side in metrics"
         else:
-            note = "static PTQ: per-channel int8 weights, activations calibrated on the calibration set"
+            note = (f"static PTQ ({backend}): {'per-channel' if engine['weight']['per_channel'] else 'per-tensor'} "
+                    f"int8 weights, {engine['activation']['bits']}-bit activations calibrated on the calibration set")
     int8 = _accuracies(qmodel, data)
     metrics.update(int8)
     metrics["accuracy_drop_val_pt"] = 100 * (fp32["val_accuracy"] - int8["val_accuracy"])
     metrics["accuracy_drop_test_pt"] = 100 * (fp32["test_accuracy"] - int8["test_accuracy"])
     metrics["latency"] = measure_latency(qmodel, config.threads, config.latency_runs)
     metrics["latency_ms"] = metrics["latency"]["p50_ms"]
+    latency_note = engine_latency_note(backend)  # qnnpack timed on x86 is not ARM's latency
+    if latency_note:
+        metrics["latency_note"] = latency_note
     census = int8_census(qmodel)
     metrics["census"] = census
     metrics["macs"] = count_macs(model)
@@ -345,7 +366,7 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
                                         "sensitivity": sensitivity}))
     if mode is not QuantMode.dynamic and config.export_onnx:
         onnx_path = _export_side_qdq(out, config, data, reporter)
-    rows = [["mode", mode.value], ["method", recipe.get("method", "-")],
+    rows = [["mode", mode.value], ["engine", backend], ["method", recipe.get("method", "-")],
             ["fp32 val / test", f"{fp32['val_accuracy']:.2%} / {fp32['test_accuracy']:.2%}"]]
     if "ptq_val_accuracy" in metrics:
         rows.append(["PTQ int8 val / test", f"{metrics['ptq_val_accuracy']:.2%} / {metrics['ptq_test_accuracy']:.2%}"])
@@ -355,7 +376,7 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
     rows += [["int8 val / test", f"{int8['val_accuracy']:.2%} / {int8['test_accuracy']:.2%}"],
              ["qint8 tensors", census["qint8_tensors"]],
              ["file (bytes)", f"{source.stat().st_size:,} -> {metrics['file_bytes']:,}"],
-             [f"CPU latency p50 batch 1, {config.threads} thread(s) (ms)",
+             [f"CPU latency p50 batch 1, {config.threads} thread(s) (ms)" + (f" [{latency_note}]" if latency_note else ""),
               f"{fp32_latency['p50_ms']:.3f} -> {metrics['latency_ms']:.3f}"]]
     reporter.table(f"quantize: {out.name}", ["", "value"], rows)
     reporter.info(f"quantize: {note}")

@@ -203,6 +203,7 @@ def bench_one(path: Path, fmt: Format, runtime: Runtime, ctx: MeasureContext, ba
         data, images, labels = ctx.test_set(data_config)
         runner = runtime.load(path, config.threads)
         row["runner"] = getattr(runner, "name", runtime.name)
+        row["notes"] += list(getattr(runner, "notes", []))  # e.g. an engine whose kernels are not this CPU's
         logits, used_batch = predict_all(runner, images, config.eval_batch)
         if used_batch == 1 and config.eval_batch > 1:
             row["notes"].append("the file takes one image per call (static batch 1)")

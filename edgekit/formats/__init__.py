@@ -16,6 +16,7 @@ would do without edgekit) and its availability check. Format modules are importe
     read_metadata(path: Path) -> DeployMetadata | None   # read it back from the file alone
     make_baseline(baseline: StockBaseline, start: Path, out: Path, calibration) -> Path   # if it has baselines
     int8_slowdown_reasons(row: dict) -> list[str]   # optional: why an int8 file of it can run slower
+    manifest_extra(path: Path, source: Path) -> dict   # optional: facts about an export for its manifest
 
 A runtime module offers load_runner and unavailable_reason. A Runner takes float32 pixels in
 [0, 1], NCHW [N, 3, 32, 32], and returns float32 logits [N, C], whatever the file holds inside;

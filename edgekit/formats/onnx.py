@@ -137,8 +137,34 @@ class _FrozenFakeQuant:
     0..255: values beyond the calibrated range clip exactly where torch clips them (that matters
     for percentile/KL/MSE ranges, which clip on purpose), and inside it the grid is twice as fine.
     An explicit Clip between Relu and QuantizeLinear would keep torch's grid but stops ONNX
-    Runtime from fusing QLinearConv (all 21 ran float in a check).
+    Runtime from fusing QLinearConv (all 21 ran float in a check). qnnpack's activations are
+    already 0..255 and its weights per tensor: they are written as they are, the ONNX grid is the
+    torch model's own (`qdq_grid` records which case a file is).
     """
+
+
+def qdq_grid(source: Path) -> dict[str, Any] | None:
+    """How the QDQ graph of an int8 artifact relates to its torch int8 grid (None: not a static int8 artifact)."""
+    from ..config import QuantMode
+    from ..qmodel import artifact_engine, artifact_recipe, describe_engine
+
+    recipe = artifact_recipe(source)
+    if recipe is None or recipe.get("mode") == QuantMode.dynamic.value:
+        return None
+    engine = describe_engine(artifact_engine(recipe).value)
+    act, weight = engine["activation"], engine["weight"]
+    reduced = act["quant_max"] - act["quant_min"] < 255
+    return {"engine": engine["engine"], "torch_activation_range": [act["quant_min"], act["quant_max"]],
+            "reduce_range": act["reduce_range"], "weights_per_channel": weight["per_channel"],
+            "onnx_activation_range": [0, 255] if act["quant_min"] >= 0 else [-128, 127],
+            "activation_grid": (f"torch's {act['bits']}-bit range written over ONNX's 8 bits at the same real range: "
+                                "the ONNX grid is twice as fine as the torch int8 model's") if reduced else
+                               "the torch int8 model's own 8-bit grid, written as it is"}
+
+
+def manifest_extra(path: Path, source: Path) -> dict[str, Any]:
+    grid = qdq_grid(source)
+    return {"qdq_from_int8_artifact": grid} if grid else {}
 
 
 def exportable_fake_quant(module):

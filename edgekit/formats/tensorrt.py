@@ -119,7 +119,7 @@ def device_record() -> dict[str, Any]:
             "compute_capability": f"{props.major}.{props.minor}"}
 
 
-def manifest_extra(path: Path) -> dict[str, Any]:
+def manifest_extra(path: Path, source: Path) -> dict[str, Any]:
     return {"engine": device_record()}
 
 
@@ -176,9 +176,22 @@ def prepare_onnx(model, out: Path, precision: str, options, calibration=None) ->
 
 def prepare_int8_artifact_onnx(source: Path, out: Path, options) -> Path:
     """The ONNX for an int8 artifact (static PTQ or QAT): its own int8 weights and activation ranges
-    (made symmetric), Q/DQ placed for TensorRT; nothing is calibrated again."""
+    (made symmetric), Q/DQ placed for TensorRT; nothing is calibrated again. Per-channel weights
+    only (what the placement checks and TensorRT's int8 convs are tuned for): an artifact made for
+    an ARM CPU engine with per-tensor weights (qnnpack) is refused, naming what to build from."""
+    from ..qmodel import artifact_engine, artifact_recipe, describe_engine
     from .onnx import export_qdq_onnx
     from . import tensorrt_qdq
+
+    from ..config import QuantMode
+
+    recipe = artifact_recipe(source) or {}
+    engine = describe_engine(artifact_engine(recipe).value)
+    if recipe.get("mode") != QuantMode.dynamic.value and not engine["weight"]["per_channel"]:
+        raise UnsupportedError(f"{Path(source).name} is an int8 model for the {engine['engine']} engine "
+                               f"({engine['kernels_for']} CPUs, per-tensor weights); edgekit's TensorRT int8 path "
+                               "takes per-channel weights", "build the engine from its float parent (named in its "
+                               "manifest), or from `edgekit quantize --backend x86`")
 
     with tempfile.TemporaryDirectory(prefix="edgekit-trt-onnx-") as scratch:
         qdq = export_qdq_onnx(source, Path(scratch) / "artifact.qdq.onnx", options.opset, options.batch,

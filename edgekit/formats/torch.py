@@ -1,5 +1,12 @@
 """PyTorch eager: the source format. Runs edgekit checkpoints (fp32, pruned) and the int8
-models written by `edgekit quantize` (rebuilt by edgekit.qmodel from tensors and a recipe)."""
+models written by `edgekit quantize` (rebuilt by edgekit.qmodel from tensors and a recipe).
+
+An int8 model runs under the quantized engine its file was made for (x86/fbgemm or qnnpack),
+read from the file's recipe, never from torch's global default: the runner selects it for every
+call and restores the previous one, so files of different engines can share one process (a
+bench). Its `engine` and `notes` say which engine ran, and when that engine's kernels are not
+this machine's (qnnpack on x86), that its latency here is not the target's.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ import numpy as np
 import torch
 
 from ..model import load_checkpoint
-from ..qmodel import is_quantized_artifact, load_quantized
+from ..qmodel import artifact_engine, engine_latency_note, is_quantized_artifact, load_quantized, quantized_engine
 
 
 def unavailable_reason() -> str | None:
@@ -17,20 +24,27 @@ def unavailable_reason() -> str | None:
 
 
 class TorchRunner:
-    def __init__(self, model: torch.nn.Module, threads: int | None = None, name: str = "torch-eager") -> None:
+    def __init__(self, model: torch.nn.Module, threads: int | None = None, name: str = "torch-eager",
+                 engine: str | None = None) -> None:
         self.name = name
         if threads:
             torch.set_num_threads(threads)
         self.model = model.eval()
+        self.engine = engine  # the quantized engine of an int8 model; None for a float one
+        note = engine_latency_note(engine) if engine else None
+        self.notes = [note] if note else []
 
     @torch.inference_mode()
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).float().numpy()
+        with quantized_engine(self.engine):
+            return self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).float().numpy()
 
 
 def load_runner(path: Path, threads: int | None = None) -> TorchRunner:
     if is_quantized_artifact(path):
-        return TorchRunner(load_quantized(path)[0], threads, name="torch-int8")
+        model, payload = load_quantized(path)  # loads (packs its weights) under the file's own engine
+        engine = artifact_engine(payload["recipe"]).value
+        return TorchRunner(model, threads, name=f"torch-int8 ({engine})", engine=engine)
     return TorchRunner(load_checkpoint(path).build(), threads)
 
 
