@@ -66,6 +66,11 @@ def setup(device_type: str) -> World:
     return current()
 
 
+def setup_for_default_device() -> World:
+    """`setup` for the device a fine-tune picks by default (--device auto): CUDA when there is a GPU."""
+    return setup("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def shutdown() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

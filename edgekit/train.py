@@ -13,6 +13,10 @@ Choices, and why:
   seeded CPU generator: reproducible and resumable on any device.
 - bf16 autocast on CUDA (fp16 + GradScaler where bf16 is not supported), opt-in on CPUs with native bf16;
   channels_last.
+- Data-parallel under torchrun (edgekit.distributed): every rank augments the same global batch
+  and trains on its slice, so N processes follow the one-process run; `--accumulate K` sums K
+  micro-batches per optimizer step. Both keep `--batch-size` the batch of one step, so the
+  schedule, counted in optimizer steps, does not change. EMA and SWA: edgekit.averaging.
 - Optional knowledge distillation from a teacher (Hinton et al.: temperature-softened KL, scaled
   by T^2 so its gradients stay comparable to the label loss): prune fine-tunes use the unpruned
   model, which recovers more accuracy per epoch than labels alone.
@@ -40,6 +44,7 @@ from .errors import CheckpointError, ConfigError, DataError, DependencyError, Ou
 from .model import ResNet18, save_checkpoint
 from .report import Reporter, quiet
 from .train_state import check_resume_config, load_train_state, run_config_of, save_train_state
+
 
 @dataclass
 class TrainResult:
