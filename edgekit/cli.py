@@ -454,9 +454,11 @@ def quantize(
                             export_onnx=onnx, threads=threads, seed=seed,
                             tensorboard=str(tensorboard) if tensorboard else None)
     from .artifacts import guard_output
+    from .distributed import from_env
 
     config.validate()
-    guard_output(out, "quantized", sources=(checkpoint,), force=force)
+    if from_env().is_main:  # under torchrun rank 0 alone writes, and its write probe is a write
+        guard_output(out, "quantized", sources=(checkpoint,), force=force)
     quantize_checkpoint(checkpoint, config, out, _reporter())
 
 
