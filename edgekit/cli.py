@@ -93,11 +93,11 @@ def train(
     cutout: int = typer.Option(TrainConfig.cutout, help="Cutout square side in pixels (0 = off)"),
     averaging: Averaging = typer.Option(Averaging.none, help="ema: evaluate and keep an EMA of the weights; swa: keep "
                                         "the mean of per-epoch snapshots after --swa-start"),
-    swa_start: Optional[int] = typer.Option(None, help="SWA: plain epochs before the first snapshot (default: 75 %)"),
-    swa_lr: Optional[float] = typer.Option(None, help="SWA: learning rate held while snapshots are taken (default: lr / 10)"),
-    accumulate: int = typer.Option(1, help="gradient accumulation: micro-batches per optimizer step (--batch-size stays "
+    swa_start: Optional[int] = typer.Option(TrainConfig.swa_start, help="SWA: plain epochs before the first snapshot (default: 75 %)"),
+    swa_lr: Optional[float] = typer.Option(TrainConfig.swa_lr, help="SWA: learning rate held while snapshots are taken (default: lr / 10)"),
+    accumulate: int = typer.Option(TrainConfig.accumulate, help="gradient accumulation: micro-batches per optimizer step (--batch-size stays "
                                    "the effective batch)"),
-    sync_bn: bool = typer.Option(False, "--sync-bn", help="under torchrun on GPUs: BatchNorm statistics over the "
+    sync_bn: bool = typer.Option(TrainConfig.sync_bn, "--sync-bn", help="under torchrun on GPUs: BatchNorm statistics over the "
                                  "global batch (SyncBatchNorm)"),
     grad_clip: Optional[float] = typer.Option(None, help="clip the gradient norm to this value"),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model"),
