@@ -139,6 +139,8 @@ def train(
 
     check_run_dir(out, resume, force)  # before the data is decoded: refusing takes a second, not minutes
     distributed.check_batch(batch_size, distributed.from_env().size, accumulate)
+    if sync_bn:
+        distributed.check_sync_bn(resolve_device(device))
     distributed.setup(resolve_device(device).type)
     with distributed.main_first():  # rank 0 writes the decoded-image cache, the others read it
         data = load_data(data_config, reporter)

@@ -156,13 +156,17 @@ def wrap(model: nn.Module, device: torch.device, world: World) -> nn.Module:
     return DistributedDataParallel(model, device_ids=device_ids)
 
 
+def check_sync_bn(device: torch.device) -> None:
+    if device.type != "cuda":
+        raise ConfigError("--sync-bn needs CUDA GPUs: torch's SyncBatchNorm does not run on the CPU",
+                          "drop --sync-bn (each process then normalizes over its own slice of the batch)")
+
+
 def to_sync_batchnorm(model: nn.Module, device: torch.device, world: World) -> nn.Module:
     """BatchNorm statistics over the global batch, in place (torch's SyncBatchNorm runs on GPUs only).
 
     One process has nothing to synchronize with: the model is left as it is."""
-    if device.type != "cuda":
-        raise ConfigError("--sync-bn needs CUDA GPUs: torch's SyncBatchNorm does not run on the CPU",
-                          "drop --sync-bn (each process then normalizes over its own slice of the batch)")
+    check_sync_bn(device)
     if not world.distributed:
         return model
     for name, child in model.named_children():
