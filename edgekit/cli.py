@@ -32,6 +32,10 @@ class _Group(TyperGroup):
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        finally:
+            from .distributed import shutdown
+
+            shutdown()  # leave torchrun's process group cleanly (a no-op in one process)
 
 
 def _fail(error: EdgekitError):
@@ -48,9 +52,11 @@ app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty
 
 
 def _reporter():
-    from .report import RichReporter
+    from .distributed import from_env
+    from .report import Reporter, RichReporter
 
-    return RichReporter()
+    # Under torchrun only rank 0 talks; the others' errors still reach stderr.
+    return RichReporter() if from_env().is_main else Reporter()
 
 
 class Split(str, Enum):
@@ -86,7 +92,14 @@ def train(
     decay_norm_and_bias: bool = typer.Option(TrainConfig.decay_norm_and_bias, "--decay-norm-and-bias/--no-decay-norm-and-bias",
                                              help="weight decay on BN parameters and biases too"),
     cutout: int = typer.Option(TrainConfig.cutout, help="Cutout square side in pixels (0 = off)"),
-    averaging: Averaging = typer.Option(TrainConfig.averaging, help="ema: evaluate and keep an EMA of the weights"),
+    averaging: Averaging = typer.Option(TrainConfig.averaging, help="ema: evaluate and keep an EMA of the weights; swa: keep "
+                                        "the mean of per-epoch snapshots after --swa-start"),
+    swa_start: Optional[int] = typer.Option(TrainConfig.swa_start, help="SWA: plain epochs before the first snapshot (default: 75 %)"),
+    swa_lr: Optional[float] = typer.Option(TrainConfig.swa_lr, help="SWA: learning rate held while snapshots are taken (default: lr / 10)"),
+    accumulate: int = typer.Option(TrainConfig.accumulate, help="gradient accumulation: micro-batches per optimizer step (--batch-size stays "
+                                   "the effective batch)"),
+    sync_bn: bool = typer.Option(TrainConfig.sync_bn, "--sync-bn", help="under torchrun on GPUs: BatchNorm statistics over the "
+                                 "global batch (SyncBatchNorm)"),
     grad_clip: Optional[float] = typer.Option(None, help="clip the gradient norm to this value"),
     compile: bool = typer.Option(TrainConfig.compile, "--compile", help="torch.compile the model"),
     amp: bool = typer.Option(TrainConfig.amp, "--amp/--no-amp", help="bf16 autocast on CUDA"),
@@ -104,16 +117,21 @@ def train(
     """Train ResNet18 (CUDA when there is a GPU, CPU otherwise); writes best.pt + manifest, metrics, plots.
 
     Example: edgekit train --source folder --data-dir data/cifar10-jpg --epochs 40
+
+    Several GPUs or machines: torchrun --nproc-per-node=4 -m edgekit.cli train ... (see README);
+    --batch-size is then the global batch.
     """
+    from . import distributed
     from .data import load_data
     from .model import ModelSpec, build_model
-    from .train import train_model
+    from .train import resolve_device, train_model
 
     reporter = _reporter()
     data_config = _data_config(source, data_dir, val_size, train_per_class, seed)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, width=width, optimizer=optimizer,
                          schedule=schedule, label_smoothing=label_smoothing, cutout=cutout,
-                         decay_norm_and_bias=decay_norm_and_bias, averaging=averaging,
+                         decay_norm_and_bias=decay_norm_and_bias, averaging=averaging, swa_start=swa_start,
+                         swa_lr=swa_lr, accumulate=accumulate, sync_bn=sync_bn,
                          grad_clip=grad_clip, compile=compile, amp=amp, cpu_bf16=cpu_bf16, device=device, seed=seed,
                          threads=threads, tensorboard=str(tensorboard) if tensorboard else None)
     config.validate()
@@ -121,7 +139,12 @@ def train(
     from .train import check_run_dir
 
     check_run_dir(out, resume, force)  # before the data is decoded: refusing takes a second, not minutes
-    data = load_data(data_config, reporter)
+    distributed.check_batch(batch_size, distributed.from_env().size, accumulate)
+    if sync_bn:
+        distributed.check_sync_bn(resolve_device(device))
+    distributed.setup(resolve_device(device).type)
+    with distributed.main_first():  # rank 0 writes the decoded-image cache, the others read it
+        data = load_data(data_config, reporter)
     model = build_model(ModelSpec.from_width(width, data.num_classes), seed=seed)
     try:
         train_model(model, data, config, out, reporter, resume=resume, data_config=data_config, force=force)
@@ -441,9 +464,11 @@ def quantize(
                             backend=backend, export_onnx=onnx, threads=threads, seed=seed,
                             tensorboard=str(tensorboard) if tensorboard else None)
     from .artifacts import guard_output
+    from .distributed import from_env
 
     config.validate()
-    guard_output(out, "quantized", sources=(checkpoint,), force=force)
+    if from_env().is_main:  # under torchrun rank 0 alone writes, and its write probe is a write
+        guard_output(out, "quantized", sources=(checkpoint,), force=force)
     quantize_checkpoint(checkpoint, config, out, _reporter())
 
 

@@ -35,6 +35,7 @@ class Schedule(str, Enum):
 class Averaging(str, Enum):
     none = "none"
     ema = "ema"
+    swa = "swa"  # stochastic weight averaging: the mean of per-epoch snapshots after --swa-start
 
 
 class Device(str, Enum):
@@ -98,7 +99,8 @@ class TrainConfig:
     """
 
     epochs: int = 80
-    batch_size: int = 512
+    batch_size: int = 512  # the global batch: one optimizer step, over all processes and accumulated micro-batches
+    accumulate: int = 1  # gradient accumulation: each step sums this many micro-batches of batch_size / accumulate
     optimizer: Optimizer = Optimizer.sgd
     lr: float = 0.2  # peak learning rate, for batch 512
     momentum: float = 0.9
@@ -112,6 +114,9 @@ class TrainConfig:
     cutout: int = 12  # side of the Cutout square in pixels (always fully inside the image); 0 = off
     averaging: Averaging = Averaging.none
     ema_decay: float = 0.999
+    swa_start: int | None = None  # SWA: plain epochs before the first snapshot; None = 75 % of the run
+    swa_lr: float | None = None  # SWA: the learning rate held while snapshots are taken; None = lr / 10
+    sync_bn: bool = False  # multi-process runs: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only)
     grad_clip: float | None = None
     # Knowledge distillation (used when train_model gets a teacher, e.g. the unpruned model in a
     # prune fine-tune): loss = (1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T).
@@ -140,6 +145,17 @@ class TrainConfig:
         check_range("warmup_start", self.warmup_start, 0, 1)
         check_range("cutout", self.cutout, 0, 32, hint="the side of the Cutout square in pixels; 0 turns it off")
         check_range("ema_decay", self.ema_decay, 0, 1, low_open=True, high_open=True)
+        check_range("accumulate", self.accumulate, 1, hint="e.g. --accumulate 2: two micro-batches per optimizer step")
+        check_range("swa_start", self.swa_start, 0, self.epochs - 1, optional=True,
+                    hint=f"the plain epochs before SWA's first snapshot, 0 to {self.epochs - 1} for {self.epochs} epochs")
+        check_range("swa_lr", self.swa_lr, 0, 10, low_open=True, optional=True)
+        if isinstance(self.accumulate, int) and self.accumulate >= 1 and isinstance(self.batch_size, int) \
+                and self.batch_size % self.accumulate:
+            from .errors import ConfigError
+
+            raise ConfigError(f"--batch-size {self.batch_size} is not a multiple of --accumulate {self.accumulate}",
+                              "--batch-size is the effective batch of one optimizer step: pass a multiple of "
+                              f"{self.accumulate}, e.g. --batch-size {self.batch_size - self.batch_size % self.accumulate + self.accumulate}")
         check_range("grad_clip", self.grad_clip, 0, low_open=True, optional=True)
         check_range("distill", self.distill_alpha, 0, 1,
                     hint="e.g. --distill 0.5 (half the loss from the teacher) or --distill 0 (labels only)")
@@ -152,16 +168,27 @@ class TrainConfig:
                     hint="pass --threads N with N >= 1, or leave it out to use torch's default")
         return self
 
+    def swa_start_epoch(self) -> int:
+        return int(0.75 * self.epochs) if self.swa_start is None else self.swa_start
+
+    def swa_lr_value(self) -> float:
+        return self.lr / 10 if self.swa_lr is None else self.swa_lr
+
     def warmup_steps(self, steps_per_epoch: int) -> int:
         epochs = 0.2 * self.epochs if self.warmup_epochs is None else self.warmup_epochs
         return int(epochs * steps_per_epoch)
 
     def config_hash(self, data: DataConfig) -> str:
-        # Where TensorBoard logs go changes no weight: left out, so hashes of older runs still match.
-        train = {k: v for k, v in asdict(self).items() if k != "tensorboard"}
+        # Where TensorBoard logs go changes no weight: left out, so hashes of older runs still match;
+        # so are options added later while they keep their defaults.
+        train = {k: v for k, v in asdict(self).items()
+                 if k != "tensorboard" and not (k in HASHED_UNLESS_DEFAULT and v == HASHED_UNLESS_DEFAULT[k])}
         payload = json.dumps({"train": train, "data": asdict(data)}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
+
+# Options added after training states recorded their hash: at these defaults they leave the hash as it was.
+HASHED_UNLESS_DEFAULT = {"accumulate": 1, "swa_start": None, "swa_lr": None, "sync_bn": False}
 
 # Settings that change how fast a run goes or where it reads from, never the weights it reaches:
 # a resumed run may differ from the interrupted one in these.

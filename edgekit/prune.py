@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed
 from .artifacts import Manifest, guard_output, parent_ref, publish, remove_path, staging_path, to_plain
 from .config import DataConfig, Importance, PruneConfig, finetune_config
 from .data import DataSplits, batches, load_data_for_checkpoint, to_unit_float
@@ -325,12 +326,18 @@ def weight_sparsity(model: nn.Module) -> float:
 def prune_checkpoint(source: Path, config: PruneConfig, out: Path, reporter: Reporter = quiet,
                      data_config: DataConfig | None = None, data: DataSplits | None = None,
                      force: bool = False) -> PruneResult:
-    """Prune an edgekit checkpoint, fine-tune, rebuild from plain channel counts, save + manifest."""
+    """Prune an edgekit checkpoint, fine-tune, rebuild from plain channel counts, save + manifest.
+
+    Under torchrun every rank prunes alike and the fine-tunes run data-parallel (train_model); rank 0
+    alone then measures latency and writes, the others return what they share."""
     validate_config(config)
     source, out = Path(source), Path(out)
-    guard_output(out, "pruned", sources=(source,), force=force)
+    world = distributed.setup_for_default_device()
+    if world.is_main:  # its write probe is a write
+        guard_output(out, "pruned", sources=(source,), force=force)
     checkpoint = load_checkpoint(source)
-    data = data if data is not None else load_data_for_checkpoint(checkpoint, data_config, reporter)
+    with distributed.main_first():  # rank 0 may write the decoded-image cache
+        data = data if data is not None else load_data_for_checkpoint(checkpoint, data_config, reporter)
     model = checkpoint.build()
     before = model_stats(model, source)
     original = copy.deepcopy(model)
@@ -349,6 +356,8 @@ def prune_checkpoint(source: Path, config: PruneConfig, out: Path, reporter: Rep
         fresh, diff = rebuild(model, checkpoint.spec)
         spec = fresh.spec
     after = model_stats(fresh)
+    if not world.is_main:
+        return PruneResult(checkpoint=out, before=before, after=after, history=history, spec=spec, max_rebuild_diff=diff)
     latency = compare_latency({"before": original, "after": fresh}, config.threads, config.latency_runs)
     before["latency"], after["latency"] = latency["before"], latency["after"]
     after["val_accuracy"] = accuracy(fresh, data)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .artifacts import Manifest, parent_ref, write_manifest
 from .calibrate import CalibrationSet, load_calibration
 from .config import (CalibMethod, DataConfig, ExportOptions, QuantBackend, QuantizeConfig, QuantMode, TrainConfig,
@@ -258,11 +259,17 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
     backend = backend_of(config)
     checkpoint = load_checkpoint(source)
     model = checkpoint.build()
-    data = data if data is not None else load_data_for_checkpoint(checkpoint, data_config, reporter)
+    # Under torchrun only the QAT fine-tune is shared (data-parallel, train_model); rank 0 alone
+    # measures and writes, and the other ranks return after the fine-tune (at once without one).
+    world = distributed.setup_for_default_device()
+    with distributed.main_first():  # rank 0 may write the decoded-image cache
+        data = data if data is not None else load_data_for_checkpoint(checkpoint, data_config, reporter)
+    if not world.is_main and mode is not QuantMode.qat:
+        return QuantizeResult(artifact=out, model=model, metrics={})
     set_backend(backend)
     torch.manual_seed(config.seed)
     fp32 = _accuracies(model, data)
-    fp32_latency = measure_latency(model, config.threads, config.latency_runs)
+    fp32_latency = measure_latency(model, config.threads, config.latency_runs) if world.is_main else {"p50_ms": None}
     metrics: dict[str, Any] = {"fp32_" + k: v for k, v in fp32.items()}
     metrics["fp32_latency_ms"] = fp32_latency["p50_ms"]
     engine = describe_engine(backend)
@@ -328,6 +335,8 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
             freeze_qat(qat)
             if epochs_b:
                 train_model(qat, data, train_config(epochs_b), reporter=reporter)
+            if not world.is_main:
+                return QuantizeResult(artifact=out, model=qat, metrics=metrics)
             qat.eval()
             fake = _accuracies(qat, data)
             metrics["qat_fake_quant_val_accuracy"] = fake["val_accuracy"]

@@ -21,13 +21,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "edgekit"
 LAYERS = {
     "edgekit.cli": 6,
     "edgekit.pipeline": 5,
-    **{f"edgekit.{stage}": 4 for stage in ("train", "prune", "quantize", "calibrate", "export", "bench", "validate",
-                                           "diagnose", "gradcam", "bundle")},
+    **{f"edgekit.{stage}": 4 for stage in ("train", "train_state", "prune", "quantize", "calibrate", "export", "bench",
+                                           "validate", "diagnose", "gradcam", "bundle")},
     "edgekit.formats": 3,
     "edgekit.qmodel": 2,
     "edgekit.model": 2,
     **{f"edgekit.{base}": 1 for base in ("artifacts", "config", "errors", "report", "data", "timing",
-                                         "flips", "diagnose_plots", "tensorboard_log")},
+                                         "flips", "diagnose_plots", "tensorboard_log",
+                                         "distributed", "averaging")},
     "edgekit": 0,
 }
 
