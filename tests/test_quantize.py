@@ -98,8 +98,8 @@ def _assert_qdq_reproduces_int8(onnx_path, int8_model, data, convs_int8):
     labels = data.val_y[:200].numpy()
     agreement = (got.argmax(1) == expected.argmax(1)).mean()
     cosine = (got * expected).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1))
-    # Same weights and ranges, but ONNX's activation grid is 8-bit over torch's 7-bit range and the
-    # runtimes requantize differently: on this ~30 %-accurate tiny model, whose logit margins are
+    # Same weights, scales and codes, but ONNX does not clip at torch's 7-bit top and the runtimes
+    # requantize differently: on this ~30 %-accurate tiny model, whose logit margins are
     # below int8 noise, 5-8 % of images flip (measured). Wrong scales or weights flip most of them.
     assert agreement >= 0.85
     assert cosine.mean() >= 0.98
