@@ -463,13 +463,8 @@ def quantize(
                             sensitivity=sensitivity, keep_float=keep_float, qat_epochs=qat_epochs, qat_lr=qat_lr,
                             backend=backend, export_onnx=onnx, threads=threads, seed=seed,
                             tensorboard=str(tensorboard) if tensorboard else None)
-    from .artifacts import guard_output
-    from .distributed import from_env
-
     config.validate()
-    if from_env().is_main:  # under torchrun rank 0 alone writes, and its write probe is a write
-        guard_output(out, "quantized", sources=(checkpoint,), force=force)
-    quantize_checkpoint(checkpoint, config, out, _reporter())
+    quantize_checkpoint(checkpoint, config, out, _reporter(), force=force)
 
 
 from .formats import FORMATS as _FORMATS, export_targets as _export_targets  # noqa: E402  (export choices)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from . import distributed
-from .artifacts import Manifest, parent_ref, write_manifest
+from .artifacts import Manifest, guard_output, parent_ref, publish, remove_path, staging_path
 from .calibrate import CalibrationSet, load_calibration
 from .config import (CalibMethod, DataConfig, ExportOptions, QuantBackend, QuantizeConfig, QuantMode, TrainConfig,
                      check_choice, finetune_config)
@@ -227,7 +227,8 @@ def sensitivity_analysis(model: ResNet18, cal: CalibrationSet, data: DataSplits,
     rows.sort(key=lambda r: r["drop"], reverse=True)
     return rows
 
-def _export_side_qdq(artifact: Path, config: QuantizeConfig, data: DataSplits, reporter: Reporter) -> Path | None:
+def _export_side_qdq(artifact: Path, config: QuantizeConfig, data: DataSplits, reporter: Reporter,
+                     force: bool = False) -> Path | None:
     """The QDQ ONNX beside an int8 artifact, written by `edgekit export` like every other file:
     the same parity gate against the int8 model, the same counted precision label. A file that
     fails the gate (or a machine without ONNX Runtime) leaves the int8 artifact as it is, said so."""
@@ -237,7 +238,7 @@ def _export_side_qdq(artifact: Path, config: QuantizeConfig, data: DataSplits, r
     options = ExportOptions(opset=config.opset, calibration=config.calibration, seed=config.seed)
     try:
         return export_artifact(artifact, "onnx", "int8", artifact.with_suffix(".qdq.onnx"), options,
-                               reporter, data=data).path
+                               reporter, data=data, force=force).path
     except (DependencyError, ParityError) as exc:
         reporter.info(f"quantize: QDQ ONNX not written: {exc.message}")
         return None
@@ -336,16 +337,22 @@ def _qat_int8(model: ResNet18, ptq_prepared: nn.Module, data: DataSplits, config
 
 def _write_int8(out: Path, source: Path, qmodel: nn.Module, model: ResNet18, classes: list[str],
                 config: QuantizeConfig, metrics: dict[str, Any], extra: dict[str, Any]) -> None:
-    """The int8 file, then its manifest."""
+    """The int8 file and its manifest, staged beside `out` and published together (or neither)."""
     recipe, note, sensitivity = extra["recipe"], extra["note"], extra["sensitivity"]
-    save_quantized(out, qmodel, model.spec, classes, recipe, extra)
-    metrics["file_bytes"] = out.stat().st_size
-    metrics["parent_file_bytes"] = source.stat().st_size
-    precision = "int8" if metrics["census"]["qint8_tensors"] > 1 else "fp32 + int8 fc"
-    write_manifest(out, Manifest(kind="quantized", format="torch", precision=precision, parent=parent_ref(source),
-                                 config={"quantize": config}, seed=config.seed, metrics=metrics,
-                                 extra={"recipe": recipe, "note": note, "calibration": extra.get("calibration"),
-                                        "sensitivity": sensitivity}))
+    staged = staging_path(out)
+    remove_path(staged)
+    try:
+        save_quantized(staged, qmodel, model.spec, classes, recipe, extra)
+        metrics["file_bytes"] = staged.stat().st_size
+        metrics["parent_file_bytes"] = source.stat().st_size
+        precision = "int8" if metrics["census"]["qint8_tensors"] > 1 else "fp32 + int8 fc"
+        publish(staged, out, Manifest(kind="quantized", format="torch", precision=precision,
+                                      parent=parent_ref(source), config={"quantize": config}, seed=config.seed,
+                                      metrics=metrics,
+                                      extra={"recipe": recipe, "note": note, "calibration": extra.get("calibration"),
+                                             "sensitivity": sensitivity}))
+    finally:
+        remove_path(staged)
 
 
 def _summary_rows(mode: QuantMode, backend: str, recipe: dict[str, Any], fp32: dict[str, float],
@@ -368,11 +375,22 @@ def _summary_rows(mode: QuantMode, backend: str, recipe: dict[str, Any], fp32: d
 
 
 def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporter: Reporter = quiet,
-                        data_config: DataConfig | None = None, data: DataSplits | None = None) -> QuantizeResult:
-    """Quantize an edgekit checkpoint (fp32 or pruned) to int8; write the artifact + manifest."""
+                        data_config: DataConfig | None = None, data: DataSplits | None = None,
+                        force: bool = False) -> QuantizeResult:
+    """Quantize an edgekit checkpoint (fp32 or pruned) to int8; write the artifact + manifest.
+
+    An existing `out` is replaced only when it is an earlier edgekit int8 artifact (or with
+    `force`); never the source. The file and its manifest appear together or not at all."""
     source, out = Path(source), Path(out)
     mode = QuantMode(config.mode)
     method = CalibMethod(config.method)
+    # Under torchrun only the QAT fine-tune is shared (data-parallel, train_model); rank 0 alone
+    # measures and writes, and the other ranks return after the fine-tune (at once without one).
+    world = distributed.setup_for_default_device()
+    if world.is_main:  # refused before the data and the minutes of work; the write probe is a write
+        guard_output(out, "quantized", sources=(source,), force=force)
+        if mode is not QuantMode.dynamic and config.export_onnx:
+            guard_output(out.with_suffix(".qdq.onnx"), "export", sources=(source,), force=force)
     if config.keep_float < 0:
         raise ConfigError(f"--keep-float must be >= 0, got {config.keep_float}", "e.g. --keep-float 2")
     if mode is not QuantMode.dynamic and not config.calibration:
@@ -383,9 +401,6 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
     backend = backend_of(config)
     checkpoint = load_checkpoint(source)
     model = checkpoint.build()
-    # Under torchrun only the QAT fine-tune is shared (data-parallel, train_model); rank 0 alone
-    # measures and writes, and the other ranks return after the fine-tune (at once without one).
-    world = distributed.setup_for_default_device()
     with distributed.main_first():  # rank 0 may write the decoded-image cache
         data = data if data is not None else load_data_for_checkpoint(checkpoint, data_config, reporter)
     if not world.is_main and mode is not QuantMode.qat:
@@ -433,8 +448,9 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
     metrics["macs"] = count_macs(model)
     extra.update({"recipe": recipe, "note": note, "sensitivity": sensitivity})
     _write_int8(out, source, qmodel, model, data.classes, config, metrics, extra)
+    # The QDQ ONNX reads the published int8 file, so it comes after it.
     if mode is not QuantMode.dynamic and config.export_onnx:
-        onnx_path = _export_side_qdq(out, config, data, reporter)
+        onnx_path = _export_side_qdq(out, config, data, reporter, force)
     reporter.table(f"quantize: {out.name}", ["", "value"],
                    _summary_rows(mode, backend, recipe, fp32, fp32_latency, metrics, source, config))
     reporter.info(f"quantize: {note}")
