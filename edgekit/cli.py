@@ -387,11 +387,12 @@ def calibrate(
     reporter = _reporter()
     data_config = _data_config(source, data_dir, val_size, None, data_seed)
     target = out or DEFAULT_DIR / f"{default_name(data_config, size)}.json"
-    guard_output(target, "calibration", sources=(checkpoint,) if checkpoint else (), force=force)
+    sources = (checkpoint,) if checkpoint else ()
+    guard_output(target, "calibration", sources=sources, force=force)  # before the data is decoded; saving checks again
     data = load_data(data_config, reporter)
     spec = load_checkpoint(checkpoint).spec if checkpoint else None
     cal = make_calibration(data, data_config, size=size, seed=seed, model_spec=spec)
-    path = save_calibration(cal, target)
+    path = save_calibration(cal, target, force=force, sources=sources)
     reporter.table("calibration set", ["", ""], [["file", str(path)], ["images", len(cal)],
                                                  ["per class", cal.definition["class_counts"]],
                                                  ["pixels sha256", cal.sha256]])
