@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .artifacts import Manifest, atomic_write_text, sha256_file, write_manifest
+from .artifacts import (Manifest, atomic_write_text, guard_output, publish, remove_path, sha256_file,
+                        staging_path)
 from .config import DataConfig, DataSource
 from .data import DataSplits, to_unit_float
 from .errors import CalibrationError, ConfigError
@@ -189,24 +190,33 @@ def make_calibration(data: DataSplits, data_config: DataConfig, size: int = DEFA
                           definition=definition, pixels=pixels.numpy())
 
 
-def save_calibration(cal: CalibrationSet, path: str | Path) -> Path:
-    """Write the definition (compact index list) atomically, plus its manifest."""
+def save_calibration(cal: CalibrationSet, path: str | Path, force: bool = False, sources: tuple = ()) -> Path:
+    """Write the definition (compact index list) and its manifest, staged and published together.
+
+    An existing `path` is replaced only when it is an earlier edgekit calibration (or with
+    `force`); never one of `sources` (the inputs of the command)."""
     path = Path(path)
+    guard_output(path, "calibration", sources=sources, force=force)
     definition = dict(cal.definition)
     indices = definition.pop("indices")
     # One index list per line keeps the file diffable without one line per index.
     text = json.dumps(definition, indent=2)[:-2] + ',\n  "indices": ' + json.dumps(indices) + "\n}\n"
-    atomic_write_text(path, text)
+    staged = staging_path(path)
+    remove_path(staged)
+    try:
+        atomic_write_text(staged, text)
+        publish(staged, path, Manifest(
+            kind="calibration", format="json", precision="uint8 pixels (indices only)",
+            config={"size": cal.definition["size"], "seed": cal.definition["seed"],
+                    "val_size": cal.definition["data"]["val_size"], "data_seed": cal.definition["data"]["seed"],
+                    "train_per_class": cal.definition["data"]["train_per_class"]},
+            seed=cal.definition["seed"],
+            metrics={"images": len(cal), "class_counts": cal.definition["class_counts"]},
+            extra={"pixels_sha256": cal.sha256, "preprocessing_sha256": cal.preprocessing_sha256,
+                   "data_fingerprint": cal.definition["data"]["fingerprint"]}))
+    finally:
+        remove_path(staged)
     cal.path = path
-    write_manifest(path, Manifest(
-        kind="calibration", format="json", precision="uint8 pixels (indices only)",
-        config={"size": cal.definition["size"], "seed": cal.definition["seed"],
-                "val_size": cal.definition["data"]["val_size"], "data_seed": cal.definition["data"]["seed"],
-                "train_per_class": cal.definition["data"]["train_per_class"]},
-        seed=cal.definition["seed"],
-        metrics={"images": len(cal), "class_counts": cal.definition["class_counts"]},
-        extra={"pixels_sha256": cal.sha256, "preprocessing_sha256": cal.preprocessing_sha256,
-               "data_fingerprint": cal.definition["data"]["fingerprint"]}))
     return path
 
 

@@ -387,11 +387,12 @@ def calibrate(
     reporter = _reporter()
     data_config = _data_config(source, data_dir, val_size, None, data_seed)
     target = out or DEFAULT_DIR / f"{default_name(data_config, size)}.json"
-    guard_output(target, "calibration", sources=(checkpoint,) if checkpoint else (), force=force)
+    sources = (checkpoint,) if checkpoint else ()
+    guard_output(target, "calibration", sources=sources, force=force)  # before the data is decoded; saving checks again
     data = load_data(data_config, reporter)
     spec = load_checkpoint(checkpoint).spec if checkpoint else None
     cal = make_calibration(data, data_config, size=size, seed=seed, model_spec=spec)
-    path = save_calibration(cal, target)
+    path = save_calibration(cal, target, force=force, sources=sources)
     reporter.table("calibration set", ["", ""], [["file", str(path)], ["images", len(cal)],
                                                  ["per class", cal.definition["class_counts"]],
                                                  ["pixels sha256", cal.sha256]])
@@ -463,13 +464,8 @@ def quantize(
                             sensitivity=sensitivity, keep_float=keep_float, qat_epochs=qat_epochs, qat_lr=qat_lr,
                             backend=backend, export_onnx=onnx, threads=threads, seed=seed,
                             tensorboard=str(tensorboard) if tensorboard else None)
-    from .artifacts import guard_output
-    from .distributed import from_env
-
     config.validate()
-    if from_env().is_main:  # under torchrun rank 0 alone writes, and its write probe is a write
-        guard_output(out, "quantized", sources=(checkpoint,), force=force)
-    quantize_checkpoint(checkpoint, config, out, _reporter())
+    quantize_checkpoint(checkpoint, config, out, _reporter(), force=force)
 
 
 from .formats import FORMATS as _FORMATS, export_targets as _export_targets  # noqa: E402  (export choices)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from . import distributed
-from .artifacts import Manifest, parent_ref, write_manifest
+from .artifacts import Manifest, guard_output, parent_ref, publish, remove_path, staging_path
 from .calibrate import CalibrationSet, load_calibration
 from .config import (CalibMethod, DataConfig, ExportOptions, QuantBackend, QuantizeConfig, QuantMode, TrainConfig,
                      check_choice, finetune_config)
@@ -227,7 +227,8 @@ def sensitivity_analysis(model: ResNet18, cal: CalibrationSet, data: DataSplits,
     rows.sort(key=lambda r: r["drop"], reverse=True)
     return rows
 
-def _export_side_qdq(artifact: Path, config: QuantizeConfig, data: DataSplits, reporter: Reporter) -> Path | None:
+def _export_side_qdq(artifact: Path, config: QuantizeConfig, data: DataSplits, reporter: Reporter,
+                     force: bool = False) -> Path | None:
     """The QDQ ONNX beside an int8 artifact, written by `edgekit export` like every other file:
     the same parity gate against the int8 model, the same counted precision label. A file that
     fails the gate (or a machine without ONNX Runtime) leaves the int8 artifact as it is, said so."""
@@ -237,18 +238,159 @@ def _export_side_qdq(artifact: Path, config: QuantizeConfig, data: DataSplits, r
     options = ExportOptions(opset=config.opset, calibration=config.calibration, seed=config.seed)
     try:
         return export_artifact(artifact, "onnx", "int8", artifact.with_suffix(".qdq.onnx"), options,
-                               reporter, data=data).path
+                               reporter, data=data, force=force).path
     except (DependencyError, ParityError) as exc:
         reporter.info(f"quantize: QDQ ONNX not written: {exc.message}")
         return None
 
 
+def _dynamic_int8(model: ResNet18, recipe: dict[str, Any]) -> tuple[nn.Module, str]:
+    """Dynamic int8 (fc only); fills `recipe`, returns (int8 model, note)."""
+    qmodel = dynamic_quantize(model)
+    note = ("dynamic int8: torch has dynamic kernels only for Linear/RNN layers, so in ResNet18 only the final "
+            "Linear (fc) is int8; all 20 convolutions stay fp32 (expect no speed-up and almost no size change)")
+    recipe["quantized_layers"] = ["fc"]
+    recipe["activation"] = "dynamic per-batch (fc input only)"
+    recipe["weight"] = "qint8 per-tensor (fc)"
+    return qmodel, note
+
+
+def _weight_grid(engine: dict[str, Any]) -> str:
+    weight = engine["weight"]
+    return f"{weight['dtype']} {weight['qscheme'].replace('_', '-')} [{weight['quant_min']}, {weight['quant_max']}]"
+
+
+def _static_int8(model: ResNet18, cal: CalibrationSet, data: DataSplits, config: QuantizeConfig, method: CalibMethod,
+                 backend: str, engine: dict[str, Any], recipe: dict[str, Any], metrics: dict[str, Any],
+                 reporter: Reporter) -> tuple[nn.Module, nn.Module, list[dict[str, Any]]]:
+    """Static PTQ: the sensitivity ranking (and the layers kept float), then each candidate method
+    calibrated and the best on validation kept. Fills `recipe` and the PTQ metrics; returns
+    (int8 model, its prepared model for QAT to start from, the sensitivity rows)."""
+    candidates = list(METHODS) if method is CalibMethod.auto else [method]
+    sensitivity: list[dict[str, Any]] = []
+    if config.sensitivity or config.keep_float:
+        sens_method = CalibMethod.minmax if method is CalibMethod.auto else method
+        sensitivity = sensitivity_analysis(model, cal, data, sens_method, config, reporter)
+        recipe["keep_float"] = [row["layer"] for row in sensitivity[: config.keep_float]]
+        reporter.table("per-layer sensitivity (only this layer int8)", ["layer", "val accuracy", "drop (pt)"],
+                       [[r["layer"], f"{r['val_accuracy']:.2%}", round(100 * r["drop"], 2)] for r in sensitivity])
+    tried = []
+    best = None
+    for candidate in candidates:
+        prepared = prepare_static(model, static_qconfig(candidate, config), recipe["keep_float"], backend=backend)
+        calibrate(prepared, cal)
+        qmodel_c = convert(prepared)
+        val = accuracy(qmodel_c, data)
+        tried.append({"method": candidate.value, "val_accuracy": val})
+        reporter.info(f"quantize: static {candidate.value}: val {val:.2%}")
+        if best is None or val > best[0]:
+            best = (val, candidate, prepared, qmodel_c)
+    _, chosen, ptq_prepared, qmodel = best
+    act = engine["activation"]
+    recipe.update({"method": chosen.value, "methods_tried": tried, "engine": engine,
+                   "weight": f"{_weight_grid(engine)}, min/max",
+                   "activation": f"{act['dtype']} per-tensor affine, "
+                                 f"{'reduce_range ' if act['reduce_range'] else ''}"
+                                 f"({act['quant_min']}..{act['quant_max']}, {act['bits']}-bit), {chosen.value}",
+                   "fused": ", ".join(engine["fusions"]),
+                   "float_layers": ["normalize (x*scale+shift on the input)"] + recipe["keep_float"]})
+    metrics["ptq_val_accuracy"], metrics["ptq_test_accuracy"] = best[0], accuracy(qmodel, data, "test")
+    return qmodel, ptq_prepared, sensitivity
+
+
+def _qat_int8(model: ResNet18, ptq_prepared: nn.Module, data: DataSplits, config: QuantizeConfig, backend: str,
+              engine: dict[str, Any], recipe: dict[str, Any], metrics: dict[str, Any], reporter: Reporter,
+              convert_it: bool = True) -> nn.Module:
+    """QAT from the PTQ ranges, observers and BN frozen for the last epochs, then converted (with
+    `convert_it`; else the fine-tuned fake-quant model: a torchrun rank other than 0). Fills
+    `recipe` and the fake-quant metrics; returns the int8 model."""
+    from .train import train_model
+
+    qat = prepare_qat_from_ptq(model, ptq_prepared, recipe["keep_float"], backend)
+    epochs_a = max(1, min(config.qat_freeze_epoch, config.qat_epochs))
+    epochs_b = config.qat_epochs - epochs_a
+    def train_config(epochs: int) -> TrainConfig:
+        return finetune_config(epochs, config.batch_size, config.qat_lr, config.seed,
+                               tensorboard=config.tensorboard)
+    train_model(qat, data, train_config(epochs_a), reporter=reporter)
+    # Observers and BN statistics frozen from here: the last epochs fit the weights to fixed
+    # ranges and fixed BN folding, which is what the converted model will have.
+    freeze_qat(qat)
+    if epochs_b:
+        train_model(qat, data, train_config(epochs_b), reporter=reporter)
+    if not convert_it:
+        return qat
+    qat.eval()
+    fake = _accuracies(qat, data)
+    metrics["qat_fake_quant_val_accuracy"] = fake["val_accuracy"]
+    metrics["qat_fake_quant_test_accuracy"] = fake["test_accuracy"]
+    qmodel = convert(qat)
+    fold_float_islands(qmodel)
+    act = engine["activation"]
+    recipe.update({"qat_epochs": config.qat_epochs, "qat_lr": config.qat_lr,
+                   "qat_freeze_epoch": epochs_a,
+                   "qat_fake_quant": f"non-fused FakeQuantize, weights {_weight_grid(engine)}, "
+                                     f"activations {act['dtype']} {act['quant_min']}..{act['quant_max']}, "
+                                     "started from the PTQ ranges"})
+    return qmodel
+
+
+def _write_int8(out: Path, source: Path, qmodel: nn.Module, model: ResNet18, classes: list[str],
+                config: QuantizeConfig, metrics: dict[str, Any], extra: dict[str, Any]) -> None:
+    """The int8 file and its manifest, staged beside `out` and published together (or neither)."""
+    recipe, note, sensitivity = extra["recipe"], extra["note"], extra["sensitivity"]
+    staged = staging_path(out)
+    remove_path(staged)
+    try:
+        save_quantized(staged, qmodel, model.spec, classes, recipe, extra)
+        metrics["file_bytes"] = staged.stat().st_size
+        metrics["parent_file_bytes"] = source.stat().st_size
+        precision = "int8" if metrics["census"]["qint8_tensors"] > 1 else "fp32 + int8 fc"
+        publish(staged, out, Manifest(kind="quantized", format="torch", precision=precision,
+                                      parent=parent_ref(source), config={"quantize": config}, seed=config.seed,
+                                      metrics=metrics,
+                                      extra={"recipe": recipe, "note": note, "calibration": extra.get("calibration"),
+                                             "sensitivity": sensitivity}))
+    finally:
+        remove_path(staged)
+
+
+def _summary_rows(mode: QuantMode, backend: str, recipe: dict[str, Any], fp32: dict[str, float],
+                  fp32_latency: dict[str, Any], metrics: dict[str, Any], source: Path,
+                  config: QuantizeConfig) -> list[list[Any]]:
+    latency_note = metrics.get("latency_note")
+    rows = [["mode", mode.value], ["engine", backend], ["method", recipe.get("method", "-")],
+            ["fp32 val / test", f"{fp32['val_accuracy']:.2%} / {fp32['test_accuracy']:.2%}"]]
+    if "ptq_val_accuracy" in metrics:
+        rows.append(["PTQ int8 val / test", f"{metrics['ptq_val_accuracy']:.2%} / {metrics['ptq_test_accuracy']:.2%}"])
+    if "qat_fake_quant_val_accuracy" in metrics:
+        rows.append(["QAT fake-quant val / test", f"{metrics['qat_fake_quant_val_accuracy']:.2%} / "
+                                                  f"{metrics['qat_fake_quant_test_accuracy']:.2%}"])
+    rows += [["int8 val / test", f"{metrics['val_accuracy']:.2%} / {metrics['test_accuracy']:.2%}"],
+             ["qint8 tensors", metrics["census"]["qint8_tensors"]],
+             ["file (bytes)", f"{source.stat().st_size:,} -> {metrics['file_bytes']:,}"],
+             [f"CPU latency p50 batch 1, {config.threads} thread(s) (ms)" + (f" [{latency_note}]" if latency_note else ""),
+              f"{fp32_latency['p50_ms']:.3f} -> {metrics['latency_ms']:.3f}"]]
+    return rows
+
+
 def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporter: Reporter = quiet,
-                        data_config: DataConfig | None = None, data: DataSplits | None = None) -> QuantizeResult:
-    """Quantize an edgekit checkpoint (fp32 or pruned) to int8; write the artifact + manifest."""
+                        data_config: DataConfig | None = None, data: DataSplits | None = None,
+                        force: bool = False) -> QuantizeResult:
+    """Quantize an edgekit checkpoint (fp32 or pruned) to int8; write the artifact + manifest.
+
+    An existing `out` is replaced only when it is an earlier edgekit int8 artifact (or with
+    `force`); never the source. The file and its manifest appear together or not at all."""
     source, out = Path(source), Path(out)
     mode = QuantMode(config.mode)
     method = CalibMethod(config.method)
+    # Under torchrun only the QAT fine-tune is shared (data-parallel, train_model); rank 0 alone
+    # measures and writes, and the other ranks return after the fine-tune (at once without one).
+    world = distributed.setup_for_default_device()
+    if world.is_main:  # refused before the data and the minutes of work; the write probe is a write
+        guard_output(out, "quantized", sources=(source,), force=force)
+        if mode is not QuantMode.dynamic and config.export_onnx:
+            guard_output(out.with_suffix(".qdq.onnx"), "export", sources=(source,), force=force)
     if config.keep_float < 0:
         raise ConfigError(f"--keep-float must be >= 0, got {config.keep_float}", "e.g. --keep-float 2")
     if mode is not QuantMode.dynamic and not config.calibration:
@@ -259,9 +401,6 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
     backend = backend_of(config)
     checkpoint = load_checkpoint(source)
     model = checkpoint.build()
-    # Under torchrun only the QAT fine-tune is shared (data-parallel, train_model); rank 0 alone
-    # measures and writes, and the other ranks return after the fine-tune (at once without one).
-    world = distributed.setup_for_default_device()
     with distributed.main_first():  # rank 0 may write the decoded-image cache
         data = data if data is not None else load_data_for_checkpoint(checkpoint, data_config, reporter)
     if not world.is_main and mode is not QuantMode.qat:
@@ -276,78 +415,21 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
     recipe: dict[str, Any] = {"mode": mode.value, "backend": backend, "keep_float": []}
     extra: dict[str, Any] = {"parent": parent_ref(source), "data_config": checkpoint.extra.get("data_config"),
                              "data": data.describe()}
-    cal = None
     sensitivity: list[dict[str, Any]] = []
     onnx_path = None
-    note = ""
 
     if mode is QuantMode.dynamic:
-        qmodel = dynamic_quantize(model)
-        note = ("dynamic int8: torch has dynamic kernels only for Linear/RNN layers, so in ResNet18 only the final "
-                "Linear (fc) is int8; all 20 convolutions stay fp32 (expect no speed-up and almost no size change)")
-        recipe["quantized_layers"] = ["fc"]
-        recipe["activation"] = "dynamic per-batch (fc input only)"
-        recipe["weight"] = "qint8 per-tensor (fc)"
+        qmodel, note = _dynamic_int8(model, recipe)
     else:
         cal = load_calibration(config.calibration, data, model.spec)
         extra["calibration"] = cal.manifest_ref()
-        candidates = list(METHODS) if method is CalibMethod.auto else [method]
-        if config.sensitivity or config.keep_float:
-            sens_method = CalibMethod.minmax if method is CalibMethod.auto else method
-            sensitivity = sensitivity_analysis(model, cal, data, sens_method, config, reporter)
-            recipe["keep_float"] = [row["layer"] for row in sensitivity[: config.keep_float]]
-            reporter.table("per-layer sensitivity (only this layer int8)", ["layer", "val accuracy", "drop (pt)"],
-                           [[r["layer"], f"{r['val_accuracy']:.2%}", round(100 * r["drop"], 2)] for r in sensitivity])
-        tried = []
-        best = None
-        for candidate in candidates:
-            prepared = prepare_static(model, static_qconfig(candidate, config), recipe["keep_float"], backend=backend)
-            calibrate(prepared, cal)
-            qmodel_c = convert(prepared)
-            val = accuracy(qmodel_c, data)
-            tried.append({"method": candidate.value, "val_accuracy": val})
-            reporter.info(f"quantize: static {candidate.value}: val {val:.2%}")
-            if best is None or val > best[0]:
-                best = (val, candidate, prepared, qmodel_c)
-        _, chosen, ptq_prepared, qmodel = best
-        weight, act = engine["weight"], engine["activation"]
-        weights = f"{weight['dtype']} {weight['qscheme'].replace('_', '-')} [{weight['quant_min']}, {weight['quant_max']}]"
-        recipe.update({"method": chosen.value, "methods_tried": tried, "engine": engine,
-                       "weight": f"{weights}, min/max",
-                       "activation": f"{act['dtype']} per-tensor affine, "
-                                     f"{'reduce_range ' if act['reduce_range'] else ''}"
-                                     f"({act['quant_min']}..{act['quant_max']}, {act['bits']}-bit), {chosen.value}",
-                       "fused": ", ".join(engine["fusions"]),
-                       "float_layers": ["normalize (x*scale+shift on the input)"] + recipe["keep_float"]})
-        metrics["ptq_val_accuracy"], metrics["ptq_test_accuracy"] = best[0], accuracy(qmodel, data, "test")
+        qmodel, ptq_prepared, sensitivity = _static_int8(model, cal, data, config, method, backend, engine, recipe,
+                                                         metrics, reporter)
         if mode is QuantMode.qat:
-            from .train import train_model
-
-            qat = prepare_qat_from_ptq(model, ptq_prepared, recipe["keep_float"], backend)
-            epochs_a = max(1, min(config.qat_freeze_epoch, config.qat_epochs))
-            epochs_b = config.qat_epochs - epochs_a
-            def train_config(epochs: int) -> TrainConfig:
-                return finetune_config(epochs, config.batch_size, config.qat_lr, config.seed,
-                                       tensorboard=config.tensorboard)
-            train_model(qat, data, train_config(epochs_a), reporter=reporter)
-            # Observers and BN statistics frozen from here: the last epochs fit the weights to fixed
-            # ranges and fixed BN folding, which is what the converted model will have.
-            freeze_qat(qat)
-            if epochs_b:
-                train_model(qat, data, train_config(epochs_b), reporter=reporter)
+            qmodel = _qat_int8(model, ptq_prepared, data, config, backend, engine, recipe, metrics, reporter,
+                               convert_it=world.is_main)
             if not world.is_main:
-                return QuantizeResult(artifact=out, model=qat, metrics=metrics)
-            qat.eval()
-            fake = _accuracies(qat, data)
-            metrics["qat_fake_quant_val_accuracy"] = fake["val_accuracy"]
-            metrics["qat_fake_quant_test_accuracy"] = fake["test_accuracy"]
-            qmodel = convert(qat)
-            fold_float_islands(qmodel)
-            recipe.update({"qat_epochs": config.qat_epochs, "qat_lr": config.qat_lr,
-                           "qat_freeze_epoch": epochs_a,
-                           "qat_fake_quant": f"non-fused FakeQuantize, weights {weights}, "
-                                             f"activations {act['dtype']} {act['quant_min']}..{act['quant_max']}, "
-                                             "started from the PTQ ranges"})
+                return QuantizeResult(artifact=out, model=qmodel, metrics=metrics)
             note = "QAT: fake-quant accuracy and converted int8 accuracy side by side in metrics"
         else:
             note = (f"static PTQ ({backend}): {'per-channel' if engine['weight']['per_channel'] else 'per-tensor'} "
@@ -365,28 +447,11 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
     metrics["census"] = census
     metrics["macs"] = count_macs(model)
     extra.update({"recipe": recipe, "note": note, "sensitivity": sensitivity})
-    save_quantized(out, qmodel, model.spec, data.classes, recipe, extra)
-    metrics["file_bytes"] = out.stat().st_size
-    metrics["parent_file_bytes"] = source.stat().st_size
-    precision = "int8" if census["qint8_tensors"] > 1 else "fp32 + int8 fc"
-    write_manifest(out, Manifest(kind="quantized", format="torch", precision=precision, parent=parent_ref(source),
-                                 config={"quantize": config}, seed=config.seed, metrics=metrics,
-                                 extra={"recipe": recipe, "note": note, "calibration": extra.get("calibration"),
-                                        "sensitivity": sensitivity}))
+    _write_int8(out, source, qmodel, model, data.classes, config, metrics, extra)
+    # The QDQ ONNX reads the published int8 file, so it comes after it.
     if mode is not QuantMode.dynamic and config.export_onnx:
-        onnx_path = _export_side_qdq(out, config, data, reporter)
-    rows = [["mode", mode.value], ["engine", backend], ["method", recipe.get("method", "-")],
-            ["fp32 val / test", f"{fp32['val_accuracy']:.2%} / {fp32['test_accuracy']:.2%}"]]
-    if "ptq_val_accuracy" in metrics:
-        rows.append(["PTQ int8 val / test", f"{metrics['ptq_val_accuracy']:.2%} / {metrics['ptq_test_accuracy']:.2%}"])
-    if "qat_fake_quant_val_accuracy" in metrics:
-        rows.append(["QAT fake-quant val / test", f"{metrics['qat_fake_quant_val_accuracy']:.2%} / "
-                                                  f"{metrics['qat_fake_quant_test_accuracy']:.2%}"])
-    rows += [["int8 val / test", f"{int8['val_accuracy']:.2%} / {int8['test_accuracy']:.2%}"],
-             ["qint8 tensors", census["qint8_tensors"]],
-             ["file (bytes)", f"{source.stat().st_size:,} -> {metrics['file_bytes']:,}"],
-             [f"CPU latency p50 batch 1, {config.threads} thread(s) (ms)" + (f" [{latency_note}]" if latency_note else ""),
-              f"{fp32_latency['p50_ms']:.3f} -> {metrics['latency_ms']:.3f}"]]
-    reporter.table(f"quantize: {out.name}", ["", "value"], rows)
+        onnx_path = _export_side_qdq(out, config, data, reporter, force)
+    reporter.table(f"quantize: {out.name}", ["", "value"],
+                   _summary_rows(mode, backend, recipe, fp32, fp32_latency, metrics, source, config))
     reporter.info(f"quantize: {note}")
     return QuantizeResult(artifact=out, model=qmodel, metrics=metrics, onnx=onnx_path, sensitivity=sensitivity)

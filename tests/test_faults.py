@@ -8,6 +8,7 @@ read-only one where this machine lets the test mount; chmod where it does not ru
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from typer.testing import CliRunner
 
 from edgekit.artifacts import LOCK_NAME, guard_output, manifest_path, read_manifest, run_lock, sha256_file
 from edgekit.cli import app
-from edgekit.config import DataConfig, DataSource, TrainConfig
+from edgekit.config import CalibMethod, DataConfig, DataSource, PruneConfig, QuantizeConfig, QuantMode, TrainConfig
 from edgekit.data import load_data, synthetic_dataset
 from edgekit.errors import ConfigError, DataError, OutputError
 from edgekit.model import ModelSpec, build_model, save_checkpoint
@@ -209,6 +210,161 @@ def test_files_get_the_users_umask_not_0600(tiny_trained):
     os.umask(mask)
     for name in ("best.pt", "best.pt.manifest.json", "last.pt", "metrics.json"):
         assert (tiny_trained.checkpoint.parent / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
+# ---- 1b. the compression stages: their own writes published together, guarded in the library ----
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory, tiny_data, tiny_data_config):
+    from edgekit.calibrate import make_calibration, save_calibration
+
+    return save_calibration(make_calibration(tiny_data, tiny_data_config, size=64),
+                            tmp_path_factory.mktemp("cal") / "cal.json")
+
+
+def _static_minmax(calibration: Path, export_onnx: bool = False) -> QuantizeConfig:
+    return QuantizeConfig(mode=QuantMode.static, method=CalibMethod.minmax, calibration=str(calibration),
+                          export_onnx=export_onnx, latency_runs=3, threads=1)
+
+
+def _no_prune_finetune() -> PruneConfig:
+    return PruneConfig(ratio=0.3, finetune_epochs=0, latency_runs=3, threads=1)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def _fail_publish(monkeypatch, module) -> list[Path]:
+    """`module.publish` failing as a full disk would, once the artifact is complete under its staging name."""
+    staged_seen: list[Path] = []
+
+    def publish(staged, out, manifest):
+        staged = Path(staged)
+        assert ".staging-" in staged.name and staged.is_file() and staged.stat().st_size > 0
+        staged_seen.append(staged)
+        raise OSError(errno.ENOSPC, "No space left on device", str(out))
+
+    monkeypatch.setattr(module, "publish", publish)
+    return staged_seen
+
+
+@pytest.mark.parametrize("stage", ["quantize", "prune", "calibrate"])
+def test_a_stage_that_fails_before_publishing_leaves_the_old_pair_or_nothing(stage, checkpoint, calibration,
+                                                                              tiny_data, tiny_data_config, tmp_path,
+                                                                              monkeypatch):
+    import edgekit.calibrate
+    import edgekit.prune
+    import edgekit.quantize
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = folder / ("cal.json" if stage == "calibrate" else f"{stage}.pt")
+    if stage == "calibrate":
+        from edgekit.calibrate import make_calibration
+
+        cal = make_calibration(tiny_data, tiny_data_config, size=32)
+        module, run = edgekit.calibrate, lambda: edgekit.calibrate.save_calibration(cal, out)
+    elif stage == "prune":
+        module = edgekit.prune
+        run = lambda: edgekit.prune.prune_checkpoint(checkpoint, _no_prune_finetune(), out, data=tiny_data)  # noqa: E731
+    else:
+        module = edgekit.quantize
+        run = lambda: edgekit.quantize.quantize_checkpoint(checkpoint, _static_minmax(calibration), out,  # noqa: E731
+                                                           data=tiny_data)
+    real_publish = module.publish
+    staged = _fail_publish(monkeypatch, module)
+    with pytest.raises(OSError, match="No space left"):
+        run()
+    assert staged, "the stage never reached publication"
+    assert _files(folder) == {}  # no output, no manifest, no staging or .tmp file
+    monkeypatch.setattr(module, "publish", real_publish)
+    run()
+    good = _files(folder)
+    assert set(good) == {out.name, manifest_path(out).name}
+    assert read_manifest(out)["sha256"] == sha256_file(out)
+    _fail_publish(monkeypatch, module)
+    with pytest.raises(OSError, match="No space left"):
+        run()
+    assert _files(folder) == good  # the earlier pair, byte for byte
+
+
+def test_quantize_refuses_a_users_file_before_any_work_and_replaces_it_only_with_force(checkpoint, calibration,
+                                                                                        tiny_data, tmp_path,
+                                                                                        monkeypatch):
+    import edgekit.quantize
+
+    users = tmp_path / "int8.pt"
+    users.write_bytes(b"the user's own model")
+    result = invoke("quantize", checkpoint, "--calibration", calibration, "--method", "minmax", "--out", users)
+    one_clear_line(result, 1, "is not an edgekit output", "--force")
+    config = _static_minmax(calibration)
+    with monkeypatch.context() as patch:
+        patch.setattr(edgekit.quantize, "load_checkpoint",
+                      lambda *a, **k: pytest.fail("work started before the output was checked"))
+        with pytest.raises(OutputError, match="is not an edgekit output") as info:
+            edgekit.quantize.quantize_checkpoint(checkpoint, config, users, data=tiny_data)
+    assert "\n" not in info.value.message and "--force" in info.value.hint
+    assert users.read_bytes() == b"the user's own model" and not manifest_path(users).exists()
+    # an edgekit output of another kind (the float checkpoint) is not replaced without --force either
+    other = tmp_path / "other.pt"
+    shutil.copy(checkpoint, other)
+    shutil.copy(manifest_path(checkpoint), manifest_path(other))
+    with pytest.raises(OutputError, match="is an edgekit checkpoint, not a quantized"):
+        edgekit.quantize.quantize_checkpoint(checkpoint, config, other, data=tiny_data)
+    assert sha256_file(other) == sha256_file(checkpoint)
+    edgekit.quantize.quantize_checkpoint(checkpoint, config, users, data=tiny_data, force=True)
+    assert read_manifest(users)["kind"] == "quantized" and read_manifest(users)["sha256"] == sha256_file(users)
+    assert not [p.name for p in tmp_path.iterdir() if ".staging-" in p.name or p.name.endswith(".tmp")]
+
+
+def test_quantize_refuses_a_users_file_where_its_qdq_onnx_goes_before_any_work(checkpoint, calibration, tiny_data,
+                                                                                tmp_path, monkeypatch):
+    import edgekit.quantize
+
+    side = tmp_path / "int8.qdq.onnx"
+    side.write_bytes(b"the user's own onnx")
+    monkeypatch.setattr(edgekit.quantize, "load_checkpoint",
+                        lambda *a, **k: pytest.fail("work started before the outputs were checked"))
+    with pytest.raises(OutputError, match="int8.qdq.onnx exists and is not an edgekit output"):
+        edgekit.quantize.quantize_checkpoint(checkpoint, _static_minmax(calibration, export_onnx=True),
+                                             tmp_path / "int8.pt", data=tiny_data)
+    assert side.read_bytes() == b"the user's own onnx" and not (tmp_path / "int8.pt").exists()
+
+
+@pytest.mark.parametrize("spelling", ["same path", "symlink"])
+@pytest.mark.parametrize("stage", ["quantize", "prune"])
+def test_the_library_refuses_an_out_that_is_the_source_even_with_force(stage, spelling, checkpoint, calibration,
+                                                                       tiny_data):
+    from edgekit.prune import prune_checkpoint
+    from edgekit.quantize import quantize_checkpoint
+
+    out = checkpoint
+    if spelling == "symlink":
+        out = checkpoint.with_name("link.pt")
+        out.symlink_to(checkpoint)
+    before = sha256_file(checkpoint)
+    with pytest.raises(OutputError, match="is the input of this command"):
+        if stage == "quantize":
+            quantize_checkpoint(checkpoint, _static_minmax(calibration), out, data=tiny_data, force=True)
+        else:
+            prune_checkpoint(checkpoint, _no_prune_finetune(), out, data=tiny_data, force=True)
+    assert sha256_file(checkpoint) == before and read_manifest(checkpoint)["sha256"] == before
+    assert not [p.name for p in checkpoint.parent.iterdir() if ".staging-" in p.name]
+
+
+def test_save_calibration_refuses_a_users_file(tiny_data, tiny_data_config, tmp_path):
+    from edgekit.calibrate import make_calibration, save_calibration
+
+    users = tmp_path / "cal.json"
+    users.write_text('{"mine": true}\n')
+    cal = make_calibration(tiny_data, tiny_data_config, size=32)
+    with pytest.raises(OutputError, match="is not an edgekit output"):
+        save_calibration(cal, users)
+    assert users.read_text() == '{"mine": true}\n' and not manifest_path(users).exists()
+    save_calibration(cal, users, force=True)
+    assert read_manifest(users)["kind"] == "calibration"
 
 
 # ---- 2. the cache key is the content actually read -------------------------------------------
