@@ -6,7 +6,8 @@ int8), export to a temporary path, write the file's self-description into it (cl
 input layout/shape/dtype, pixel preparation, int8 I/O quantization, edgekit version, source
 sha256: edgekit/formats/metadata.py) so the gate and the hash see the final bytes, compare it
 with the source runner on seeded test images, refuse it beyond tolerance, count what the file
-really holds, then move it into place with a manifest. Nothing here names a format: the table in edgekit.formats does.
+really holds, then move it into place with a manifest. Nothing here names a format: the table
+in edgekit.formats does.
 """
 
 from __future__ import annotations

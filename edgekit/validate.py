@@ -23,7 +23,7 @@ from .timing import predict_batched
 
 
 # Two int8 renderings of one integer model (torch's requantizing kernels, ONNX Runtime's
-# QLinearConv on an 8-bit grid over the same ranges, TFLite's own calibration) differ by rounding;
+# QLinearConv, which does not clip at x86's 7-bit top, TFLite's own calibration) differ by rounding;
 # on a model with small logit margins that flips images both ways. An accuracy drop below an int8
 # source is therefore refused only when it is beyond the allowance *and* the flips are one-sided
 # beyond chance (exact McNemar on the images only one of the two got right).
