@@ -101,8 +101,8 @@ def _autocast(device: torch.device, config: TrainConfig):
         if not cpu_has_native_bf16():
             raise ConfigError("--cpu-bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX); this one has neither",
                               "drop --cpu-bf16 (emulated bf16 is slower than fp32)")
-        # Opt-in: measured on a 2-core EPYC with AVX512-BF16, width-0.5 training ran at 305 img/s against
-        # 169 in fp32, but two runs with one seed did not give identical weights, and width 0.125 got slower.
+        # Opt-in: faster at width >= 0.25 on a CPU with native bf16 (benchmarks/train_speed.py measures
+        # it where it runs), but two runs with one seed did not give identical weights.
         return torch.autocast("cpu", dtype=torch.bfloat16), None, "bf16"
     if device.type != "cuda" or not config.amp:
         return torch.autocast(device.type, enabled=False), None, "fp32"
