@@ -108,8 +108,8 @@ def train(
     grad_clip: Optional[float] = typer.Option(None, help="clip the gradient norm to this value"),
     compile: bool = typer.Option(TrainConfig.compile, "--compile", help="torch.compile the model"),
     amp: bool = typer.Option(TrainConfig.amp, "--amp/--no-amp", help="bf16 autocast on CUDA"),
-    cpu_bf16: bool = typer.Option(TrainConfig.cpu_bf16, "--cpu-bf16", help="bf16 autocast on a CPU with AVX512-BF16/AMX: about 2x "
-                                  "faster at width >= 0.25, but runs are not bit-identical"),
+    cpu_bf16: bool = typer.Option(TrainConfig.cpu_bf16, "--cpu-bf16", help="bf16 autocast on a CPU with AVX512-BF16/AMX (refused "
+                                  "elsewhere): faster (benchmarks/train_speed.py), but runs are not bit-identical"),
     device: Device = typer.Option(TrainConfig.device),
     val_size: int = typer.Option(DataConfig.val_size, help="validation images carved from train"),
     train_per_class: Optional[int] = typer.Option(None, help="use only this many training images per class"),
