@@ -196,7 +196,8 @@ def prepare_int8_artifact_onnx(source: Path, out: Path, options) -> Path:
     with tempfile.TemporaryDirectory(prefix="edgekit-trt-onnx-") as scratch:
         qdq = export_qdq_onnx(source, Path(scratch) / "artifact.qdq.onnx", options.opset, options.batch,
                               options.dynamic_batch)
-        return tensorrt_qdq.place_file(qdq, Path(out))
+        act = engine["activation"]  # the codes the torch model's activations span (x86: 0..127)
+        return tensorrt_qdq.place_file(qdq, Path(out), (act["quant_min"], act["quant_max"]))
 
 
 def prepare_source_onnx(source: Path, out: Path, precision: str, options, calibration=None,

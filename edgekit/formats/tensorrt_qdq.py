@@ -30,8 +30,9 @@ are then kept rather than re-measured.
 
 Ranges become symmetric scales: a Q with scale s and zero point z over [qmin, qmax] covers
 [(qmin - z) s, (qmax - z) s]; the TensorRT scale is max(|lo|, |hi|) / 127. For torch's x86
-post-ReLU activations (0..127, written as 0..255 at half the scale, see onnx._FrozenFakeQuant)
-that is exactly torch's own scale, so the int8 grid is the torch model's.
+post-ReLU activations (0..127 at scale s, written with that scale over ONNX's 0..255, see
+onnx._FrozenFakeQuant) the range is read as torch's 0..127 (`activation_range`), so the scale is
+s again and the int8 grid is the torch model's.
 """
 
 from __future__ import annotations
@@ -74,8 +75,11 @@ def _zero_point_range(elem_type: int) -> tuple[int, int]:
     return (0, 255) if elem_type == _UINT8 else (-INT8_SYMMETRIC_MAX, INT8_SYMMETRIC_MAX)
 
 
-def activation_ranges(model) -> dict[str, float]:
-    """amax (symmetric range) of every float tensor an activation QuantizeLinear quantizes."""
+def activation_ranges(model, activation_range: tuple[int, int] | None = None) -> dict[str, float]:
+    """amax (symmetric range) of every float tensor an activation QuantizeLinear quantizes.
+
+    `activation_range`: the codes a uint8 activation really spans when the graph came from a
+    model with a reduced range (torch x86: 0..127); default the full 0..255."""
     from onnx import numpy_helper
 
     graph = model.graph
@@ -91,7 +95,7 @@ def activation_ranges(model) -> dict[str, float]:
         zero_init = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         zero = int(numpy_helper.to_array(zero_init).reshape(-1)[0]) if zero_init is not None else 0
         elem = zero_init.data_type if zero_init is not None else _UINT8
-        qmin, qmax = _zero_point_range(elem)
+        qmin, qmax = activation_range if activation_range and elem == _UINT8 else _zero_point_range(elem)
         s = float(scale.reshape(-1)[0])
         amax = max(abs((qmin - zero) * s), abs((qmax - zero) * s))
         ranges[node.input[0]] = max(amax, ranges.get(node.input[0], 0.0))
@@ -253,14 +257,15 @@ def _check_weights(model) -> None:
                                    "TensorRT needs symmetric int8 weights; quantize with edgekit")
 
 
-def place_for_tensorrt(model, ranges: dict[str, float] | None = None):
+def place_for_tensorrt(model, ranges: dict[str, float] | None = None,
+                       activation_range: tuple[int, int] | None = None):
     """A QDQ model (onnx.ModelProto) re-placed for TensorRT in place; returns it.
 
     `ranges` (tensor -> amax) defaults to the ones the model's own activation Q nodes carry.
     """
     import onnx
 
-    ranges = activation_ranges(model) if ranges is None else ranges
+    ranges = activation_ranges(model, activation_range) if ranges is None else ranges
     _strip_activation_qdq(model)
     points = quant_points(model, ranges)
     _insert(model, points)
@@ -269,10 +274,10 @@ def place_for_tensorrt(model, ranges: dict[str, float] | None = None):
     return model
 
 
-def place_file(src: Path, out: Path) -> Path:
+def place_file(src: Path, out: Path, activation_range: tuple[int, int] | None = None) -> Path:
     import onnx
 
-    model = place_for_tensorrt(onnx.load(str(src)))
+    model = place_for_tensorrt(onnx.load(str(src)), activation_range=activation_range)
     with atomic_path(Path(out)) as tmp:
         onnx.save(model, str(tmp))
     return Path(out)
