@@ -339,6 +339,19 @@ def remove_path(path: str | Path) -> None:
         path.unlink()
 
 
+def replace_path(staged: Path, out: Path) -> None:
+    """Move `staged` (a file or a folder) to `out`. os.replace cannot overwrite a non-empty folder,
+    so a folder at `out` is moved aside first and deleted only once the new one is in place: a
+    reader sees the old one or the new one, never a mix."""
+    if out.is_dir() and not out.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.replace(staged, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staged, out)
+
+
 def publish(staged: str | Path, out: str | Path, manifest: Manifest) -> Manifest:
     """Move a finished `staged` artifact to `out` with its manifest.
 
@@ -354,15 +367,7 @@ def publish(staged: str | Path, out: str | Path, manifest: Manifest) -> Manifest
         with os.fdopen(fd, "w") as handle:
             handle.write(json.dumps(asdict(manifest), indent=2) + "\n")
         apply_umask(manifest_tmp)
-        if out.is_dir() and not out.is_symlink():
-            # os.replace cannot overwrite a non-empty folder: move the old one (edgekit's, guard_output
-            # checked) aside first, and delete it only once the new one is in place.
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(staged, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staged, out)
+        replace_path(staged, out)  # guard_output has checked that an existing `out` is edgekit's
         os.replace(manifest_tmp, manifest_path(out))
     finally:
         if manifest_tmp.exists():

@@ -15,13 +15,12 @@ from __future__ import annotations
 import ast
 import datetime as _dt
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artifacts import apply_umask
+from .artifacts import apply_umask, replace_path
 from .config import DataConfig, ExportOptions
 from .errors import DependencyError, OutputError, UnsupportedError
 from .export import ExportResult, default_out_path, export_artifact
@@ -120,15 +119,7 @@ def export_bundle(source: Path, target: str, precision: str, bundle: Path, optio
             "runners": [s.name for s in scripts], "edgekit_version": edgekit_version(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}, indent=2) + "\n")
         apply_umask(staging)
-        if bundle.exists():
-            # os.replace cannot overwrite a non-empty folder: move the old bundle (edgekit's, checked
-            # above) aside, put the new one in place, then delete the old one.
-            old = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.old.", dir=bundle.parent))
-            os.replace(bundle, old / bundle.name)
-            os.replace(staging, bundle)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, bundle)
+        replace_path(staging, bundle)  # an existing bundle is edgekit's, checked above
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -16,7 +16,6 @@ integer models are what the TFLite target is for.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..artifacts import replace_path
 from ..errors import CheckpointError, ConfigError, UnsupportedError
 from ..report import Reporter, quiet
 from .keras_twin import build_twin_from_file, require_tensorflow, tensorflow_missing
@@ -49,15 +49,7 @@ def _atomic_dir(out: Path) -> Any:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         yield tmp
-        if out.exists():
-            # os.replace cannot overwrite a non-empty directory: move the old one aside first,
-            # so a reader sees either the old model or the new one, never a mix.
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_path(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
