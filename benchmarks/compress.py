@@ -25,7 +25,8 @@ from edgekit.config import (CalibMethod, PruneConfig, QuantizeConfig, QuantMode,
                             data_config_from_dict)
 from edgekit.data import load_data  # noqa: E402
 from edgekit.model import load_checkpoint  # noqa: E402
-from edgekit.prune import accuracy, measure_latency, model_stats, prune_checkpoint  # noqa: E402
+from edgekit.measure import accuracy, measure_latency  # noqa: E402
+from edgekit.prune import model_stats, prune_checkpoint  # noqa: E402
 from edgekit.quantize import quantize_checkpoint  # noqa: E402
 from edgekit.report import RichReporter, markdown_table  # noqa: E402
 
@@ -83,10 +84,10 @@ def write_results(result: dict, results: Path, reporter) -> None:
 
 def remeasure(result: dict, extra: list[str], runs: int, rounds: int = 5) -> dict:
     """Add finished artifacts as rows (label=path), then re-time every row in one quiet process,
-    in alternating rounds (edgekit.prune.compare_latency), replacing the in-training timings."""
+    in alternating rounds (edgekit.measure.compare_latency), replacing the in-training timings."""
     from edgekit.artifacts import read_manifest
     from edgekit.formats import FORMATS
-    from edgekit.prune import compare_latency
+    from edgekit.measure import compare_latency
 
     rows = result["rows"]
     for item in extra:
@@ -104,10 +105,9 @@ def remeasure(result: dict, extra: list[str], runs: int, rounds: int = 5) -> dic
             row["macs_reduction"] = metrics["macs_before"] / metrics["macs_after"]
         rows = [r for r in rows if r["artifact"] != label] + [row]
     models = {r["artifact"]: FORMATS["torch"].module().load_runner(ROOT / r["file"]).model for r in rows}
-    timed = compare_latency(models, result["threads"], runs, rounds)
+    timed = compare_latency(models, result["threads"], runs, rounds=rounds)
     for row in rows:
         row["latency_p50_ms"] = timed[row["artifact"]]["p50_ms"]
-        row["latency_p50_ms_per_round"] = timed[row["artifact"]]["p50_ms_per_round"]
         if "macs_reduction" in row:
             row["latency_speedup_same_run"] = rows[0]["latency_p50_ms"] / row["latency_p50_ms"]
     result.update(rows=rows, load_average_end=[round(x, 2) for x in os.getloadavg()],

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from .artifacts import Manifest, atomic_write_text, parent_ref, to_plain, write_manifest
-from .config import BenchConfig, DataConfig
-from .errors import CheckpointError, ConfigError, DependencyError
-from .formats import format_of_path
+from .config import DataConfig
+from .errors import CheckpointError, ConfigError
+from .formats import load_artifact_runner, predict_all
 from .flips import Comparison, diff_summary_line, mcnemar_exact, softmax  # noqa: F401 (re-exported)
 from .report import Reporter, markdown_table, quiet
 
@@ -36,37 +36,35 @@ DIFF_FORMAT = "edgekit-diff/1"
 def load_split(artifact: Path, split: str, data: DataConfig | None = None, limit: int | None = None,
                reporter: Reporter = quiet):
     """(DataSplits, float images [N,3,H,W] in [0,1], labels, data config) of the artifact's lineage."""
-    from .bench.lineage import lineage
-    from .bench.measure import MeasureContext as _Context
-    from .data import to_unit_float
+    from .data import load_data, to_unit_float
+    from .lineage import data_config_of, lineage
 
     if split not in ("test", "val"):
         raise ConfigError(f"unknown split '{split}'", "use --split test or --split val")
-    context = _Context(BenchConfig(data=data, test_limit=limit), reporter)
-    config = context.data_config_for(lineage(Path(artifact)))
-    splits, images, labels = context.test_set(config)
-    if split == "val":
-        images, labels = to_unit_float(splits.val_x).numpy(), splits.val_y.numpy()
-        if limit:
-            images, labels = images[:limit], labels[:limit]
+    config = DataConfig(**asdict(data)) if data is not None else data_config_of(lineage(Path(artifact)))
+    if limit:
+        config.test_limit = limit
+    splits = load_data(config, reporter)
+    pixels, labels = (splits.test_x, splits.test_y) if split == "test" else (splits.val_x, splits.val_y)
+    images, labels = to_unit_float(pixels).numpy(), labels.numpy()
+    if split == "val" and limit:
+        images, labels = images[:limit], labels[:limit]
     return splits, images, labels, config
 
 
-def load_runner(artifact: Path, threads: int | None = None):
-    artifact = Path(artifact)
-    if not artifact.exists():
-        raise CheckpointError(f"artifact not found: {artifact}", "check the path")
-    fmt = format_of_path(artifact)
-    reason = fmt.unavailable_reason()
-    if reason is not None:
-        raise DependencyError(f"cannot run {artifact.name} here: {reason}", f"pip install 'edgekit[{fmt.extra}]'")
-    return fmt.module().load_runner(artifact, threads)
-
-
 def predict(artifact: Path, images: np.ndarray, threads: int | None = None, batch: int = 256) -> np.ndarray:
-    from .bench.measure import predict_all
+    return predict_all(load_artifact_runner(artifact, threads), images, batch)[0]
 
-    return predict_all(load_runner(artifact, threads), images, batch)[0]
+
+def _explain_instead(artifact: Path) -> str:
+    """The command that would work: explain the nearest torch file up the lineage; eval scores this one."""
+    from .gradcam import torch_model_for
+    from .lineage import lineage
+
+    ancestor = next((p for p in lineage(artifact).chain[1:] if torch_model_for(p)[0] is not None), None)
+    explain = (f"`edgekit explain {ancestor}` (the torch file it came from)" if ancestor is not None
+               else "pass a torch checkpoint (fp32, pruned, or static/QAT int8 .pt)")
+    return f"{explain}; `edgekit eval {artifact}` scores this file itself"
 
 
 # ---- edgekit diff ------------------------------------------------------------------------------
@@ -264,8 +262,7 @@ def explain(checkpoint: Path, out: Path, images_count: int = 16, indices: Sequen
         raise CheckpointError(f"checkpoint not found: {checkpoint}", "check the path")
     model, kind = torch_model_for(checkpoint)
     if model is None:
-        raise ConfigError(f"cannot explain {checkpoint.name}: {kind}",
-                          "pass a torch checkpoint (fp32, pruned, or static/QAT int8 .pt)")
+        raise ConfigError(f"cannot explain {checkpoint.name}: {kind}", _explain_instead(checkpoint))
     resolve_layer(model, layer)  # a bad --layer fails before any data is loaded
     splits, images, labels, _ = load_split(checkpoint, split, data, limit, reporter)
     classes = list(splits.classes)
@@ -280,7 +277,6 @@ def explain(checkpoint: Path, out: Path, images_count: int = 16, indices: Sequen
         chosen = np.sort(np.random.default_rng(seed).choice(len(labels), size=min(images_count, len(labels)),
                                                             replace=False))
     from .formats.torch import TorchRunner
-    from .bench.measure import predict_all
 
     logits = predict_all(TorchRunner(model), images, 256)[0]
     probabilities = softmax(logits)

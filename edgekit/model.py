@@ -30,6 +30,7 @@ from .errors import CheckpointError
 CHECKPOINT_FORMAT = "edgekit-checkpoint/1"
 BASE_STAGE_CHANNELS = (64, 128, 256, 512)
 BLOCKS_PER_STAGE = 2
+INPUT_SIZE = 32  # CIFAR images, height = width
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
@@ -69,6 +70,11 @@ class ModelSpec:
     def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
         known = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """One image as the network takes it, CHW (CIFAR's 32x32; mean/std say how many channels)."""
+        return (len(self.mean), INPUT_SIZE, INPUT_SIZE)
 
     @property
     def is_pruned(self) -> bool:

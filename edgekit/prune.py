@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +35,9 @@ from .artifacts import Manifest, guard_output, parent_ref, publish, remove_path,
 from .config import DataConfig, Importance, PruneConfig, finetune_config
 from .data import DataSplits, batches, load_data_for_checkpoint, to_unit_float
 from .errors import ConfigError, DependencyError
+from .measure import accuracy, compare_latency
 from .model import ModelSpec, ResNet18, count_macs, count_parameters, load_checkpoint, save_checkpoint
 from .report import Reporter, quiet
-from .timing import percentiles, time_calls
 
 
 @dataclass
@@ -51,58 +50,11 @@ class PruneResult:
     max_rebuild_diff: float = 0.0
 
 
-# ---- measurements shared with quantize and the benchmark -----------------------------------
-
-
-@torch.inference_mode()
-def measure_latency(model: nn.Module, threads: int = 1, runs: int = 200, warmup: int = 20,
-                    batch: int = 1) -> dict[str, Any]:
-    """CPU batch-`batch` latency of torch eager, threads pinned; milliseconds (edgekit.timing's rule)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        model.eval()
-        x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-        stats = percentiles(time_calls(lambda _: model(x), runs, warmup))
-    finally:
-        torch.set_num_threads(previous)
-    return {"p50_ms": stats["p50"], "p90_ms": stats["p90"], "mean_ms": stats["mean"], "runs": runs,
-            "threads": threads, "batch": batch, "runtime": "torch eager (CPU)"}
-
-
-def compare_latency(models: dict[str, nn.Module], threads: int = 1, runs: int = 200, rounds: int = 5
-                    ) -> dict[str, dict[str, Any]]:
-    """Latency of several models measured in alternating rounds, so drift (other processes, allocator
-    and cache state after training) hits them alike; each p50 is the median of the rounds' p50s.
-    (One-shot before/after measurements in the process that just fine-tuned disagreed with a fresh
-    process; no recorded figure backs the size of that effect, so none is quoted.)
-    """
-    per_round = max(10, runs // rounds)
-    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            samples[name].append(measure_latency(model, threads, per_round))
-    result = {}
-    for name, rows in samples.items():
-        result[name] = {"p50_ms": statistics.median(r["p50_ms"] for r in rows),
-                        "p50_ms_per_round": [round(r["p50_ms"], 4) for r in rows],
-                        "runs": per_round * rounds, "rounds": rounds, "threads": threads, "batch": 1,
-                        "runtime": "torch eager (CPU), models measured in alternating rounds"}
-    return result
-
-
 def model_stats(model: nn.Module, path: Path | None = None) -> dict[str, Any]:
     stats: dict[str, Any] = {"params": count_parameters(model), "macs": count_macs(model)}
     if path is not None:
         stats["file_bytes"] = Path(path).stat().st_size
     return stats
-
-
-def accuracy(model: nn.Module, data: DataSplits, split: str = "val") -> float:
-    from .train import evaluate
-
-    images, labels = (data.val_x, data.val_y) if split == "val" else (data.test_x, data.test_y)
-    return evaluate(model, images, labels, batch_size=500)["accuracy"]
 
 
 @torch.no_grad()

@@ -29,12 +29,12 @@ from torch import nn
 from . import distributed
 from .artifacts import Manifest, guard_output, parent_ref, publish, remove_path, staging_path
 from .calibrate import CalibrationSet, load_calibration
-from .config import (CalibMethod, DataConfig, ExportOptions, QuantBackend, QuantizeConfig, QuantMode, TrainConfig,
-                     check_choice, finetune_config)
+from .config import (CalibMethod, CalibrationConfig, DataConfig, ExportOptions, QuantBackend, QuantizeConfig,
+                     QuantMode, TrainConfig, check_choice, finetune_config)
 from .data import DataSplits, load_data_for_checkpoint
 from .errors import ConfigError
 from .model import ResNet18, count_macs, load_checkpoint
-from .prune import accuracy, measure_latency
+from .measure import accuracy, compare_latency
 from .qmodel import (Island, QuantResNet, _aoq, _mark_islands, activation_range, convert, describe_engine,
                      dynamic_quantize, engine_latency_note, engine_of, int8_census, layer_names, prepare_static, qat_qconfig, quantizable,
                      save_quantized, set_backend)
@@ -395,7 +395,8 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
         raise ConfigError(f"--keep-float must be >= 0, got {config.keep_float}", "e.g. --keep-float 2")
     if mode is not QuantMode.dynamic and not config.calibration:
         raise ConfigError(f"--mode {mode.value} needs a calibration set",
-                          "pass --calibration calibration/<data>-512.json (make one with `edgekit calibrate`)")
+                          f"pass --calibration calibration/<data>-{CalibrationConfig.size}.json (make one with "
+                          "`edgekit calibrate`)")
     if mode is QuantMode.dynamic and (config.keep_float or config.sensitivity):
         raise ConfigError("--sensitivity/--keep-float apply to static and qat modes", "drop them or use --mode static")
     backend = backend_of(config)
@@ -408,9 +409,7 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
     set_backend(backend)
     torch.manual_seed(config.seed)
     fp32 = _accuracies(model, data)
-    fp32_latency = measure_latency(model, config.threads, config.latency_runs) if world.is_main else {"p50_ms": None}
     metrics: dict[str, Any] = {"fp32_" + k: v for k, v in fp32.items()}
-    metrics["fp32_latency_ms"] = fp32_latency["p50_ms"]
     engine = describe_engine(backend)
     recipe: dict[str, Any] = {"mode": mode.value, "backend": backend, "keep_float": []}
     extra: dict[str, Any] = {"parent": parent_ref(source), "data_config": checkpoint.extra.get("data_config"),
@@ -438,7 +437,10 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
     metrics.update(int8)
     metrics["accuracy_drop_val_pt"] = 100 * (fp32["val_accuracy"] - int8["val_accuracy"])
     metrics["accuracy_drop_test_pt"] = 100 * (fp32["test_accuracy"] - int8["test_accuracy"])
-    metrics["latency"] = measure_latency(qmodel, config.threads, config.latency_runs)
+    # fp32 and int8 timed in alternating rounds: drift on a shared CPU lands on both alike.
+    latency = compare_latency({"fp32": model, "int8": qmodel}, config.threads, config.latency_runs)
+    metrics["fp32_latency_ms"] = latency["fp32"]["p50_ms"]
+    metrics["latency"] = latency["int8"]
     metrics["latency_ms"] = metrics["latency"]["p50_ms"]
     latency_note = engine_latency_note(backend)  # qnnpack timed on x86 is not ARM's latency
     if latency_note:
@@ -452,6 +454,6 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
     if mode is not QuantMode.dynamic and config.export_onnx:
         onnx_path = _export_side_qdq(out, config, data, reporter, force)
     reporter.table(f"quantize: {out.name}", ["", "value"],
-                   _summary_rows(mode, backend, recipe, fp32, fp32_latency, metrics, source, config))
+                   _summary_rows(mode, backend, recipe, fp32, latency["fp32"], metrics, source, config))
     reporter.info(f"quantize: {note}")
     return QuantizeResult(artifact=out, model=qmodel, metrics=metrics, onnx=onnx_path, sensitivity=sensitivity)

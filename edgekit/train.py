@@ -41,6 +41,7 @@ from .averaging import make_averager
 from .config import DataConfig, Device, Optimizer, Schedule, TrainConfig
 from .data import DataSplits, augment, batches, to_unit_float
 from .errors import CheckpointError, ConfigError, DataError, DependencyError, OutputError
+from .measure import evaluate
 from .model import ResNet18, save_checkpoint
 from .report import Reporter, quiet
 from .train_state import check_resume_config, load_train_state, run_config_of, save_train_state
@@ -109,41 +110,6 @@ def _autocast(device: torch.device, config: TrainConfig):
     if torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16), None, "bf16"
     return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda"), "fp16"
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024,
-             device: torch.device | str = "cpu", channels_last: bool = False, autocast=None) -> dict[str, Any]:
-    """Accuracy and mean cross-entropy of `model` on uint8 images; predictions on the CPU.
-
-    `autocast` (a torch.autocast context) runs the forward passes in lower precision: the trainer's
-    per-epoch evaluation uses its own, which at full width on a CPU costs a third of fp32's time."""
-    autocast = autocast if autocast is not None else contextlib.nullcontext()
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    # Fake-quant observers keep recording in eval mode; evaluation data must not move QAT ranges.
-    observing = [m for m in model.modules() if getattr(m, "observer_enabled", None) is not None]
-    observer_states = [m.observer_enabled.clone() for m in observing]
-    for module in observing:
-        module.observer_enabled.zero_()
-    loss_sum, predictions = 0.0, []
-    for x, y in batches(images, labels, batch_size):
-        x = to_unit_float(x.to(device, non_blocking=True))
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            logits = model(x).float()
-        y = y.to(device)
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        predictions.append(logits.argmax(1).cpu())
-    model.train(was_training)
-    for module, enabled in zip(observing, observer_states):
-        module.observer_enabled.copy_(enabled)
-    predicted = torch.cat(predictions) if predictions else torch.empty(0, dtype=torch.long)
-    n = max(1, len(labels))
-    return {"accuracy": (predicted == labels.cpu()).float().mean().item() if len(labels) else 0.0,
-            "loss": loss_sum / n, "predictions": predicted}
 
 
 def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -22,10 +22,12 @@ LAYERS = {
     "edgekit.cli": 6,
     "edgekit.pipeline": 5,
     **{f"edgekit.{stage}": 4 for stage in ("train", "train_state", "prune", "quantize", "calibrate", "export", "bench",
-                                           "validate", "diagnose", "gradcam", "bundle")},
+                                           "validate", "diagnose", "gradcam", "bundle", "evaluate")},
     "edgekit.formats": 3,
+    "edgekit.lineage": 3,  # parent links up to the root: reads the format table, no stage
     "edgekit.qmodel": 2,
     "edgekit.model": 2,
+    "edgekit.measure": 2,  # accuracy and latency of a torch model
     **{f"edgekit.{base}": 1 for base in ("artifacts", "config", "errors", "report", "data", "timing",
                                          "flips", "diagnose_plots", "tensorboard_log",
                                          "distributed", "averaging")},

@@ -15,7 +15,7 @@ from edgekit.config import CalibMethod, DataConfig, DataSource, QuantizeConfig, 
 from edgekit.data import load_data, to_unit_float
 from edgekit.errors import CalibrationError, CheckpointError, ConfigError
 from edgekit.model import ModelSpec, build_model, load_checkpoint, save_checkpoint
-from edgekit.prune import accuracy
+from edgekit.measure import accuracy
 from edgekit.qmodel import int8_census, load_quantized
 from edgekit.quantize import quantize_checkpoint
 from edgekit.train import train_model

@@ -37,7 +37,7 @@ from ..report import Reporter, quiet
 from ..timing import latency_stats
 from .baselines import STOCK_SOURCE, baseline_label, make_baselines
 from .compare import compare
-from .lineage import Lineage, discover, format_of_path_or_none, lineage, source_checkpoint
+from ..lineage import Lineage, discover, format_of_path_or_none, lineage, source_checkpoint
 from .measure import MeasureContext, bench_one, blank_row, environment, load_average, pin_threads
 from .render import (BENCH_FORMAT, BenchRun, TABLE_COLUMNS, contention_notes, int8_slowdown_reason, load_run,
                      markdown_text, render, summary, summary_lines, table_rows, write_outputs)

@@ -17,7 +17,7 @@ from ..config import BenchConfig, DataConfig
 from ..errors import EdgekitError
 from ..formats import FORMATS, SOURCE_FORMAT, Format
 from ..report import Reporter, quiet
-from .lineage import Lineage, format_of_path_or_none, lineage, source_checkpoint
+from ..lineage import Lineage, format_of_path_or_none, lineage, source_checkpoint
 from .measure import MeasureContext, blank_row, why
 
 STOCK_SOURCE = "stock torch eager fp32"

@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import cpu_flags, library_versions, machine_info, read_manifest, to_plain
-from ..config import BenchConfig, DataConfig, data_config_from_dict
-from ..errors import CheckpointError, ConfigError, EdgekitError
+from ..config import BenchConfig, DataConfig
+from ..errors import CheckpointError, EdgekitError
 from ..flips import diff_summary_line
-from ..formats import SOURCE_FORMAT, Format, Runtime
+from ..formats import SOURCE_FORMAT, Format, Runtime, predict_all
 from ..report import Reporter
-from ..timing import latency_stats, predict_batched, time_calls
-from .lineage import Lineage, lineage, source_checkpoint
+from ..timing import latency_stats, time_calls
+from ..lineage import Lineage, data_config_of, lineage, source_checkpoint
 
 
 def load_average() -> list[float] | None:
@@ -78,17 +78,6 @@ def throughput(runner: Any, inputs: np.ndarray, batch: int, seconds: float) -> d
             "ms_per_batch_p50": float(np.percentile(times_ms, 50)), "calls": int(len(times_ms))}
 
 
-def predict_all(runner: Any, images: np.ndarray, batch: int) -> tuple[np.ndarray, int]:
-    """Logits for every image; falls back to one image at a time for files with a static batch of 1."""
-    try:
-        runner.predict(images[:batch])
-    except Exception:
-        if batch == 1:
-            raise
-        return predict_all(runner, images, 1)
-    return predict_batched(runner.predict, images, batch), batch
-
-
 class MeasureContext:
     """Per-run caches: data per data config, predictions of fp32 sources, calibration sets."""
 
@@ -102,15 +91,7 @@ class MeasureContext:
         if self.config.data is not None:
             config = DataConfig(**asdict(self.config.data))
         else:
-            config = None
-            for path in reversed(lin.chain):  # the root first: it names the data the lineage learned
-                checkpoint = source_checkpoint(path)
-                if checkpoint is not None and checkpoint.extra.get("data_config"):
-                    config = data_config_from_dict(checkpoint.extra["data_config"])
-                    break
-            if config is None:
-                raise ConfigError(f"no data config in the lineage of {lin.chain[0]} (root {lin.root})",
-                                  "pass --source/--data-dir to say which test split to measure on")
+            config = data_config_of(lin)
         if self.config.test_limit:
             config.test_limit = self.config.test_limit
         return config

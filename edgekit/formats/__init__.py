@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
-from ..errors import UnsupportedError
-from ..timing import batch_slices
+from ..errors import DependencyError, UnsupportedError
+from ..timing import batch_slices, predict_batched
 
 if TYPE_CHECKING:
     from ..model import Checkpoint
@@ -188,6 +188,34 @@ def predict_in_fixed_batches(run: Callable[[np.ndarray], np.ndarray], batch: np.
             chunk = np.concatenate([chunk, np.zeros((size - real, *chunk.shape[1:]), chunk.dtype)])
         outputs.append(run(chunk)[:real])
     return np.concatenate(outputs)
+
+
+def predict_all(runner: Runner, images: np.ndarray, batch: int) -> tuple[np.ndarray, int]:
+    """Logits for every image and the batch used: `batch` at a time, or one at a time for a file
+    with a static batch of 1 (which refuses the first `batch`-sized call)."""
+    try:
+        runner.predict(images[:batch])
+    except Exception:
+        if batch == 1:
+            raise
+        return predict_all(runner, images, 1)
+    return predict_batched(runner.predict, images, batch), batch
+
+
+def load_artifact_runner(artifact: Path, threads: int | None = None) -> Runner:
+    """The runner of any file edgekit writes, by its suffix; refused in one line if this machine cannot run it."""
+    from ..errors import CheckpointError
+
+    artifact = Path(artifact)
+    if not artifact.exists():
+        raise CheckpointError(f"artifact not found: {artifact}", "check the path")
+    fmt = format_of_path(artifact)
+    reason = fmt.unavailable_reason()
+    if reason is not None:
+        raise DependencyError(f"cannot run {artifact.name} here: {reason}",
+                              f"`edgekit doctor` lists what this machine runs; the runtime comes with "
+                              f"pip install 'edgekit[{fmt.extra}]'")
+    return fmt.module().load_runner(artifact, threads)
 
 
 def export_targets() -> list[str]:

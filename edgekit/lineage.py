@@ -1,7 +1,7 @@
-"""Bench lineage: an artifact's parent links up to its fp32 root, and artifact discovery.
+"""Lineage: an artifact's parent links up to its fp32 root, and artifact discovery.
 
-The root names the data the lineage learned (its `extra.data_config`) and is the reference every
-row's top-1 agreement is measured against.
+The root names the data the lineage learned (its `extra.data_config`): bench, eval and diff score
+every file of a lineage on that data, and bench measures top-1 agreement against the root.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..artifacts import manifest_path, read_manifest, sha256_file
-from ..errors import ConfigError, EdgekitError
-from ..formats import SOURCE_FORMAT, Format, format_of_path
+from .artifacts import manifest_path, read_manifest, sha256_file
+from .config import DataConfig, data_config_from_dict
+from .errors import ConfigError, EdgekitError
+from .formats import SOURCE_FORMAT, Format, format_of_path
 
 
 @dataclass
@@ -69,7 +70,7 @@ def lineage(artifact: Path) -> Lineage:
 
 def source_checkpoint(path: Path):
     """The checkpoint at `path` if it is an edgekit fp32/pruned checkpoint, else None."""
-    from ..model import load_checkpoint
+    from .model import load_checkpoint
 
     if not path.is_file() or format_of_path_or_none(path) is not SOURCE_FORMAT:
         return None
@@ -79,6 +80,16 @@ def source_checkpoint(path: Path):
         return checkpoint
     except (EdgekitError, RuntimeError, KeyError, TypeError, ValueError):
         return None  # e.g. a torch int8 checkpoint: not buildable as the fp32 ResNet18
+
+
+def data_config_of(lin: Lineage) -> DataConfig:
+    """The data config recorded by the nearest checkpoint up the lineage that has one, root first."""
+    for path in reversed(lin.chain):  # the root first: it names the data the lineage learned
+        checkpoint = source_checkpoint(path)
+        if checkpoint is not None and checkpoint.extra.get("data_config"):
+            return data_config_from_dict(checkpoint.extra["data_config"])
+    raise ConfigError(f"no data config in the lineage of {lin.chain[0]} (root {lin.root})",
+                      "pass --source/--data-dir to say which data to measure on")
 
 
 def format_of_path_or_none(path: Path) -> Format | None:
