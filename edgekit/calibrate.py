@@ -33,14 +33,14 @@ import torch
 
 from .artifacts import (Manifest, atomic_write_text, guard_output, publish, remove_path, sha256_file,
                         staging_path)
-from .config import DataConfig, DataSource
+from .config import CalibrationConfig, DataConfig, DataSource
 from .data import DataSplits, to_unit_float
 from .errors import CalibrationError, ConfigError
 from .model import CIFAR10_MEAN, CIFAR10_STD, ModelSpec
 from .timing import batch_slices
 
 CALIBRATION_FORMAT = "edgekit-calibration/1"
-DEFAULT_SIZE = 512
+DEFAULT_SIZE = CalibrationConfig.size
 STANDARD_SIZES = (128, 512, 1024)
 DEFAULT_DIR = Path("calibration")
 
@@ -163,7 +163,7 @@ def make_calibration(data: DataSplits, data_config: DataConfig, size: int = DEFA
                      model_spec: ModelSpec | None = None, name: str | None = None) -> CalibrationSet:
     """Choose `size` class-balanced training images with `seed`; hash their pixels and preprocessing."""
     if not isinstance(size, int) or size < 1:
-        raise ConfigError(f"calibration size must be a positive integer, got {size!r}", "use e.g. --size 512")
+        raise ConfigError(f"calibration size must be a positive integer, got {size!r}", f"use e.g. --size {DEFAULT_SIZE}")
     if size > len(data.train_y):
         raise ConfigError(f"calibration size {size} exceeds the {len(data.train_y)} training images",
                           "use a smaller --size")
@@ -224,7 +224,7 @@ def read_definition(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise CalibrationError(f"calibration definition not found: {path}",
-                               "make one with `edgekit calibrate --source ... --size 512`")
+                               f"make one with `edgekit calibrate --source ... --size {DEFAULT_SIZE}`")
     try:
         definition = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

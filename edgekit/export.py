@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .artifacts import Manifest, guard_output, parent_ref, publish, read_manifest, remove_path, staging_path, to_plain
-from .config import DataConfig, ExportOptions, data_config_from_dict
+from .config import CalibrationConfig, DataConfig, ExportOptions, data_config_from_dict
 from .errors import CheckpointError, ConfigError, DependencyError, ParityError, UnsupportedError
 from .formats import FORMATS, SOURCE_FORMAT, export_targets, load_source
 from .formats.metadata import DeployMetadata, describe_export
@@ -126,8 +126,9 @@ def export_artifact(source: Path, target: str, precision: str, out: Path | None 
     options.validate()
     if precision == "int8" and not options.calibration:
         raise ConfigError(f"int8 {target} export needs a calibration set",
-                          "make one with `edgekit calibrate --source ... --size 512` (it writes calibration/<data>-512.json) "
-                          "and pass --calibration calibration/<data>-512.json")
+                          f"make one with `edgekit calibrate --source ... --size {CalibrationConfig.size}` (it writes "
+                          f"calibration/<data>-{CalibrationConfig.size}.json) and pass --calibration "
+                          f"calibration/<data>-{CalibrationConfig.size}.json")
     checkpoint = load_source(source, precision)
     out = Path(out) if out else default_out_path(source, target, precision)
     writes_folder = fmt.suffix == ".savedmodel"

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .artifacts import atomic_write_text, sha256_file, to_plain
-from .config import (BenchConfig, CalibMethod, DataConfig, ExportOptions, PruneConfig, QuantizeConfig, QuantMode,
-                     TrainConfig)
+from .config import (BenchConfig, CalibMethod, CalibrationConfig, DataConfig, ExportOptions, PruneConfig,
+                     QuantizeConfig, QuantMode, TrainConfig)
 from .errors import EdgekitError
 from .formats import FORMATS
 from .report import Reporter, quiet
@@ -26,7 +26,7 @@ class PipelineConfig:
     data: DataConfig
     train: TrainConfig
     prune: PruneConfig = field(default_factory=PruneConfig)
-    calibration_size: int = 512
+    calibration_size: int = CalibrationConfig.size
     static_method: CalibMethod = CalibMethod.auto
     qat_epochs: int = 2
     bench: BenchConfig = field(default_factory=BenchConfig)
