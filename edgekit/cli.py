@@ -19,9 +19,11 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from .config import (Averaging, BenchConfig, DataConfig, DataSource, Device, ExportOptions, Optimizer, PruneConfig,
-                     QuantizeConfig, Schedule, TrainConfig)
+from .config import (Averaging, BenchConfig, CalibMethod, CalibrationConfig, DataConfig, DataSource, Device,
+                     EvalConfig, ExportOptions, Importance, Optimizer, PruneConfig, QuantBackend, QuantizeConfig,
+                     QuantMode, Schedule, Split, TrainConfig, Tta)
 from .errors import EdgekitError
+from .formats import FORMATS as _FORMATS, export_targets as _export_targets
 
 
 class _Group(TyperGroup):
@@ -62,11 +64,6 @@ def _reporter():
 
     # Under torchrun only rank 0 talks; the others' errors still reach stderr.
     return RichReporter() if from_env().is_main else Reporter()
-
-
-class Split(str, Enum):
-    test = "test"
-    val = "val"
 
 
 SourceOption = typer.Option(DataSource.cifar10, "--source", help="cifar10 (download), folder (an ImageFolder tree) or synthetic")
@@ -173,37 +170,25 @@ def _interrupted_training(out: Path):
 
 @app.command("eval")
 def evaluate_command(
-    checkpoint: Path = typer.Argument(..., help="an edgekit checkpoint (.pt)"),
-    source: Optional[DataSource] = typer.Option(None, "--source", help="default: the data it was trained on"),
+    artifact: Path = typer.Argument(..., help="any file edgekit writes: a checkpoint, an int8 .pt, an export"),
+    source: Optional[DataSource] = typer.Option(None, "--source", help="default: the data its lineage was trained on"),
     data_dir: Optional[Path] = DataDirOption,
-    split: Split = typer.Option(Split.test),
-    batch_size: int = typer.Option(1024),
+    split: Split = typer.Option(EvalConfig.split),
+    tta: Tta = typer.Option(EvalConfig.tta, help="test-time augmentation, reported beside the plain accuracy "
+                                                 "(flip: 2 passes an image, flip-translate: 6); never a deployment figure"),
+    batch_size: int = typer.Option(EvalConfig.batch_size),
+    threads: Optional[int] = typer.Option(EvalConfig.threads, help="CPU threads for the runtime"),
 ) -> None:
-    """Accuracy of a checkpoint on the test (or validation) split.
+    """Accuracy of a file on the test (or validation) split, optionally with test-time augmentation.
 
-    Example: edgekit eval artifacts/train/best.pt --source folder --data-dir data/cifar10-jpg
+    Example: edgekit eval benchmarks/models/resnet18-w1-cpu.fp16.pt --tta flip-translate
     """
-    from .config import data_config_from_dict
-    from .data import load_data_for_checkpoint
-    from .model import load_checkpoint
-    from .train import evaluate
+    from .evaluate import evaluate_artifact
 
     reporter = _reporter()
-    loaded = load_checkpoint(checkpoint)
-    data_config = data_config_from_dict(loaded.extra.get("data_config"))
-    if source is not None:
-        data_config.source = source
-    if data_dir is not None:
-        data_config.data_dir = str(data_dir)
-    data = load_data_for_checkpoint(loaded, data_config, reporter)
-    images, labels = (data.test_x, data.test_y) if split is Split.test else (data.val_x, data.val_y)
-    result = evaluate(loaded.build(), images, labels, batch_size)
-    recorded = loaded.extra.get("metrics", {}).get("test_accuracy")
-    rows = [["checkpoint", str(checkpoint)], ["data", data.source], ["split", f"{split.value} ({len(labels)} images)"],
-            ["accuracy", f"{result['accuracy']:.2%}"], ["loss", round(result["loss"], 4)]]
-    if recorded is not None and split is Split.test:
-        rows.append(["recorded test accuracy", f"{recorded:.2%}"])
-    reporter.table("evaluation", ["", ""], rows)
+    result = evaluate_artifact(artifact, EvalConfig(split=split, tta=tta, batch_size=batch_size, threads=threads),
+                               source=source, data_dir=data_dir, reporter=reporter)
+    reporter.table("evaluation", ["", ""], result.rows())
 
 
 @app.command()
@@ -364,14 +349,11 @@ def bench(
         raise typer.Exit(1)
 
 
-from .config import CalibMethod, Importance, QuantBackend, QuantMode  # noqa: E402  (compression stage choices)
-
-
 @app.command()
 def calibrate(
     source: DataSource = SourceOption,
     data_dir: Optional[Path] = DataDirOption,
-    size: int = typer.Option(512, help="images (class-balanced); 128, 512 and 1024 are committed"),
+    size: int = typer.Option(CalibrationConfig.size, help="images (class-balanced); 128, 512 and 1024 are committed"),
     seed: int = typer.Option(DataConfig.seed, help="seed of the image selection"),
     val_size: int = typer.Option(DataConfig.val_size, help="the validation split the data is loaded with"),
     data_seed: int = typer.Option(0, help="seed of the train/val split"),
@@ -472,8 +454,6 @@ def quantize(
     config.validate()
     quantize_checkpoint(checkpoint, config, out, _reporter(), force=force)
 
-
-from .formats import FORMATS as _FORMATS, export_targets as _export_targets  # noqa: E402  (export choices)
 
 # Choices come from the format table, so a new target needs no change here.
 ExportTarget = Enum("ExportTarget", {name: name for name in _export_targets()}, type=str)

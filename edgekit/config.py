@@ -38,6 +38,19 @@ class Averaging(str, Enum):
     swa = "swa"  # stochastic weight averaging: the mean of per-epoch snapshots after --swa-start
 
 
+class Split(str, Enum):
+    test = "test"  # for reporting only
+    val = "val"  # carved from train: where choices are made
+
+
+class Tta(str, Enum):
+    """Test-time augmentation for `edgekit eval`: the logits of several views of each image averaged."""
+
+    none = "none"
+    flip = "flip"  # the image and its mirror (2 forward passes)
+    flip_translate = "flip-translate"  # and both mirrored again after a 1-px shift up-left and down-right (6)
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -227,6 +240,21 @@ def quick_profile() -> tuple[DataConfig, TrainConfig]:
 
 
 @dataclass
+class EvalConfig:
+    """How `edgekit eval` scores a file. TTA is reported beside the plain figure, never instead of it."""
+
+    split: Split = Split.test
+    tta: Tta = Tta.none
+    batch_size: int = 256
+    threads: int | None = None
+
+    def validate(self) -> "EvalConfig":
+        check_range("batch_size", self.batch_size, 1, hint="e.g. --batch-size 256")
+        check_range("threads", self.threads, 1, optional=True)
+        return self
+
+
+@dataclass
 class ExportOptions:
     """How `edgekit export` writes a target file and gates it against its source."""
 
@@ -305,7 +333,9 @@ class CalibMethod(str, Enum):
 
 @dataclass
 class CalibrationConfig:
-    size: int = 512
+    """The calibration set every int8 path shares (edgekit calibrate, the pipeline's calibrate stage)."""
+
+    size: int = 512  # images, class-balanced; 128, 512 and 1024 are committed for the CIFAR-10 JPEGs
     seed: int = 0
     name: str | None = None  # default: <data>-<size>
 

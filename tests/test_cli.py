@@ -43,7 +43,7 @@ def test_every_command_has_help_with_an_example():
 @pytest.mark.parametrize("args, message", [
     (["train", "--source", "folder", "--data-dir", "/nonexistent/cifar"], "data directory not found"),
     (["train", "--source", "folder"], "needs a directory"),
-    (["eval", "/nonexistent/best.pt"], "checkpoint not found"),
+    (["eval", "/nonexistent/best.pt"], "artifact not found"),
     (["info", "/nonexistent/best.pt"], "artifact not found"),
 ])
 def test_bad_input_gives_one_line_and_nonzero_exit(args, message):
