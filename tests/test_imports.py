@@ -184,12 +184,12 @@ def stage_of(name: str) -> str:
 def stage_helper_imports() -> set[tuple[str, str, str]]:
     """(importer, module, name) for each name a stage imports from another stage, entry points aside."""
     modules = all_modules()
-    found = set()
+    stage_layer, found = LAYERS["edgekit.train"], set()
     for importer, path in modules.items():
-        if layer(importer) != LAYERS["edgekit.train"]:
+        if layer(importer) != stage_layer:
             continue
         for module, what in imported_names(importer, path, modules):
-            if module == "edgekit" or layer(module) != LAYERS["edgekit.train"] or stage_of(module) == stage_of(importer):
+            if module == "edgekit" or layer(module) != stage_layer or stage_of(module) == stage_of(importer):
                 continue
             if what not in ENTRY_POINTS.get(stage_of(module), ()):
                 found.add((importer, module, what))
