@@ -131,7 +131,7 @@ def export_artifact(source: Path, target: str, precision: str, out: Path | None 
                           f"calibration/<data>-{CalibrationConfig.size}.json")
     checkpoint = load_source(source, precision)
     out = Path(out) if out else default_out_path(source, target, precision)
-    writes_folder = fmt.suffix == ".savedmodel"
+    writes_folder = fmt.folder
     if out.is_dir() and not (writes_folder and out.name.endswith(fmt.suffix)):
         out = out / default_out_path(source, target, precision).name
     guard_output(out, "export", sources=(source,), force=force, directory=writes_folder)

@@ -35,6 +35,7 @@ from .artifacts import Manifest, guard_output, parent_ref, publish, remove_path,
 from .config import DataConfig, Importance, PruneConfig, finetune_config
 from .data import DataSplits, batches, load_data_for_checkpoint, to_unit_float
 from .errors import ConfigError, DependencyError
+from .formats import SOURCE_FORMAT
 from .measure import accuracy, compare_latency
 from .model import ModelSpec, ResNet18, count_macs, count_parameters, load_checkpoint, save_checkpoint
 from .report import Reporter, quiet
@@ -338,7 +339,7 @@ def prune_checkpoint(source: Path, config: PruneConfig, out: Path, reporter: Rep
         save_checkpoint(staged, fresh, data.classes, extra)
         after["file_bytes"] = staged.stat().st_size
         publish(staged, out, Manifest(
-            kind="pruned", format="torch", precision="fp32", parent=parent_ref(source),
+            kind="pruned", format=SOURCE_FORMAT.name, precision="fp32", parent=parent_ref(source),
             config={"prune": config}, seed=config.seed, metrics=metrics,
             extra={"note": note, "spec": spec.to_dict(), "prune_history": history, "before": before, "after": after}))
     finally:

@@ -33,6 +33,7 @@ from .config import (CalibMethod, CalibrationConfig, DataConfig, ExportOptions, 
                      QuantMode, TrainConfig, check_choice, finetune_config)
 from .data import DataSplits, load_data_for_checkpoint
 from .errors import ConfigError
+from .formats import QDQ_FORMAT, QDQ_SUFFIX, SOURCE_FORMAT
 from .model import ResNet18, count_macs, load_checkpoint
 from .measure import accuracy, compare_latency
 from .qmodel import (Island, QuantResNet, _aoq, _mark_islands, activation_range, convert, describe_engine,
@@ -237,7 +238,7 @@ def _export_side_qdq(artifact: Path, config: QuantizeConfig, data: DataSplits, r
 
     options = ExportOptions(opset=config.opset, calibration=config.calibration, seed=config.seed)
     try:
-        return export_artifact(artifact, "onnx", "int8", artifact.with_suffix(".qdq.onnx"), options,
+        return export_artifact(artifact, QDQ_FORMAT.name, "int8", artifact.with_suffix(QDQ_SUFFIX), options,
                                reporter, data=data, force=force).path
     except (DependencyError, ParityError) as exc:
         reporter.info(f"quantize: QDQ ONNX not written: {exc.message}")
@@ -346,7 +347,7 @@ def _write_int8(out: Path, source: Path, qmodel: nn.Module, model: ResNet18, cla
         metrics["file_bytes"] = staged.stat().st_size
         metrics["parent_file_bytes"] = source.stat().st_size
         precision = "int8" if metrics["census"]["qint8_tensors"] > 1 else "fp32 + int8 fc"
-        publish(staged, out, Manifest(kind="quantized", format="torch", precision=precision,
+        publish(staged, out, Manifest(kind="quantized", format=SOURCE_FORMAT.name, precision=precision,
                                       parent=parent_ref(source), config={"quantize": config}, seed=config.seed,
                                       metrics=metrics,
                                       extra={"recipe": recipe, "note": note, "calibration": extra.get("calibration"),
@@ -390,7 +391,7 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
     if world.is_main:  # refused before the data and the minutes of work; the write probe is a write
         guard_output(out, "quantized", sources=(source,), force=force)
         if mode is not QuantMode.dynamic and config.export_onnx:
-            guard_output(out.with_suffix(".qdq.onnx"), "export", sources=(source,), force=force)
+            guard_output(out.with_suffix(QDQ_SUFFIX), "export", sources=(source,), force=force)
     if config.keep_float < 0:
         raise ConfigError(f"--keep-float must be >= 0, got {config.keep_float}", "e.g. --keep-float 2")
     if mode is not QuantMode.dynamic and not config.calibration:

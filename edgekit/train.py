@@ -41,6 +41,7 @@ from .averaging import make_averager
 from .config import DataConfig, Device, Optimizer, Schedule, TrainConfig
 from .data import DataSplits, augment, batches, to_unit_float
 from .errors import CheckpointError, ConfigError, DataError, DependencyError, OutputError
+from .formats import SOURCE_FORMAT
 from .measure import evaluate
 from .model import ResNet18, save_checkpoint
 from .report import Reporter, quiet
@@ -418,7 +419,7 @@ def _write_outputs(out_dir: Path, result: TrainResult, data: DataSplits, config:
     staged = staging_path(checkpoint)
     try:  # best.pt and its manifest appear together
         save_checkpoint(staged, result.model, data.classes, extra)
-        publish(staged, checkpoint, Manifest(kind="checkpoint", format="torch", precision="fp32",
+        publish(staged, checkpoint, Manifest(kind="checkpoint", format=SOURCE_FORMAT.name, precision="fp32",
                                              parent=parent_ref(parent), config={"train": config, "data": data_config},
                                              seed=config.seed, metrics=metrics,
                                              extra={"data": data.describe(), "config_hash": config_hash}))

@@ -21,7 +21,7 @@ def trained_dir(tmp_path_factory):
     return out
 
 
-def test_train_eval_info_doctor(trained_dir):
+def test_train_eval_info(trained_dir):
     assert (trained_dir / "best.pt.manifest.json").exists()
     result = invoke("eval", trained_dir / "best.pt")
     assert result.exit_code == 0, result.output
@@ -29,15 +29,51 @@ def test_train_eval_info_doctor(trained_dir):
     result = invoke("info", trained_dir / "best.pt")
     assert result.exit_code == 0, result.output
     assert "parameters" in result.output and "MACs" in result.output and "parent" in result.output
+
+
+def _table_rows(output: str) -> dict[str, str]:
+    """First line of each row of a two-column rich table: {label: value}."""
+    rows = {}
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if len(cells) == 2 and cells[0]:
+            rows[cells[0]] = cells[1]
+    return rows
+
+
+def test_doctor_reports_this_machine_as_torch_and_the_format_table_see_it():
+    import torch
+
+    from edgekit.formats import FORMATS
+
     result = invoke("doctor")
     assert result.exit_code == 0, result.output
-    assert "torch" in result.output and "cuda" in result.output
+    rows = _table_rows(result.output)
+    assert rows["torch"] == torch.__version__
+    # no GPU, or a GPU named: whichever torch sees, not a fixed string
+    assert rows["cuda"].startswith("no GPU") is (not torch.cuda.is_available()), rows["cuda"]
+    for name, fmt in FORMATS.items():
+        # a format doctor calls available must be one its own check finds runnable, and the reverse
+        reason, shown = fmt.unavailable_reason(), rows[f"format {name}"]
+        expected = "available" if reason is None else f"unavailable: {reason}"
+        assert shown and expected.startswith(shown), (name, shown)  # rich wraps a long reason onto more lines
 
 
-def test_every_command_has_help_with_an_example():
-    for command in ("train", "eval", "info", "doctor", "pipeline"):
-        result = invoke(command, "--help")
-        assert result.exit_code == 0 and "Example" in result.output, command
+def test_every_command_has_help_with_an_example_of_itself_using_its_own_options():
+    import typer
+
+    commands = typer.main.get_command(app).commands
+    assert {"train", "export", "bench", "diff"} <= set(commands)  # every command, not a hand-kept list
+    for name, command in commands.items():
+        result = invoke(name, "--help")
+        assert result.exit_code == 0 and "Example" in result.output, name
+        examples = [line.split("Example:", 1)[1].split() for line in (command.help or "").splitlines()
+                    if "Example:" in line]
+        assert examples and all(words[:2] == ["edgekit", name] for words in examples), (name, examples)
+        # an example flag the command does not know would fail for whoever copies it
+        known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+        unknown = [word for words in examples for word in words if word.startswith("-") and word not in known]
+        assert unknown == [], (name, unknown)
 
 
 @pytest.mark.parametrize("args, message", [

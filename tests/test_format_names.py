@@ -3,7 +3,10 @@
 Outside edgekit/formats/ a format or runtime name may appear in prose (docstrings, help text,
 messages), never as a key something dispatches on: not compared against, not a dict key, not a
 subscript, not a `case` pattern, not a member of a literal tuple/list/set that is compared or
-iterated as a table. Adding a format must then mean one entry in the table and one module.
+iterated as a table, not an argument (positional or keyword: `export_artifact(p, "onnx", ...)`,
+`Manifest(format="torch")`). Nor may a format's file suffix (".onnx", ".qdq.onnx", ".tflite",
+".engine") be spelled out: it comes from the table. Adding a format must then mean one entry in
+the table and one module.
 """
 
 from __future__ import annotations
@@ -13,6 +16,14 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edgekit"
 NAMES = {"torch", "onnx", "tflite", "tensorrt", "openvino", "savedmodel", "onnxruntime", "torch-eager"}
+# The table's suffixes, except the source format's ".pt": torch.save's suffix also names files that
+# are no format choice (the decoded-data cache, the training state last.pt).
+SUFFIXES = {".onnx", ".engine", ".tflite", ".savedmodel"}
+
+
+def _is_suffix_literal(value: object) -> bool:
+    """A file name or suffix ending in a format's suffix ("x.qdq.onnx", ".engine"); prose has spaces."""
+    return isinstance(value, str) and not any(c.isspace() for c in value) and value.endswith(tuple(SUFFIXES))
 
 
 def _names_in(node: ast.AST) -> list[str]:
@@ -31,7 +42,9 @@ def dispatch_uses(source: str, filename: str = "<string>") -> list[str]:
     def add(node: ast.AST, names: list[str]) -> None:
         found.extend(f"{filename}:{node.lineno} {name}" for name in names)
 
-    for node in ast.walk(ast.parse(source, filename)):
+    tree = ast.parse(source, filename)
+    docstrings = _docstrings(tree)
+    for node in ast.walk(tree):
         if isinstance(node, ast.Compare):
             for operand in [node.left, *node.comparators]:
                 add(node, _names_in(operand))
@@ -45,9 +58,19 @@ def dispatch_uses(source: str, filename: str = "<string>") -> list[str]:
             add(node, _names_in(node.value))
         elif isinstance(node, (ast.For, ast.comprehension)):
             add(node, _names_in(node.iter))
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
-            add(node, _names_in(node.args[0]) if node.args else [])
+        elif isinstance(node, ast.Call):
+            # an argument is a choice made here: `.get("onnx")`, `export_artifact(p, "onnx", ...)`, `format="torch"`
+            for argument in [*node.args, *(keyword.value for keyword in node.keywords)]:
+                add(node, _names_in(argument))
+        if isinstance(node, ast.Constant) and _is_suffix_literal(node.value) and id(node) not in docstrings:
+            add(node, [node.value])
     return found
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    return {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body
+            and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
 
 
 def test_no_format_name_is_a_dispatch_key_outside_the_formats_package():
@@ -69,15 +92,23 @@ y = table.get("savedmodel")
 for name in ("onnx", "tflite"): pass
 match target:
     case "openvino": pass
+export_artifact(path, "onnx", "int8")
+Manifest(kind="checkpoint", format="torch")
+side = artifact.with_suffix(".qdq.onnx")
+folder = fmt.suffix == ".savedmodel"
+engine = f"{stem}.engine"
+if path.name.endswith(".tflite"): pass
 '''
     assert sorted(use.split()[-1] for use in dispatch_uses(dispatching)) == \
-        sorted(["onnx", "tflite", "tensorrt", "torch", "savedmodel", "onnx", "tflite", "openvino"])
+        sorted(["onnx", "tflite", "tensorrt", "torch", "savedmodel", "onnx", "tflite", "openvino", "onnx", "torch",
+                ".qdq.onnx", ".savedmodel", ".engine", ".tflite"])
     prose = '''
-"""Export to onnx or tflite."""
+"""Export to onnx or tflite, e.g. best.int8.onnx."""
 def f(target="onnx"):
-    """the tensorrt runner"""
+    """the tensorrt runner writes model.engine"""
     raise ValueError(f"cannot export {target}: use onnx")
 help_text = typer.Option(None, help="onnx | tflite")
-export_artifact(path, "onnx", "int8")
+out = typer.Option(None, help="default: beside the checkpoint, e.g. best.fp16.onnx")
+state = out / "last.pt"
 '''
     assert dispatch_uses(prose) == []

@@ -4,6 +4,9 @@ Imports run one way: cli -> pipeline -> stages -> formats -> qmodel/model -> the
 (artifacts, config, errors, report, data, timing). A module may import one in its own layer or
 below, never above, and the graph has no cycle. `if TYPE_CHECKING:` imports are annotations,
 not imports, and are left out.
+
+Within the stage layer, a stage may run another stage (prune's fine-tune is `train_model`), but
+not reach into its helpers: a helper two stages share belongs in a layer below both.
 """
 
 from __future__ import annotations
@@ -35,6 +38,29 @@ LAYERS = {
 }
 
 
+# A stage's own modules, split off for size or by topic, are part of that stage.
+STAGE_PARTS = {"edgekit.train_state": "edgekit.train", "edgekit.validate": "edgekit.export",
+               "edgekit.bundle": "edgekit.export", "edgekit.gradcam": "edgekit.diagnose"}
+# Running another stage as a step of one's own: its entry points, not its helpers.
+ENTRY_POINTS = {"edgekit.train": {"train_model"}, "edgekit.prune": {"prune_checkpoint"},
+                "edgekit.quantize": {"quantize_checkpoint"}, "edgekit.export": {"export_artifact"},
+                "edgekit.calibrate": {"make_calibration", "save_calibration"}}
+# Helpers one stage takes from another today: each should move below the stages. Listed so no new
+# one joins them; an entry that no longer happens fails the test until it is struck from here.
+STAGE_HELPER_ALLOWED = {
+    # the calibration file's reader and naming live with the stage that writes it; they belong
+    # with the other artifact readers in the base layer
+    ("edgekit.quantize", "edgekit.calibrate", "CalibrationSet"),
+    ("edgekit.quantize", "edgekit.calibrate", "load_calibration"),
+    ("edgekit.export", "edgekit.calibrate", "load_calibration"),
+    ("edgekit.export", "edgekit.calibrate", "calibration_data_config"),
+    ("edgekit.bench.baselines", "edgekit.calibrate", "DEFAULT_DIR"),
+    ("edgekit.bench.baselines", "edgekit.calibrate", "DEFAULT_SIZE"),
+    ("edgekit.bench.baselines", "edgekit.calibrate", "default_name"),
+    ("edgekit.bench.baselines", "edgekit.calibrate", "load_calibration"),
+}
+
+
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
     if parts[-1] == "__init__":
@@ -63,9 +89,14 @@ def _is_type_checking(node: ast.If) -> bool:
 
 def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     """The edgekit modules `name` imports, anywhere in its body."""
+    return {module for module, _ in imported_names(name, path, modules)}
+
+
+def imported_names(name: str, path: Path, modules: dict[str, Path]) -> set[tuple[str, str]]:
+    """(module, name) for each edgekit name `name` imports; "*" where it imports a whole module."""
     tree = ast.parse(path.read_text(), str(path))
     is_package = path.name == "__init__.py"
-    found: set[str] = set()
+    found: set[tuple[str | None, str]] = set()
 
     def resolve(target: str) -> str | None:
         while target and target not in modules:
@@ -80,7 +111,7 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split(".")[0] == "edgekit":
-                    found.add(resolve(alias.name))
+                    found.add((resolve(alias.name), "*"))
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = name.split(".") if is_package else name.split(".")[:-1]
@@ -92,14 +123,12 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
                 for alias in node.names:
                     # `from . import onnx` names a submodule; `from . import load_source` a package attribute
                     sub = f"{target}.{alias.name}"
-                    found.add(resolve(sub) if sub in modules else resolve(target))
+                    found.add((resolve(sub), "*") if sub in modules else (resolve(target), alias.name))
         for child in ast.iter_child_nodes(node):
             visit(child)
 
     visit(tree)
-    found.discard(None)
-    found.discard(name)
-    return found
+    return {(module, what) for module, what in found if module is not None and module != name}
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -138,12 +167,42 @@ def upward_arrows(graph: dict[str, set[str]]) -> list[str]:
                   if b != "edgekit" and layer(b) > layer(a))
 
 
+def stage_of(name: str) -> str:
+    if name.startswith("edgekit.bench"):
+        return "edgekit.bench"
+    return STAGE_PARTS.get(name, name)
+
+
+def stage_helper_imports() -> set[tuple[str, str, str]]:
+    """(importer, module, name) for each name a stage imports from another stage, entry points aside."""
+    modules = all_modules()
+    stage_layer, found = LAYERS["edgekit.train"], set()
+    for importer, path in modules.items():
+        if layer(importer) != stage_layer:
+            continue
+        for module, what in imported_names(importer, path, modules):
+            if module == "edgekit" or layer(module) != stage_layer or stage_of(module) == stage_of(importer):
+                continue
+            if what not in ENTRY_POINTS.get(stage_of(module), ()):
+                found.add((importer, module, what))
+    return found
+
+
 def test_no_import_cycle():
     assert find_cycle(import_graph()) is None, f"import cycle: {' -> '.join(find_cycle(import_graph()))}"
 
 
 def test_imports_run_one_way():
     assert upward_arrows(import_graph()) == []
+
+
+def test_a_stage_runs_another_stage_but_takes_none_of_its_helpers():
+    found = stage_helper_imports()
+    new = sorted(found - STAGE_HELPER_ALLOWED)
+    assert new == [], "a stage imports another stage's helpers (move them below the stages):\n" + \
+        "\n".join(f"{a} imports {n} from {m}" for a, m, n in new)
+    gone = sorted(STAGE_HELPER_ALLOWED - found)
+    assert gone == [], f"no longer imported, strike from STAGE_HELPER_ALLOWED: {gone}"
 
 
 def test_the_int8_model_is_a_leaf_under_stages_and_formats():
@@ -169,3 +228,21 @@ def test_the_checker_sees_a_cycle_hidden_in_a_function_and_an_upward_arrow(tmp_p
     assert graph["edgekit.errors"] == set()  # annotation-only import
     assert find_cycle(graph) is not None
     assert upward_arrows(graph) == ["edgekit.model -> edgekit.formats"]
+
+
+def test_the_checker_sees_a_stage_reaching_into_another_stages_helpers(tmp_path, monkeypatch):
+    pkg = tmp_path / "edgekit"
+    (pkg / "bench").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "bench" / "__init__.py").write_text("")
+    (pkg / "bench" / "measure.py").write_text("from . import lineage\n")  # its own part: allowed
+    (pkg / "bench" / "lineage.py").write_text("")
+    (pkg / "train.py").write_text("from .train_state import save_train_state\n")  # its own part: allowed
+    (pkg / "train_state.py").write_text("")
+    (pkg / "prune.py").write_text("def f():\n    from .train import train_model, evaluate\n")
+    (pkg / "export.py").write_text("")
+    (pkg / "diagnose.py").write_text("import edgekit.bench.measure\nfrom . import export\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
+    assert stage_helper_imports() == {("edgekit.prune", "edgekit.train", "evaluate"),
+                                      ("edgekit.diagnose", "edgekit.bench.measure", "*"),
+                                      ("edgekit.diagnose", "edgekit.export", "*")}

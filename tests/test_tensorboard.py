@@ -58,8 +58,6 @@ def test_missing_tensorboard_is_one_clear_error(monkeypatch, tmp_path):
 
 
 def test_a_run_without_the_field_still_resumes_and_hashes_alike():
-    from dataclasses import asdict
-
     from edgekit.config import DataConfig, resume_mismatches
     from edgekit.artifacts import to_plain
 
@@ -68,4 +66,10 @@ def test_a_run_without_the_field_still_resumes_and_hashes_alike():
     new = to_plain(TrainConfig(tensorboard="/tmp/tb"))
     assert resume_mismatches(old, new, to_plain(TrainConfig())) == []
     assert TrainConfig(tensorboard="/tmp/tb").config_hash(DataConfig()) == TrainConfig().config_hash(DataConfig())
-    assert "tensorboard" in asdict(TrainConfig())
+    # a resumed run may log somewhere else than the interrupted one
+    assert resume_mismatches(to_plain(TrainConfig(tensorboard="/a")), to_plain(TrainConfig(tensorboard="/b")),
+                             to_plain(TrainConfig())) == []
+    # ...while a field that moves the weights still counts: the checks above are not blind to everything
+    assert resume_mismatches(old, to_plain(TrainConfig(lr=0.01, tensorboard="/tmp/tb")), to_plain(TrainConfig())) \
+        == ["lr"]
+    assert TrainConfig(lr=0.01).config_hash(DataConfig()) != TrainConfig().config_hash(DataConfig())

@@ -115,6 +115,7 @@ class Format:
     baselines: tuple[StockBaseline, ...] = ()
     examples: tuple[str, ...] = ()  # standalone runner scripts in examples/, one per runtime that has one
     int8_io: bool = False  # can hold int8 input/output tensors (--int8-io)
+    folder: bool = False  # an export is a directory named *<suffix>, not a file
 
     def module(self) -> ModuleType:
         return importlib.import_module(self.module_name)
@@ -149,12 +150,15 @@ FORMATS: dict[str, Format] = {
                                         False),),
                examples=("run_tflite.py",), int8_io=True),
         Format("savedmodel", "edgekit.formats.savedmodel", ".savedmodel", ("fp32",), "tflite",
-               tolerances={"fp32": TOLERANCE_FP32}),
+               tolerances={"fp32": TOLERANCE_FP32}, folder=True),
     )
 }
 
 # The format every other one is exported from, and whose runner is the parity gate's reference.
 SOURCE_FORMAT = FORMATS["torch"]
+# What `edgekit quantize` writes beside an int8 artifact for the exporters: a QDQ file of this format.
+QDQ_FORMAT = FORMATS["onnx"]
+QDQ_SUFFIX = ".qdq" + QDQ_FORMAT.suffix
 
 
 def get_format(name: str) -> Format:
