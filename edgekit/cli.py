@@ -189,6 +189,8 @@ def evaluate_command(
     result = evaluate_artifact(artifact, EvalConfig(split=split, tta=tta, batch_size=batch_size, threads=threads),
                                source=source, data_dir=data_dir, reporter=reporter)
     reporter.table("evaluation", ["", ""], result.rows())
+    if result.tta_accuracy:
+        reporter.info("TTA runs several views of each image: the model's reach, not what a deployed file scores")
 
 
 @app.command()

@@ -52,8 +52,7 @@ class EvalResult:
                 ["split", f"{self.split} ({self.images} images)"], ["accuracy", f"{self.accuracy:.2%}"],
                 ["loss", round(self.loss, 4)]]
         for level, accuracy in self.tta_accuracy.items():
-            rows.append([f"accuracy with TTA {level} ({tta_forward_passes(Tta(level))} passes an image; "
-                         "not a deployment figure)", f"{accuracy:.2%}"])
+            rows.append([f"TTA {level} ({tta_forward_passes(Tta(level))} passes)", f"{accuracy:.2%}"])
         if self.recorded_accuracy is not None:
             rows.append([f"recorded {self.split} accuracy", f"{self.recorded_accuracy:.2%}"])
         return rows
