@@ -483,8 +483,9 @@ def load_quantized(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     state._metadata = OrderedDict(payload.get("state_metadata", {}))  # type: ignore[attr-defined]
     try:
         model.load_state_dict(state)
-    except (RuntimeError, KeyError, TypeError, AttributeError) as exc:  # packed params parse their own entries
-        raise CheckpointError(f"{path}: int8 tensors do not fit the recorded model", "re-create the file") from exc
+    except Exception as exc:  # noqa: BLE001 -- packed params parse their own entries, each failing its own way
+        raise CheckpointError(f"{path}: its int8 tensors do not fit the recorded model (damaged or edited: "
+                              f"{type(exc).__name__})", "re-create it with `edgekit quantize`") from exc
     return model.eval(), payload
 
 
