@@ -175,8 +175,6 @@ def manifest_extra(path: Path, source: Path) -> dict[str, Any]:
     grid = qdq_grid(source)
     extra: dict[str, Any] = {"qdq_from_int8_artifact": grid} if grid else {}
     if Path(path).suffix == ".onnx" and Path(path).is_file():
-        import onnx
-
         props = {p.key: p.value for p in load_file(path, load_external_data=False).metadata_props}
         if WEIGHT_RANGE_KEY in props:
             extra["int8_weights"] = json.loads(props[WEIGHT_RANGE_KEY])

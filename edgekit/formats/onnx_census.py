@@ -60,8 +60,6 @@ def census(path: Path, runtime: bool = True) -> dict[str, Any]:
     a QDQ Conv either became QLinearConv (integer) or stayed Conv (float); `executed_weights_by_dtype`
     counts conv/gemm weights by how they run (`precision_label(census, executed=True)`).
     """
-    import onnx
-
     model = load_file(path)
     graph = model.graph
     qparams = _qparam_names(graph)
