@@ -238,9 +238,19 @@ def read_manifest(artifact: str | Path) -> dict[str, Any]:
             "artifacts made by edgekit carry one; re-create the artifact with edgekit",
         )
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"manifest {path} is not valid JSON: {exc}", "re-create the artifact") from exc
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"manifest {path} is not valid JSON (truncated or edited): {exc}",
+                              "re-create the artifact") from exc
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a folder where a manifest belongs", "remove it, then re-create the artifact") from None
+    # readers .get() what they need, so any entry may be missing; a manifest that is not an object is refused here
+    if not isinstance(manifest, dict) or not all(isinstance(manifest.get(k, {}), dict)
+                                                 for k in ("config", "metrics", "extra", "versions", "machine")):
+        raise CheckpointError(f"manifest {path} cannot be read: damaged or edited", "re-create the artifact")
+    if manifest.get("parent") is not None and not isinstance(manifest["parent"], dict):
+        raise CheckpointError(f"manifest {path} has a damaged 'parent' entry", "re-create the artifact")
+    return manifest
 
 
 def update_manifest_metrics(artifact: str | Path, metrics: dict[str, Any]) -> None:

@@ -225,15 +225,40 @@ def read_definition(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise CalibrationError(f"calibration definition not found: {path}",
                                f"make one with `edgekit calibrate --source ... --size {DEFAULT_SIZE}`")
+    if path.is_dir():
+        raise CalibrationError(f"{path} is a folder, not a calibration definition",
+                               "pass a calibration/*.json written by `edgekit calibrate`")
     try:
         definition = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CalibrationError(f"{path} is not a calibration definition (invalid JSON: {exc})",
-                               "pass a calibration/*.json written by `edgekit calibrate`") from exc
+        # an edgekit definition cut off mid-write reads the same as a stranger's file: say both
+        raise CalibrationError(f"cannot read {path} as a calibration definition: it is not complete JSON "
+                               f"(truncated, edited, or another file) ({exc})",
+                               "pass a calibration/*.json written by `edgekit calibrate`, or re-create it") from exc
     if not isinstance(definition, dict) or definition.get("format") != CALIBRATION_FORMAT:
-        raise CalibrationError(f"{path} is not an edgekit calibration definition",
+        raise CalibrationError(f"{path} has no edgekit calibration format entry, so it cannot be read as a "
+                               "calibration definition",
                                "pass a calibration/*.json written by `edgekit calibrate`")
+    _check_fields(definition, path)
     return definition
+
+
+# The entries every reader of a definition uses, with their types.
+_FIELDS = {"size": int, "seed": int, "data": dict, "indices": list, "pixels_sha256": str, "preprocessing": dict}
+_DATA_FIELDS = {"source": str, "fingerprint": str, "origin": str, "val_size": int, "seed": int}
+
+
+def _check_fields(definition: dict[str, Any], path: Path) -> None:
+    for where, fields, holder in (("", _FIELDS, definition), ("data.", _DATA_FIELDS, definition.get("data"))):
+        for key, kind in fields.items():
+            value = holder.get(key) if isinstance(holder, dict) else None
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise CalibrationError(f"{path} is an edgekit calibration definition without a valid "
+                                       f"'{where}{key}' entry: damaged or edited",
+                                       "re-create it with `edgekit calibrate`")
+    if definition["data"]["source"] not in {s.value for s in DataSource}:
+        raise CalibrationError(f"{path}: unknown data source {definition['data']['source']!r}",
+                               "re-create it with `edgekit calibrate`")
 
 
 def calibration_data_config(path: str | Path, **overrides: Any) -> DataConfig:

@@ -30,10 +30,18 @@ class _Group(TyperGroup):
     def invoke(self, ctx):
         from .errors import from_os_error
 
+        from typer._click.exceptions import NoArgsIsHelpError, UsageError
+
         try:
             return super().invoke(ctx)
         except EdgekitError as error:
             _fail(error)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as error:  # a value typer itself cannot parse: one line too, not a framed box
+            command = error.ctx.command_path if error.ctx is not None else "edgekit"
+            typer.echo(f"error: {' '.join(error.format_message().split())} -> see '{command} --help'", err=True)
+            raise typer.Exit(error.exit_code) from None
         except OSError as error:  # a read-only or full disk, a folder where a file was meant ...
             _fail(from_os_error(error))
         except KeyboardInterrupt:
@@ -141,6 +149,10 @@ def train(
     from .train import check_run_dir
 
     check_run_dir(out, resume, force)  # before the data is decoded: refusing takes a second, not minutes
+    if tensorboard is not None:
+        from .artifacts import check_writable_dir
+
+        check_writable_dir(tensorboard, create=False)
     distributed.check_batch(batch_size, distributed.from_env().size, accumulate)
     if sync_bn:
         distributed.check_sync_bn(resolve_device(device))
@@ -347,8 +359,11 @@ def bench(
         out = Path("benchmarks/results") / f"bench-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     result = run_bench(artifacts or [], config, reporter, directory=directory, out=out)
     if not any(row["status"] == "ok" for row in result.rows):
-        typer.echo(f"error: no row of the bench ran (see the notes in {out}.md)", err=True)
-        raise typer.Exit(1)
+        from .errors import EdgekitError
+
+        # the first reasons, so a bench of one bad file says what is wrong with it in the one line
+        reasons = "; ".join(f"{row.get('artifact')}: {row.get('why')}" for row in result.rows[:2])
+        _fail(EdgekitError(f"no row of the bench ran ({' '.join(reasons.split())})", f"see the notes in {out}.md"))
 
 
 @app.command()
@@ -368,18 +383,20 @@ def calibrate(
     Example: edgekit calibrate --source folder --data-dir data/cifar10-jpg --size 512
     """
     from .calibrate import DEFAULT_DIR, default_name, make_calibration, save_calibration
+    from .config import CalibrationConfig
     from .data import load_data
     from .model import load_checkpoint
 
     from .artifacts import guard_output
 
     reporter = _reporter()
-    data_config = _data_config(source, data_dir, val_size, None, data_seed)
+    CalibrationConfig(size=size, seed=seed).validate()
+    data_config = _data_config(source, data_dir, val_size, None, data_seed).validate({"seed": "data_seed"})
+    spec = load_checkpoint(checkpoint).spec if checkpoint else None  # a bad --checkpoint fails before the data loads
     target = out or DEFAULT_DIR / f"{default_name(data_config, size)}.json"
     sources = (checkpoint,) if checkpoint else ()
     guard_output(target, "calibration", sources=sources, force=force)  # before the data is decoded; saving checks again
     data = load_data(data_config, reporter)
-    spec = load_checkpoint(checkpoint).spec if checkpoint else None
     cal = make_calibration(data, data_config, size=size, seed=seed, model_spec=spec)
     path = save_calibration(cal, target, force=force, sources=sources)
     reporter.table("calibration set", ["", ""], [["file", str(path)], ["images", len(cal)],
@@ -413,8 +430,8 @@ def prune(
     """
     from .prune import prune_checkpoint
 
-    config = PruneConfig(ratio=ratio if ratio is not None else (None if target_macs else 0.3),
-                         target_macs=int(target_macs) if target_macs else None, importance=importance,
+    config = PruneConfig(ratio=ratio if ratio is not None else (None if target_macs is not None else 0.3),
+                         target_macs=target_macs, importance=importance,
                          global_pruning=global_pruning, round_to=round_to, steps=steps,
                          finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, distill_alpha=distill,
                          cpu_bf16=cpu_bf16, unstructured=unstructured, threads=threads, seed=seed,

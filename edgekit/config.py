@@ -57,6 +57,11 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+# The largest value any numeric option takes: what a C int holds (torch's thread count, ONNX dims);
+# a bigger one is a typo, and refusing it is cheaper than the overflow or hours-long run it would start.
+CEILING = 2**31 - 1
+
+
 def check_range(flag: str, value, low=None, high=None, *, low_open: bool = False, high_open: bool = False,
                 optional: bool = False, hint: str = "") -> None:
     """One numeric option: finite and inside [low, high] (an open end excludes the bound), or None if optional.
@@ -67,9 +72,11 @@ def check_range(flag: str, value, low=None, high=None, *, low_open: bool = False
 
     if value is None and optional:
         return
+    if high is None:  # no option means anything past int32 (thread counts, batch sizes, seconds ...)
+        high = CEILING
     left = "(" if low_open else "["
     right = ")" if high_open else "]"
-    span = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+    span = f"{left}{'-inf' if low is None else low}, {high}{right}"
     bad = (value is None or isinstance(value, bool) or not isinstance(value, (int, float))
            or not math.isfinite(value)
            or (low is not None and (value <= low if low_open else value < low))
@@ -91,13 +98,23 @@ class DataConfig:
     synthetic_test: int = 1000
     seed: int = 0
 
-    def validate(self) -> "DataConfig":
-        check_range("val_size", self.val_size, 1, hint="the validation split picks the best epoch: e.g. --val-size 2500")
-        check_range("train_per_class", self.train_per_class, 1, optional=True)
-        check_range("test_limit", self.test_limit, 1, optional=True)
+    def validate(self, flags: dict[str, str] | None = None) -> "DataConfig":
+        """`flags`: the command's own name for a field where it differs (calibrate's --data-seed)."""
+        name = (flags or {}).get
+        check_range(name("val_size", "val_size"), self.val_size, 1,
+                    hint="the validation split picks the best epoch: e.g. --val-size 2500")
+        check_range(name("train_per_class", "train_per_class"), self.train_per_class, 1, optional=True)
+        check_range(name("test_limit", "test_limit"), self.test_limit, 1, optional=True)
         check_range("synthetic_train", self.synthetic_train, 1)
         check_range("synthetic_test", self.synthetic_test, 1)
-        check_range("seed", self.seed, 0)
+        check_range(name("seed", "seed"), self.seed, 0)
+        if self.source is DataSource.folder and self.data_dir is not None and not Path(self.data_dir).is_dir():
+            from .errors import DataError
+
+            # checked here, before any decoding; a cifar10 --data-dir may still be a download target
+            what = "is a file, not a folder" if Path(self.data_dir).exists() else "not found"
+            raise DataError(f"data directory {what}: {self.data_dir}",
+                            "pass --data-dir pointing at a folder with train/<class>/ and test/<class>/ images")
         return self
 
 
@@ -339,6 +356,11 @@ class CalibrationConfig:
     seed: int = 0
     name: str | None = None  # default: <data>-<size>
 
+    def validate(self) -> "CalibrationConfig":
+        check_range("size", self.size, 1, hint="images in the set, e.g. --size 512")
+        check_range("seed", self.seed, 0)
+        return self
+
 
 @dataclass
 class PruneConfig:
@@ -368,6 +390,8 @@ class PruneConfig:
         check_range("ratio", self.ratio, 0, 1, low_open=True, high_open=True, optional=True,
                     hint="e.g. --ratio 0.3 removes 30 % of each layer's channels (about 2x fewer MACs)")
         check_range("target_macs", self.target_macs, 0, low_open=True, optional=True, hint="e.g. --target-macs 250e6")
+        if self.target_macs is not None:
+            self.target_macs = int(self.target_macs)  # the CLI takes 250e6; a MAC count is whole
         check_range("round_to", self.round_to, 1)
         check_range("steps", self.steps, 1)
         check_range("finetune_epochs", self.finetune_epochs, 0)
@@ -436,3 +460,44 @@ class BenchConfig:
     data: DataConfig | None = None  # override the data recorded in the artifacts' lineage
     seed: int = 0
     diff: bool = False  # per row: images flipped against the fp32 root, and which class (edgekit.diagnose)
+
+    def validate(self) -> "BenchConfig":
+        from .errors import ConfigError
+
+        check_range("threads", self.threads, 1, hint="e.g. --threads 2")
+        if not self.batches:
+            raise ConfigError("--batches names no batch size", "use e.g. --batches 1,8,32,128")
+        for batch in self.batches:
+            check_range("batches", batch, 1, hint="comma-separated batch sizes, e.g. --batches 1,8,32,128")
+        check_range("warmup", self.warmup, 0)
+        check_range("runs", self.runs, 1)
+        check_range("min_seconds", self.min_seconds, 0, 3600, hint="e.g. --min-seconds 2")
+        check_range("sweep_seconds", self.sweep_seconds, 0, 3600, hint="e.g. --sweep-seconds 1")
+        check_range("test_limit", self.test_limit, 1, optional=True)
+        check_range("eval_batch", self.eval_batch, 1)
+        check_range("seed", self.seed, 0)
+        if self.data is not None:
+            self.data.validate()
+        return self
+
+
+@dataclass
+class DiagnoseOptions:
+    """The numbers `edgekit diff` and `edgekit explain` take, checked before any data is loaded."""
+
+    limit: int | None = None  # the first N images of the split
+    threads: int | None = None
+    seed: int = 0
+    gradcam_sample: int = 256  # diff: seeded images whose Grad-CAM maps are compared
+    images: int = 16  # explain: seeded random images to draw
+    indices: tuple[int, ...] = ()  # explain: these images instead
+
+    def validate(self) -> "DiagnoseOptions":
+        check_range("limit", self.limit, 1, optional=True)
+        check_range("threads", self.threads, 1, optional=True)
+        check_range("seed", self.seed, 0)
+        check_range("gradcam_sample", self.gradcam_sample, 1, hint="e.g. --gradcam-sample 256")
+        check_range("images", self.images, 1, hint="e.g. --images 16")
+        for index in self.indices:
+            check_range("index", index, 0, hint="image indices of the split, e.g. --index 3,17,42")
+        return self

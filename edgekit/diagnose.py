@@ -21,9 +21,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from .artifacts import Manifest, atomic_write_text, parent_ref, to_plain, write_manifest
-from .config import DataConfig
+from .config import DataConfig, DiagnoseOptions
 from .errors import CheckpointError, ConfigError
-from .formats import load_artifact_runner, predict_all
+from .formats import SOURCE_FORMAT, format_of_path, load_artifact_runner, predict_all
 from .flips import Comparison, diff_summary_line, mcnemar_exact, softmax  # noqa: F401 (re-exported)
 from .report import Reporter, markdown_table, quiet
 
@@ -50,6 +50,35 @@ def load_split(artifact: Path, split: str, data: DataConfig | None = None, limit
     if split == "val" and limit:
         images, labels = images[:limit], labels[:limit]
     return splits, images, labels, config
+
+
+def _check_before_work(options: DiagnoseOptions, artifacts: tuple[Path, ...], out: Path, data: DataConfig | None,
+                       layer: str | None) -> None:
+    """Every option and input refused in one line before the data is decoded and the models run."""
+    from .artifacts import check_writable_dir
+    from .gradcam import resolve_layer, torch_model_for
+
+    options.validate()
+    if data is not None:
+        data.validate()
+    for artifact in artifacts:
+        if not artifact.exists():
+            raise CheckpointError(f"artifact not found: {artifact}", "check the path")
+        fmt = format_of_path(artifact)
+        if not fmt.folder and artifact.is_dir():
+            raise CheckpointError(f"{artifact} is a folder, not an artifact file", "pass the file itself")
+        if fmt is SOURCE_FORMAT:  # a damaged file is named now, not after the data and the other model
+            from .qmodel import torch_artifact_spec
+
+            torch_artifact_spec(artifact)
+        elif hasattr(fmt.module(), "check_file"):
+            fmt.module().check_file(artifact)
+    check_writable_dir(out, create=False)
+    if layer is not None:  # diff: only torch models have layers; a bad name fails here, not after the predictions
+        for artifact in artifacts:
+            model, _ = torch_model_for(artifact)
+            if model is not None:
+                resolve_layer(model, layer)
 
 
 def predict(artifact: Path, images: np.ndarray, threads: int | None = None, batch: int = 256) -> np.ndarray:
@@ -132,6 +161,8 @@ def diff(parent: Path, child: Path, out: Path, split: str = "test", data: DataCo
     from . import diagnose_plots as plots
 
     parent, child, out = Path(parent), Path(child), Path(out)
+    _check_before_work(DiagnoseOptions(limit=limit, threads=threads, seed=seed, gradcam_sample=gradcam_sample),
+                       (parent, child), out, data, layer)
     splits, images, labels, data_config = load_split(parent, split, data, limit, reporter)
     reporter.info(f"diff: {len(labels)} {split} images of {splits.source}")
     comparison = Comparison(labels, predict(parent, images, threads), predict(child, images, threads),
@@ -258,8 +289,8 @@ def explain(checkpoint: Path, out: Path, images_count: int = 16, indices: Sequen
     from .gradcam import gradcam, resolve_layer, torch_model_for
 
     checkpoint, out = Path(checkpoint), Path(out)
-    if not checkpoint.exists():
-        raise CheckpointError(f"checkpoint not found: {checkpoint}", "check the path")
+    _check_before_work(DiagnoseOptions(limit=limit, seed=seed, images=images_count, indices=tuple(indices or ())),
+                       (checkpoint,), out, data, None)
     model, kind = torch_model_for(checkpoint)
     if model is None:
         raise ConfigError(f"cannot explain {checkpoint.name}: {kind}", _explain_instead(checkpoint))
@@ -272,8 +303,6 @@ def explain(checkpoint: Path, out: Path, images_count: int = 16, indices: Sequen
             raise ConfigError(f"--index {bad} outside the {split} split (0..{len(labels) - 1})", "pick valid indices")
         chosen = np.asarray(indices, dtype=np.int64)
     else:
-        if images_count < 1:
-            raise ConfigError(f"--images must be at least 1, got {images_count}", "e.g. --images 16")
         chosen = np.sort(np.random.default_rng(seed).choice(len(labels), size=min(images_count, len(labels)),
                                                             replace=False))
     from .formats.torch import TorchRunner

@@ -28,6 +28,7 @@ from .artifacts import atomic_torch_save
 from .errors import CheckpointError
 
 CHECKPOINT_FORMAT = "edgekit-checkpoint/1"
+QUANTIZED_FORMAT = "edgekit-quantized/1"  # written by edgekit.qmodel; named here so every loader can tell the two apart
 BASE_STAGE_CHANNELS = (64, 128, 256, 512)
 BLOCKS_PER_STAGE = 2
 INPUT_SIZE = 32  # CIFAR images, height = width
@@ -70,6 +71,16 @@ class ModelSpec:
     def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
         known = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+    def check(self) -> None:
+        """A shape build_model can make (ValueError otherwise): for specs read from files."""
+        counts = (*self.stage_channels, *self.block_channels, self.num_classes)
+        if (len(self.stage_channels) != len(BASE_STAGE_CHANNELS)
+                or len(self.block_channels) != len(BASE_STAGE_CHANNELS) * BLOCKS_PER_STAGE
+                or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in counts)
+                or len(self.mean) != 3 or len(self.std) != 3):
+            raise ValueError(f"stage_channels {self.stage_channels}, block_channels {self.block_channels}, "
+                             f"num_classes {self.num_classes}")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -131,7 +142,7 @@ class ResNet18(nn.Module):
             raise CheckpointError(f"unknown architecture '{spec.arch}'", "edgekit builds resnet18 only")
         if len(spec.stage_channels) != 4 or len(spec.block_channels) != 4 * BLOCKS_PER_STAGE:
             raise CheckpointError("model spec has the wrong number of stages or blocks",
-                                  "the checkpoint is not an edgekit ResNet18")
+                                  "the file was damaged or edited, or made for another model: re-create it")
         self.spec = spec
         self.normalize = Normalize(spec.mean, spec.std)
         stem = spec.stage_channels[0]
@@ -232,27 +243,67 @@ def save_checkpoint(path: str | Path, model: ResNet18, classes: list[str], extra
     return Path(path)
 
 
-def load_checkpoint(path: str | Path, expect: ModelSpec | None = None) -> Checkpoint:
-    """Load safely. With `expect`, refuse a checkpoint of another architecture, width or class count."""
+_KINDS = {CHECKPOINT_FORMAT: ("float checkpoint", "edgekit train/prune"),
+          QUANTIZED_FORMAT: ("int8 model", "edgekit quantize")}
+
+
+def read_payload(path: str | Path, expect: str = CHECKPOINT_FORMAT) -> dict[str, Any]:
+    """An edgekit torch file's payload (weights_only=True), checked before any field is used.
+
+    Every way it can be wrong is one CheckpointError that says which: missing, a folder, empty,
+    truncated, not a torch file, another kind of edgekit file (a float checkpoint where an int8
+    model is meant, or the reverse), or an edgekit file with an entry missing or of the wrong type.
+    A file edgekit wrote is never called "not an edgekit file"."""
     path = Path(path)
+    kind, maker = _KINDS[expect]
     if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}", "check the path, or train one with `edgekit train`")
+        raise CheckpointError(f"{kind} not found: {path}", f"check the path, or make one with `{maker}`")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a {kind} file", "pass the .pt file itself")
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if not head:
+        raise CheckpointError(f"{path} is empty (0 bytes): cut off while it was written or copied",
+                              f"copy it again, or re-create it with `{maker}`")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, random bytes, or a pickle that is not plain data
-        raise CheckpointError(f"cannot read checkpoint {path}: it is corrupt, truncated or not an edgekit checkpoint",
-                              "re-create it with `edgekit train` or restore it from its source") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not an edgekit checkpoint (format {payload.get('format') if isinstance(payload, dict) else type(payload).__name__})",
-                              "pass a .pt file written by edgekit train/prune")
+        if head == b"PK\x03\x04":  # torch's zip container: a torch file, damaged
+            raise CheckpointError(f"cannot read {path}: the torch file is truncated or corrupt",
+                                  f"copy it again, or re-create it with `{maker}`") from exc
+        raise CheckpointError(f"{path} is not a torch file (no .pt written by edgekit starts like it)",
+                              f"pass a .pt file written by `{maker}`") from exc
+    found = payload.get("format") if isinstance(payload, dict) else None
+    if found != expect:
+        if found in _KINDS:
+            other, _ = _KINDS[found]
+            raise CheckpointError(f"{path} is an edgekit {other}, and this step needs a {kind}",
+                                  f"pass a file written by `{maker}`"
+                                  + (" (an int8 model's manifest names its float parent)" if found == QUANTIZED_FORMAT else ""))
+        what = (("tensors with no model shape (a bare state_dict?)" if "spec" not in payload else "a model")
+                if isinstance(payload, dict) else f"a {type(payload).__name__}")
+        # no "not an edgekit file": an edgekit file whose format entry was lost reads the same
+        raise CheckpointError(f"{path} holds {what} without edgekit's format entry, so it cannot be read as a {kind}",
+                              f"edgekit rebuilds a model from the shape its files record: make one with `{maker}`")
+    required = {"spec": dict, "state_dict": dict, **({"recipe": dict} if expect == QUANTIZED_FORMAT else {})}
+    optional = {"classes": list, "extra": dict, "state_metadata": dict}
+    for key, kind_of in (*required.items(), *optional.items()):
+        if (key in required or key in payload) and not isinstance(payload.get(key), kind_of):
+            state = "has no" if key not in payload else f"has a {type(payload[key]).__name__} as its"
+            raise CheckpointError(f"{path} is an edgekit {kind} that {state} '{key}' entry: damaged or edited",
+                                  f"re-create it with `{maker}`")
+    try:
+        ModelSpec.from_dict(payload["spec"]).check()
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} records a model shape edgekit cannot build ({exc})",
+                              f"the file is damaged or was edited; re-create it with `{maker}`") from exc
+    return payload
+
+
+def load_checkpoint(path: str | Path, expect: ModelSpec | None = None) -> Checkpoint:
+    """Load safely. With `expect`, refuse a checkpoint of another architecture, width or class count."""
+    path = Path(path)
+    payload = read_payload(path)
     spec = ModelSpec.from_dict(payload["spec"])
-    if expect is not None:
-        for name in ("arch", "num_classes", "stage_channels", "block_channels"):
-            if getattr(spec, name) != getattr(expect, name):
-                raise CheckpointError(
-                    f"checkpoint {path.name} has {name}={getattr(spec, name)} but the model here expects "
-                    f"{getattr(expect, name)}",
-                    "pass the matching --width (the class count comes from the data), or the checkpoint made "
-                    "for this model")
     return Checkpoint(spec=spec, state_dict=payload["state_dict"], classes=list(payload.get("classes", [])),
-                      extra=payload.get("extra", {}))
+                      extra=dict(payload.get("extra", {})))

@@ -90,6 +90,8 @@ def run_pipeline(config: PipelineConfig, out_dir: Path, reporter: Reporter = qui
     from .quantize import quantize_checkpoint
     from .train import train_model
 
+    config.train.validate()  # the CLI's --epochs/--width overrides land here unchecked
+    config.data.validate()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = _State(out_dir / "pipeline-state.json")

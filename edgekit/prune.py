@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from . import distributed
-from .artifacts import Manifest, guard_output, parent_ref, publish, remove_path, staging_path, to_plain
+from .artifacts import (Manifest, check_writable_dir, guard_output, parent_ref, publish, remove_path, staging_path,
+                        to_plain)
 from .config import DataConfig, Importance, PruneConfig, finetune_config
 from .data import DataSplits, batches, load_data_for_checkpoint, to_unit_float
 from .errors import ConfigError, DependencyError
@@ -285,6 +286,8 @@ def prune_checkpoint(source: Path, config: PruneConfig, out: Path, reporter: Rep
     alone then measures latency and writes, the others return what they share."""
     validate_config(config)
     source, out = Path(source), Path(out)
+    if config.tensorboard is not None:
+        check_writable_dir(config.tensorboard, create=False)
     world = distributed.setup_for_default_device()
     if world.is_main:  # its write probe is a write
         guard_output(out, "pruned", sources=(source,), force=force)

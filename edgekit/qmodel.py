@@ -58,9 +58,7 @@ from torch import nn
 from .artifacts import atomic_torch_save, to_plain
 from .config import QuantBackend, QuantMode
 from .errors import CheckpointError, UnsupportedError
-from .model import BasicBlock, Checkpoint, ModelSpec, ResNet18, build_model, load_checkpoint
-
-QUANTIZED_FORMAT = "edgekit-quantized/1"
+from .model import QUANTIZED_FORMAT, BasicBlock, Checkpoint, ModelSpec, ResNet18, build_model, load_checkpoint, read_payload
 
 # Eager torch.ao.quantization is the deliberate int8 path (see above), so its deprecation notice,
 # and that one alone, is not repeated at every command; every other deprecation stays visible.
@@ -417,6 +415,10 @@ def save_quantized(path: Path, model: nn.Module, spec: ModelSpec, classes: list[
 
 
 def is_quantized_artifact(path: str | Path) -> bool:
+    """Whether `path` is an edgekit int8 file (damaged or not: its loader then says what is wrong)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
@@ -424,18 +426,27 @@ def is_quantized_artifact(path: str | Path) -> bool:
     return isinstance(payload, dict) and payload.get("format") == QUANTIZED_FORMAT
 
 
+def _recipe(payload: dict[str, Any], path: Path) -> dict[str, Any]:
+    recipe = dict(payload["recipe"])
+    if recipe.get("mode") not in {m.value for m in QuantMode}:
+        raise CheckpointError(f"{path} is an edgekit int8 model whose recipe has no valid 'mode' "
+                              f"(found {recipe.get('mode')!r}): damaged or edited", "re-create it with `edgekit quantize`")
+    artifact_engine(recipe)  # an unknown engine is refused here, in one line
+    return recipe
+
+
 def artifact_recipe(path: str | Path) -> dict[str, Any] | None:
     """The quantization recipe of an edgekit int8 artifact (mode, backend, ...), None for any other file."""
     if not is_quantized_artifact(path):
         return None
-    return dict(torch.load(path, map_location="cpu", weights_only=True)["recipe"])
+    return _recipe(read_payload(path, QUANTIZED_FORMAT), Path(path))
 
 
 def torch_artifact_spec(path: str | Path) -> tuple[ModelSpec, dict[str, Any], bool]:
     """(architecture, extra, is_int8) of an edgekit torch file, a float checkpoint or an int8
     artifact alike, without rebuilding an int8 model: for `edgekit info` and `export --source`."""
     if is_quantized_artifact(path):
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = read_payload(path, QUANTIZED_FORMAT)
         return ModelSpec.from_dict(payload["spec"]), dict(payload.get("extra") or {}), True
     checkpoint = load_checkpoint(path)
     return checkpoint.spec, dict(checkpoint.extra), False
@@ -447,16 +458,11 @@ def load_quantized(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     Leaves torch's quantized engine set to the file's (artifact_engine); a runner that shares the
     process with other engines' files runs under `quantized_engine(...)` per call."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"quantized model not found: {path}", "make one with `edgekit quantize`")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read {path}: corrupt or not an edgekit file", "re-create it") from exc
-    if not isinstance(payload, dict) or payload.get("format") != QUANTIZED_FORMAT:
-        raise CheckpointError(f"{path} is not an edgekit quantized model", "pass a file written by `edgekit quantize`")
-    recipe = payload["recipe"]
+    payload = read_payload(path, QUANTIZED_FORMAT)
+    recipe = payload["recipe"] = _recipe(payload, path)
     spec = ModelSpec.from_dict(payload["spec"])
+    if not isinstance(recipe.get("keep_float", []), list):
+        raise CheckpointError(f"{path}: its recipe's 'keep_float' is not a list of layers", "re-create the file")
     # The engine current while the state loads is the one conv weights get packed for: the file's own.
     engine = artifact_engine(recipe).value
     set_backend(engine)
@@ -466,15 +472,20 @@ def load_quantized(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # uncalibrated observers warn; their values are overwritten below
-            prepared = prepare_static(float_model, static_qconfig(backend=engine),
-                                      recipe.get("keep_float", []), backend=engine)
+            try:
+                prepared = prepare_static(float_model, static_qconfig(backend=engine),
+                                          recipe.get("keep_float", []), backend=engine)
+            except (AttributeError, KeyError, TypeError) as exc:  # a keep_float layer this model does not have
+                raise CheckpointError(f"{path}: its recipe keeps layers in float that the model does not have ({exc})",
+                                      "re-create the file with `edgekit quantize`") from exc
             model = convert(prepared)
     state = OrderedDict(payload["state_dict"])
     state._metadata = OrderedDict(payload.get("state_metadata", {}))  # type: ignore[attr-defined]
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: int8 tensors do not fit the recorded model", "re-create the file") from exc
+    except Exception as exc:  # noqa: BLE001 -- packed params parse their own entries, each failing its own way
+        raise CheckpointError(f"{path}: its int8 tensors do not fit the recorded model (damaged or edited: "
+                              f"{type(exc).__name__})", "re-create it with `edgekit quantize`") from exc
     return model.eval(), payload
 
 

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from . import distributed
-from .artifacts import Manifest, guard_output, parent_ref, publish, remove_path, staging_path
-from .calibrate import CalibrationSet, load_calibration
+from .artifacts import Manifest, check_writable_dir, guard_output, parent_ref, publish, remove_path, staging_path
+from .calibrate import CalibrationSet, load_calibration, read_definition
 from .config import (CalibMethod, CalibrationConfig, DataConfig, ExportOptions, QuantBackend, QuantizeConfig,
                      QuantMode, TrainConfig, check_choice, finetune_config)
 from .data import DataSplits, load_data_for_checkpoint
@@ -383,8 +383,13 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
     An existing `out` is replaced only when it is an earlier edgekit int8 artifact (or with
     `force`); never the source. The file and its manifest appear together or not at all."""
     source, out = Path(source), Path(out)
+    config.validate()
     mode = QuantMode(config.mode)
     method = CalibMethod(config.method)
+    if config.tensorboard is not None:
+        check_writable_dir(config.tensorboard, create=False)
+    if config.calibration:  # a wrong --calibration file is refused before the data is decoded
+        read_definition(config.calibration)
     # Under torchrun only the QAT fine-tune is shared (data-parallel, train_model); rank 0 alone
     # measures and writes, and the other ranks return after the fine-tune (at once without one).
     world = distributed.setup_for_default_device()

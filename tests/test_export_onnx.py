@@ -197,3 +197,46 @@ def test_export_module_writes_a_qat_fake_quant_model_as_qdq(tmp_path):
     got = onnx_format.load_runner(path).predict(x)
     # Same quantization grid; only values above x86's reduced 0..127 activation range differ.
     assert np.abs(got - expected).max() < 0.1 * np.abs(expected).max()
+
+
+def test_int8_file_is_exact_on_x86_without_vnni_read_from_its_own_codes(exports, calibration_file, tiny_data,
+                                                                         tmp_path):
+    """On an AVX2-only CPU, u8 x s8 kernels add pairs of products into a saturating int16: a file whose
+    weights reach 2 x 255 x |w| > 32767 is computed wrongly there (the width-0.5 reference lost 5 points).
+    Checked from the file's codes, so it fails on any machine, VNNI or not, if the recipe regresses."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    path = exports["int8"].path
+    bound = onnx_format.u8s8_pair_bound(path)
+    assert bound["layers"] == 21 and bound["fits_int16"], bound  # 20 convs and fc, every one within int16
+    recorded = read_manifest(path)["extra"]["int8_weights"]
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert recorded == json.loads(props[onnx_format.WEIGHT_RANGE_KEY])  # the file says it too, alone
+    assert recorded["reduce_range"] and recorded["max_u8s8_pair_sum"] == bound["max_pair_sum"] <= 32767
+
+    # The check is not vacuous: the earlier recipe (8-bit weights) is flagged from its codes alone.
+    images = tiny_data.train_x[:32].float().div(255).numpy()
+    full = tmp_path / "full-range.onnx"
+    quantize_static(str(exports["fp32"].path), str(full), onnx_format.calibration_reader("input", images, 1, True),
+                    quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
+                    activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"WeightSymmetric": True})
+    assert not onnx_format.u8s8_pair_bound(full)["fits_int16"]
+
+    # The exact int8 arithmetic: with every optimisation off, ORT runs DequantizeLinear -> float Conv ->
+    # QuantizeLinear, the file's math with no integer kernel of this CPU in the way; the fused kernels
+    # this machine runs must agree with it.
+    x = tiny_data.test_x[:64].float().div(255).numpy()
+
+    def logits(level):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return np.concatenate([session.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+
+    exact, fused = logits(ort.GraphOptimizationLevel.ORT_DISABLE_ALL), logits(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    assert (exact.argmax(1) == fused.argmax(1)).mean() >= 0.98
+    cosine = (exact * fused).sum(1) / (np.linalg.norm(exact, axis=1) * np.linalg.norm(fused, axis=1))
+    assert cosine.mean() > 0.99

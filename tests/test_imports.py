@@ -52,6 +52,8 @@ STAGE_HELPER_ALLOWED = {
     # with the other artifact readers in the base layer
     ("edgekit.quantize", "edgekit.calibrate", "CalibrationSet"),
     ("edgekit.quantize", "edgekit.calibrate", "load_calibration"),
+    ("edgekit.quantize", "edgekit.calibrate", "read_definition"),
+    ("edgekit.bench", "edgekit.calibrate", "read_definition"),
     ("edgekit.export", "edgekit.calibrate", "load_calibration"),
     ("edgekit.export", "edgekit.calibrate", "calibration_data_config"),
     ("edgekit.bench.baselines", "edgekit.calibrate", "DEFAULT_DIR"),

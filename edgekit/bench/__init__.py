@@ -53,10 +53,16 @@ def bench(artifacts: Iterable[Path], config: BenchConfig, reporter: Reporter = q
           directory: Path | None = None, out: Path | None = None, notes: Iterable[str] = ()) -> BenchRun:
     """Measure every artifact with every runtime that can read it; write the result files if `out` is given."""
     load_before = load_average()  # before baselines and measurement add this process's own load
-    if config.threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {config.threads}", "use e.g. --threads 2")
-    if not config.batches or any(b < 1 for b in config.batches):
-        raise ConfigError(f"batch sizes must be positive, got {config.batches}", "use e.g. --batches 1,8,32,128")
+    from ..artifacts import check_writable_dir
+    from ..calibrate import read_definition
+
+    config.validate()
+    if out is not None:  # a bench takes minutes: an unwritable --out is refused before it, not after
+        check_writable_dir(Path(out).parent, create=False)
+    if config.baselines:
+        check_writable_dir(config.baseline_dir, create=False)
+        if config.calibration:
+            read_definition(config.calibration)
     paths = [Path(p) for p in artifacts]
     if directory is not None:
         paths += discover(Path(directory))

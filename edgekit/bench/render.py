@@ -348,7 +348,11 @@ def load_run(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not a bench result (invalid JSON)", "pass a .json written by `edgekit bench`") from exc
+        raise ConfigError(f"cannot read {path} as a bench result: not complete JSON (truncated, edited, or another file)",
+                          "pass a .json written by `edgekit bench`") from exc
     if not isinstance(data, dict) or data.get("format") != BENCH_FORMAT:
-        raise ConfigError(f"{path} is not an edgekit bench result", "pass a .json written by `edgekit bench`")
+        raise ConfigError(f"{path} has no edgekit bench format entry, so it cannot be read as a bench result",
+                          "pass a .json written by `edgekit bench`")
+    if not isinstance(data.get("rows"), list) or not all(isinstance(r, dict) for r in data["rows"]):
+        raise ConfigError(f"{path}: its 'rows' entry is missing or damaged", "pass a .json written by `edgekit bench`")
     return data

@@ -17,6 +17,7 @@ would do without edgekit) and its availability check. Format modules are importe
     make_baseline(baseline: StockBaseline, start: Path, out: Path, calibration) -> Path   # if it has baselines
     int8_slowdown_reasons(row: dict) -> list[str]   # optional: why an int8 file of it can run slower
     manifest_extra(path: Path, source: Path) -> dict   # optional: facts about an export for its manifest
+    check_file(path: Path) -> None   # optional: a cheap read that names a damaged file in one line
 
 A runtime module offers load_runner and unavailable_reason. A Runner takes float32 pixels in
 [0, 1], NCHW [N, 3, 32, 32], and returns float32 logits [N, C], whatever the file holds inside;
@@ -135,8 +136,12 @@ FORMATS: dict[str, Format] = {
         Format("onnx", "edgekit.formats.onnx", ".onnx", ("fp32", "fp16", "int8"), "onnx",
                runtimes=(Runtime("onnxruntime", "edgekit.formats.onnx"), Runtime("openvino", "edgekit.formats.openvino")),
                tolerances=dict(STANDARD_TOLERANCES),
-               baselines=(StockBaseline("stock ORT quantize_static (defaults: QDQ, s8 act.)", "ort-qdq-s8", True),
-                          StockBaseline("stock ORT quantize_static (QDQ, u8 act.)", "ort-qdq-u8", True, "uint8")),
+               # reduce_range (7-bit weights) as edgekit's own int8 files: without it a u8-activation file is
+               # wrong on x86 CPUs without VNNI (edgekit.formats.onnx.INT16_MAX), and a baseline a CPU
+               # computes wrongly measures that CPU, not the recipe
+               baselines=(StockBaseline("stock ORT quantize_static (QDQ, s8 act., 7-bit weights)", "ort-qdq-s8-rr", True),
+                          StockBaseline("stock ORT quantize_static (QDQ, u8 act., 7-bit weights)", "ort-qdq-u8-rr", True,
+                                        "uint8")),
                examples=("run_onnxruntime.py", "run_openvino.py")),
         # TensorRT may run fp32 layers in TF32 on Ampere and newer, so its fp32 row gates on
         # agreement and cosine rather than a tight max-abs.

@@ -3,7 +3,8 @@
 fp32 comes from the legacy TorchScript exporter in eval mode, so BatchNorm folds into Conv at
 export, then onnxslim tidies the graph. fp16 converts the weights and keeps float32 inputs and
 outputs (the runner contract stays float32). int8 is QDQ from `quantize_static` over the shared
-calibration set: per-channel int8 weights, uint8 activations.
+calibration set: per-channel int8 weights on 7 bits (onnx_int8.py: exact on CPUs without VNNI too), uint8
+activations.
 
 Why uint8 activations, measured here (benchmarks/onnx_int8_probe.py): the file of a QDQ model
 says "int8" for every Conv either way, but what runs is decided later by ORT's graph optimizer,
@@ -21,6 +22,7 @@ Every exported file carries edgekit's DeployMetadata in its metadata_props (`wri
 
 from __future__ import annotations
 
+import json
 import tempfile
 import warnings
 from pathlib import Path
@@ -34,8 +36,10 @@ from ..report import Reporter, quiet
 from . import predict_in_fixed_batches
 from .metadata import DeployMetadata, from_props
 # The format's census and --debug-parity, each in its own module (this one exports and runs):
-from .onnx_census import census, runtime_census  # noqa: F401
+from .onnx_census import census, load_file, runtime_census  # noqa: F401
 from .onnx_debug import debug_divergence  # noqa: F401
+# Why the float-checkpoint path writes 7-bit weights, and the check of it from a file's codes:
+from .onnx_int8 import INT16_MAX, WEIGHT_RANGE_KEY, u8s8_pair_bound, weight_record  # noqa: F401
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -169,7 +173,12 @@ def qdq_grid(source: Path) -> dict[str, Any] | None:
 
 def manifest_extra(path: Path, source: Path) -> dict[str, Any]:
     grid = qdq_grid(source)
-    return {"qdq_from_int8_artifact": grid} if grid else {}
+    extra: dict[str, Any] = {"qdq_from_int8_artifact": grid} if grid else {}
+    if Path(path).suffix == ".onnx" and Path(path).is_file():
+        props = {p.key: p.value for p in load_file(path, load_external_data=False).metadata_props}
+        if WEIGHT_RANGE_KEY in props:
+            extra["int8_weights"] = json.loads(props[WEIGHT_RANGE_KEY])
+    return extra
 
 
 def exportable_fake_quant(module):
@@ -322,7 +331,8 @@ def calibration_reader(input_name: str, images: np.ndarray, step: int, drop_last
 
 def make_baseline(baseline, start: Path, out: Path, calibration) -> Path:
     """onnxruntime.quantization.quantize_static of the fp32 file `start` with its defaults, except
-    (variant "uint8") the activation type: what a user would do without edgekit."""
+    (variant "uint8") the activation type and, as edgekit's own files, reduce_range (7-bit
+    weights, ORT's documented setting for CPUs without VNNI): what a user would do without edgekit."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_static
 
@@ -333,12 +343,13 @@ def make_baseline(baseline, start: Path, out: Path, calibration) -> Path:
     reader = calibration_reader(graph_input.name, calibration.images, static or 32, drop_last=True)
     kwargs = {"activation_type": QuantType.QUInt8} if baseline.variant == "uint8" else {}
     with atomic_path(out) as tmp:
-        quantize_static(str(start), str(tmp), reader, **kwargs)
+        quantize_static(str(start), str(tmp), reader, reduce_range=True, **kwargs)
     write_manifest(out, Manifest(
         kind="baseline", format="onnx", precision="int8", parent=parent_ref(start),
         config={"tool": "onnxruntime.quantization.quantize_static", "quant_format": "QDQ (default)",
                 "activation_type": "QUInt8" if kwargs else "QInt8 (default)",
-                "weight_type": "QInt8 (default)", "per_channel": False, "calibrate_method": "MinMax (default)"},
+                "weight_type": "QInt8 (default)", "per_channel": False, "calibrate_method": "MinMax (default)",
+                "reduce_range": True},
         extra={"baseline": baseline.label, "calibration": calibration.manifest_ref()}))
     return out
 
@@ -362,10 +373,11 @@ def int8_slowdown_reasons(row: dict[str, Any]) -> list[str]:
 
 
 def quantize_qdq(src: Path, out: Path, images: np.ndarray, batch: int | None = 1, symmetric_int8: bool = False) -> Path:
-    """QDQ int8 over calibration images: per-channel int8 weights, uint8 activations (see module doc).
+    """QDQ int8 over calibration images: per-channel int8 weights on 7 bits, uint8 activations (see module doc).
 
     `symmetric_int8`: int8 activations with zero point 0, the only QDQ form TensorRT accepts
-    (for ONNX Runtime on x86 that form is the slow one, see the module doc).
+    (for ONNX Runtime on x86 that form is the slow one, see the module doc). Without it, the
+    weights take 7 bits (reduce_range: see INT16_MAX) and the file records so in its metadata.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -385,12 +397,17 @@ def quantize_qdq(src: Path, out: Path, images: np.ndarray, batch: int | None = 1
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         weight_type=QuantType.QInt8,
                         activation_type=QuantType.QInt8 if symmetric_int8 else QuantType.QUInt8,
-                        calibrate_method=CalibrationMethod.MinMax,
+                        calibrate_method=CalibrationMethod.MinMax, reduce_range=not symmetric_int8,
                         # TensorRT wants float biases (it has no int32 DequantizeLinear); ORT fuses int32 ones.
                         extra_options={"ActivationSymmetric": symmetric_int8, "WeightSymmetric": True,
                                        "QuantizeBias": not symmetric_int8})
         model = onnx.load(str(tmp_out))
         onnx.checker.check_model(model)
+        if not symmetric_int8:
+            bound = u8s8_pair_bound(model)
+            if not bound["fits_int16"]:  # a bug in the recipe, not a user error: keep the traceback
+                raise RuntimeError(f"int8 ONNX weights reach a u8 x s8 pair sum of {bound['max_pair_sum']} > {INT16_MAX}")
+            model.metadata_props.add(key=WEIGHT_RANGE_KEY, value=json.dumps(weight_record(bound)))
         with atomic_path(out) as tmp:
             onnx.save(model, str(tmp))
     return out
@@ -429,9 +446,7 @@ def write_metadata(path: Path, meta: DeployMetadata) -> DeployMetadata:
 
 
 def read_metadata(path: Path) -> DeployMetadata | None:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
+    model = load_file(path, load_external_data=False)
     return from_props({p.key: p.value for p in model.metadata_props}, str(path))
 
 
@@ -477,3 +492,10 @@ class OnnxRunner:
 
 def load_runner(path: Path, threads: int | None = None) -> OnnxRunner:
     return OnnxRunner(path, threads)
+
+
+def check_file(path: Path) -> None:
+    """The graph parses (external weights not read): a damaged file is named before any data is decoded."""
+    from .onnx_census import load_file
+
+    load_file(path, load_external_data=False)

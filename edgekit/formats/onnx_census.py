@@ -31,6 +31,27 @@ def _dtype_name(elem_type: int) -> str:
     return FLOAT_TYPES.get(elem_type) or QUANT_TYPES.get(elem_type) or f"type{elem_type}"
 
 
+def load_file(path: Path, load_external_data: bool = True):
+    """onnx.load of a file a user passed: missing, a folder, empty or damaged is one CheckpointError."""
+    import onnx
+
+    from ..errors import CheckpointError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"ONNX file {'is a folder' if path.is_dir() else 'not found'}: {path}",
+                              "pass an .onnx file written by `edgekit export --target onnx`")
+    try:
+        model = onnx.load(str(path), load_external_data=load_external_data)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise CheckpointError(f"cannot read {path}: the ONNX file is empty, truncated or corrupt",
+                              "copy it again, or re-export it with `edgekit export --target onnx`") from exc
+    if not model.graph.node:  # an empty file parses as an empty model
+        raise CheckpointError(f"cannot read {path}: the ONNX file holds no graph (empty or truncated)",
+                              "copy it again, or re-export it with `edgekit export --target onnx`")
+    return model
+
+
 def census(path: Path, runtime: bool = True) -> dict[str, Any]:
     """Weights counted by dtype from the file, and convolutions as ORT actually executes them.
 
@@ -39,9 +60,7 @@ def census(path: Path, runtime: bool = True) -> dict[str, Any]:
     a QDQ Conv either became QLinearConv (integer) or stayed Conv (float); `executed_weights_by_dtype`
     counts conv/gemm weights by how they run (`precision_label(census, executed=True)`).
     """
-    import onnx
-
-    model = onnx.load(str(path))
+    model = load_file(path)
     graph = model.graph
     qparams = _qparam_names(graph)
     weights: collections.Counter[str] = collections.Counter()
