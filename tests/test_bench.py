@@ -11,12 +11,11 @@ import pytest
 
 from edgekit.artifacts import read_manifest
 from edgekit.bench import bench, compare, discover, load_run
-from edgekit.config import BenchConfig, DataConfig, DataSource, ExportOptions, TrainConfig
-from edgekit.data import load_data
+from edgekit.config import BenchConfig, ExportOptions
 from edgekit.errors import ConfigError
 from edgekit.export import export_artifact
-from edgekit.model import ModelSpec, build_model, load_checkpoint
-from edgekit.train import evaluate, train_model
+from edgekit.model import load_checkpoint
+from edgekit.train import evaluate
 
 TEST_LIMIT = 64
 
@@ -29,24 +28,18 @@ def quick_config(**overrides) -> BenchConfig:
 
 
 @pytest.fixture(scope="module")
-def bench_data(tmp_path_factory):
-    config = DataConfig(source=DataSource.synthetic, synthetic_train=800, synthetic_test=200, val_size=100,
-                        cache_dir=str(tmp_path_factory.mktemp("cache")))
-    return config, load_data(config)
+def bench_data(tiny_data_config, tiny_data):
+    return tiny_data_config, tiny_data
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory, bench_data):
-    """A tiny checkpoint (one short epoch: the bench needs a real lineage, not a good model) and its
-    fp32 ONNX export through edgekit export (real parity gate)."""
-    data_config, data = bench_data
+def artifacts(tmp_path_factory, tiny_trained):
+    """The session's tiny checkpoint (the bench needs a real lineage, not a good model), copied into a
+    folder of its own for --dir, and its fp32 ONNX export through edgekit export (real parity gate)."""
     folder = tmp_path_factory.mktemp("bench-artifacts")
-    config = TrainConfig(epochs=1, batch_size=64, lr=0.05, width=0.125, warmup_epochs=0.2, threads=2, cutout=0)
-    trained = train_model(build_model(ModelSpec.from_width(0.125), seed=0), data, config, folder / "train",
-                          data_config=data_config)
     checkpoint = folder / "best.pt"
-    shutil.copy(trained.checkpoint, checkpoint)
-    shutil.copy(str(trained.checkpoint) + ".manifest.json", str(checkpoint) + ".manifest.json")
+    shutil.copy(tiny_trained.checkpoint, checkpoint)
+    shutil.copy(str(tiny_trained.checkpoint) + ".manifest.json", str(checkpoint) + ".manifest.json")
     onnx = export_artifact(checkpoint, "onnx", "fp32", folder / "model-fp32.onnx",
                            ExportOptions(parity_images=32, dynamic_batch=True)).path
     return folder, checkpoint, onnx

@@ -303,13 +303,38 @@ def test_tflite_example_answers_as_edgekit_with_int8_io(tflite_int8_io, jpegs):
                            top5_of_edgekit(tflite, tflite_int8_io, image))
 
 
-def test_tensorrt_example_runs_where_tensorrt_and_a_gpu_are():
-    from edgekit.formats import tensorrt
+def _script_functions(script: str, names: tuple[str, ...]) -> dict:
+    """Functions of an example script compiled without its module-level imports, so the parts that do
+    not touch the runtime run here even where that runtime (TensorRT, a GPU) is not."""
+    tree = ast.parse((EXAMPLES / script).read_text())
+    tree.body = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in names]
+    assert {node.name for node in tree.body} == set(names), script
+    namespace = {"json": json, "sys": sys, "np": np, "Image": Image}
+    exec(compile(tree, str(EXAMPLES / script), "exec"), namespace)
+    return namespace
 
-    reason = tensorrt.unavailable_reason()
-    if reason:
-        pytest.skip(f"run_tensorrt.py needs TensorRT and an NVIDIA GPU: {reason} (its imports are checked above)")
-    pytest.skip("TensorRT is here: run benchmarks/gpu/tensorrt_check.py, then run_tensorrt.py on its engine")
+
+def test_tensorrt_example_reads_the_manifest_and_feeds_what_onnxruntime_is_fed(onnx_dynamic, jpegs, tmp_path):
+    """An engine has no room for metadata, so run_tensorrt.py reads it from the manifest beside the
+    engine. Without TensorRT here, its own reading, preprocessing and top-5 run against the ONNX
+    runner's on the same metadata: a script that fed the engine other pixels than the ONNX file gets,
+    or ranked the classes differently, fails here, not on a device."""
+    trt = _script_functions("run_tensorrt.py", ("read_metadata", "preprocess", "top5"))
+    ort_script = _script_functions("run_onnxruntime.py", ("preprocess", "top5"))
+    engine = tmp_path / "model.engine"  # the manifest is all read_metadata opens
+    shutil.copyfile(str(onnx_dynamic["fp32"].path) + ".manifest.json", str(engine) + ".manifest.json")
+    meta = trt["read_metadata"](str(engine))
+    assert meta == read_manifest(onnx_dynamic["fp32"].path)["extra"]["metadata"]
+    for image in jpegs:
+        pixels = trt["preprocess"](image, meta)
+        assert pixels.dtype == np.float32 and pixels.shape == (1, 3, 32, 32)  # dynamic batch: one image
+        np.testing.assert_array_equal(pixels, ort_script["preprocess"](image, meta))
+        logits = onnx_format.load_runner(onnx_dynamic["fp32"].path).predict(pixels)[0]
+        assert trt["top5"](logits, meta["classes"]) == ort_script["top5"](logits, meta["classes"])
+        assert [i for i, _, _ in trt["top5"](logits, meta["classes"])] == \
+            [i for i, _ in top5_of_edgekit(onnx_format, onnx_dynamic["fp32"].path, image)]
+    with pytest.raises(SystemExit, match="copy the manifest beside the engine"):
+        trt["read_metadata"](str(tmp_path / "alone.engine"))
 
 
 # ---- --bundle ------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""The whole chain on a tiny config: every stage runs for real, a second run skips what is up to date."""
+"""The whole chain on a tiny config: every stage runs for real, once; a second run with one option
+changed and one file lost redoes only what that touches and skips the rest, untouched on disk."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -27,14 +29,20 @@ def config(tmp_path_factory) -> PipelineConfig:
     )
 
 
-def test_pipeline_runs_every_stage_then_resumes(config, tmp_path):
-    first = run_pipeline(config, tmp_path)
-    status = {record.stage: record.status for record in first.stages}
-    trained = next(r for r in first.stages if r.stage == "train")
+@pytest.fixture(scope="module")
+def first(config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline")
+    return out, run_pipeline(config, out)
+
+
+def test_pipeline_runs_every_stage(first):
+    out, result = first
+    status = {record.stage: record.status for record in result.stages}
+    trained = next(r for r in result.stages if r.stage == "train")
     assert float(trained.detail.split()[1].rstrip("%")) > 20.0, trained.detail  # well above 10 % chance
     for stage in ("train", "calibrate", "prune", "quantize static", "quantize qat (pruned)", "bench"):
         assert status[stage] == "done", (stage, status[stage])
-    exports = [r for r in first.stages if r.stage.startswith("export ")]
+    exports = [r for r in result.stages if r.stage.startswith("export ")]
     # every exportable (target, precision) for the two float models, int8 targets for the two int8 ones
     targets = [fmt for fmt in FORMATS.values() if fmt.exportable]
     assert len(exports) == 2 * sum(len(fmt.precisions) for fmt in targets) + 2 * sum("int8" in fmt.precisions
@@ -51,14 +59,35 @@ def test_pipeline_runs_every_stage_then_resumes(config, tmp_path):
             assert records and all("DependencyError" in r.status for r in records), fmt.name
         else:
             assert any(r.status == "done" for r in records), fmt.name
-    assert (tmp_path / "pipeline.json").exists()
-    assert json.loads((tmp_path / "bench" / "bench.json").read_text())["rows"]
+    recorded = json.loads((out / "pipeline.json").read_text())
+    assert [(r["stage"], r["status"]) for r in recorded] == [(r.stage, r.status) for r in result.stages]
+    rows = json.loads((out / "bench" / "bench.json").read_text())["rows"]
+    assert {r.artifact for r in made} <= {row["artifact"] for row in rows}  # bench saw every made file
 
-    second = run_pipeline(config, tmp_path)
-    status = {record.stage: record.status for record in second.stages}
-    assert status["train"] == status["prune"] == status["quantize static"] == "skipped (same config)"
 
-    # a changed prune option reruns prune and what depends on it, not training
-    changed = run_pipeline(replace(config, prune=replace(config.prune, ratio=0.4)), tmp_path)
-    status = {record.stage: record.status for record in changed.stages}
-    assert status["train"] == "skipped (same config)" and status["prune"] == "done"
+def test_a_second_run_redoes_what_changed_or_is_missing_and_leaves_the_rest(config, first):
+    """The cheapest change with dependents: QAT's epochs touch the QAT model and its exports (their
+    parent's bytes change) and nothing upstream; a lost export is remade as after an interruption.
+    Runs after the test above (file order): it rewrites the folder that test reads."""
+    out, result = first
+    # stage names repeat across sources ("export onnx fp32" for best and pruned): keyed by artifact
+    made = [Path(r.artifact) for r in result.stages if r.status == "done" and r.stage != "bench"]
+    lost = out / "export" / "best.fp32.onnx"
+    assert lost in made
+    lost.unlink()
+    before = {path: path.stat().st_mtime_ns for path in made if path.exists()}
+
+    second = run_pipeline(replace(config, qat_epochs=config.qat_epochs + 1), out)
+    status = {Path(r.artifact): r.status for r in second.stages if r.stage != "bench"}
+    # the QAT model and every export of it ran again: made, or refused by the gate (a new model may
+    # fail it), never skipped
+    qat = [path for path in status if path.name.startswith("pruned.qat.int8")]
+    int8_targets = sum("int8" in fmt.precisions for fmt in FORMATS.values() if fmt.exportable)
+    assert len(qat) == 1 + int8_targets and all(status[path] != "skipped (same config)" for path in qat), qat
+    assert status[lost] == "done"
+    for path in made:
+        if path in qat or path == lost:
+            continue
+        assert status[path] == "skipped (same config)", (path, status[path])
+        assert path.stat().st_mtime_ns == before[path], path  # not rewritten
+    assert lost.exists()

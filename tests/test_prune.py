@@ -2,30 +2,27 @@
 
 from __future__ import annotations
 
-import torch
+from pathlib import Path
+
 import pytest
+import torch
 
-from edgekit.artifacts import read_manifest, to_plain
-from edgekit.config import DataConfig, DataSource, Importance, PruneConfig, TrainConfig
-from edgekit.data import load_data
+from edgekit.artifacts import read_manifest
+from edgekit.config import Importance, PruneConfig
+from edgekit.data import DataSplits
 from edgekit.errors import CheckpointError, ConfigError
-from edgekit.model import ModelSpec, build_model, count_macs, load_checkpoint, save_checkpoint
+from edgekit.model import ModelSpec, build_model, count_macs, load_checkpoint
 from edgekit.prune import prune_checkpoint
-from edgekit.train import train_model
-
-DATA = DataConfig(source=DataSource.synthetic, synthetic_train=1000, synthetic_test=200, val_size=200)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    torch.set_num_threads(2)
-    data = load_data(DATA)
-    model = build_model(ModelSpec.from_width(0.125), seed=0)
-    result = train_model(model, data, TrainConfig(epochs=2, batch_size=128, lr=0.1, warmup_epochs=0.5,
-                                                  width=0.125, channels_last=False, eval_batch_size=500, cutout=0))
-    path = tmp_path_factory.mktemp("prune") / "fp32.pt"
-    save_checkpoint(path, result.model, data.classes, {"data_config": to_plain(DATA)})
-    return path, data
+def trained(tiny_trained, tiny_data):
+    """The session's trained model; what is under test is pruning's mechanics (MACs, channel counts,
+    rebuilds), which any trained model shows. Fine-tuning reads half the session's training images,
+    as many as this module's own model once trained on."""
+    half = DataSplits(tiny_data.train_x[:1000], tiny_data.train_y[:1000], tiny_data.val_x, tiny_data.val_y,
+                      tiny_data.test_x, tiny_data.test_y, tiny_data.classes, tiny_data.source, tiny_data.fingerprint)
+    return Path(tiny_trained.checkpoint), half
 
 
 def test_structured_prune_rebuilds_identically_and_drops_macs(trained, tmp_path):
