@@ -22,8 +22,8 @@ import numpy as np
 
 from .artifacts import Manifest, atomic_write_text, parent_ref, to_plain, write_manifest
 from .config import DataConfig, DiagnoseOptions
-from .errors import CheckpointError, ConfigError
-from .formats import SOURCE_FORMAT, format_of_path, load_artifact_runner, predict_all
+from .errors import ConfigError
+from .formats import check_artifact, load_artifact_runner, predict_all
 from .flips import Comparison, diff_summary_line, mcnemar_exact, softmax  # noqa: F401 (re-exported)
 from .report import Reporter, markdown_table, quiet
 
@@ -61,18 +61,8 @@ def _check_before_work(options: DiagnoseOptions, artifacts: tuple[Path, ...], ou
     options.validate()
     if data is not None:
         data.validate()
-    for artifact in artifacts:
-        if not artifact.exists():
-            raise CheckpointError(f"artifact not found: {artifact}", "check the path")
-        fmt = format_of_path(artifact)
-        if not fmt.folder and artifact.is_dir():
-            raise CheckpointError(f"{artifact} is a folder, not an artifact file", "pass the file itself")
-        if fmt is SOURCE_FORMAT:  # a damaged file is named now, not after the data and the other model
-            from .qmodel import torch_artifact_spec
-
-            torch_artifact_spec(artifact)
-        elif hasattr(fmt.module(), "check_file"):
-            fmt.module().check_file(artifact)
+    for artifact in artifacts:  # a damaged file is named now, not after the data and the other model
+        check_artifact(artifact)
     check_writable_dir(out, create=False)
     if layer is not None:  # diff: only torch models have layers; a bad name fails here, not after the predictions
         for artifact in artifacts:

@@ -25,9 +25,9 @@ import numpy as np
 
 from .artifacts import read_manifest
 from .config import DataConfig, DataSource, EvalConfig, Split, Tta
-from .data import load_data, to_unit_float
+from .data import to_unit_float
 from .errors import DataError, EdgekitError
-from .formats import SOURCE_FORMAT, format_of_path, load_artifact_runner, predict_all
+from .formats import SOURCE_FORMAT, check_artifact, format_of_path, load_artifact_runner, predict_all
 from .lineage import data_config_of, lineage
 from .report import Reporter, quiet
 
@@ -141,10 +141,14 @@ def _file_classes(artifact: Path) -> list[str] | None:
 def evaluate_artifact(artifact: Path, config: EvalConfig | None = None, source: DataSource | None = None,
                       data_dir: str | Path | None = None, reporter: Reporter = quiet) -> EvalResult:
     """Score `artifact` on the split `config` names; TTA beside the plain figure when asked."""
+    from .data import load_data
+
     config = (config or EvalConfig()).validate()
     artifact = Path(artifact)
-    runner = load_artifact_runner(artifact, config.threads)  # a missing or unrunnable file fails before the data
-    data = load_data(_data_config(artifact, source, str(data_dir) if data_dir is not None else None), reporter)
+    check_artifact(artifact)
+    data_config = _data_config(artifact, source, str(data_dir) if data_dir is not None else None).validate()
+    runner = load_artifact_runner(artifact, config.threads)  # a bad file or option fails before the data
+    data = load_data(data_config, reporter)
     recorded_classes = _file_classes(artifact)
     if recorded_classes and recorded_classes != list(data.classes):
         raise DataError(f"{artifact.name} was trained on classes {recorded_classes}, the data has {data.classes}",

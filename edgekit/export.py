@@ -129,6 +129,12 @@ def export_artifact(source: Path, target: str, precision: str, out: Path | None 
                           f"make one with `edgekit calibrate --source ... --size {CalibrationConfig.size}` (it writes "
                           f"calibration/<data>-{CalibrationConfig.size}.json) and pass --calibration "
                           f"calibration/<data>-{CalibrationConfig.size}.json")
+    if options.calibration:  # a bad path is refused even where the precision does not use it
+        from .calibrate import read_definition
+
+        read_definition(options.calibration)
+    if data_config is not None:
+        data_config.validate()
     checkpoint = load_source(source, precision)
     out = Path(out) if out else default_out_path(source, target, precision)
     writes_folder = fmt.folder

@@ -305,5 +305,13 @@ def load_checkpoint(path: str | Path, expect: ModelSpec | None = None) -> Checkp
     path = Path(path)
     payload = read_payload(path)
     spec = ModelSpec.from_dict(payload["spec"])
+    if expect is not None:
+        for name in ("arch", "num_classes", "stage_channels", "block_channels"):
+            if getattr(spec, name) != getattr(expect, name):
+                raise CheckpointError(
+                    f"checkpoint {path.name} has {name}={getattr(spec, name)} but the model here expects "
+                    f"{getattr(expect, name)}",
+                    "pass the matching --width (the class count comes from the data), or the checkpoint made "
+                    "for this model")
     return Checkpoint(spec=spec, state_dict=payload["state_dict"], classes=list(payload.get("classes", [])),
                       extra=dict(payload.get("extra", {})))

@@ -77,7 +77,7 @@ def test_bad_input(data, tmp_path):
     with pytest.raises(ConfigError):
         make_calibration(data, CONFIG, size=10**6)
     (tmp_path / "x.json").write_text("not json")
-    with pytest.raises(CalibrationError, match="not a calibration"):
+    with pytest.raises(CalibrationError, match="as a calibration definition"):
         load_calibration(tmp_path / "x.json", data)
     with pytest.raises(CalibrationError, match="not found"):
         load_calibration(tmp_path / "missing.json", data)

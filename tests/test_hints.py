@@ -21,7 +21,7 @@ def cli_options() -> set[str]:
     for command in group.commands.values():
         for param in command.params:
             options.update(o for o in param.opts + param.secondary_opts if o.startswith("--"))
-    return options
+    return options | {"--help"}  # every command has it (click adds it, not a declared parameter)
 
 
 def options_named_in_strings() -> dict[str, list[str]]:

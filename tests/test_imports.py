@@ -55,6 +55,7 @@ STAGE_HELPER_ALLOWED = {
     ("edgekit.quantize", "edgekit.calibrate", "read_definition"),
     ("edgekit.bench", "edgekit.calibrate", "read_definition"),
     ("edgekit.export", "edgekit.calibrate", "load_calibration"),
+    ("edgekit.export", "edgekit.calibrate", "read_definition"),
     ("edgekit.export", "edgekit.calibrate", "calibration_data_config"),
     ("edgekit.bench.baselines", "edgekit.calibrate", "DEFAULT_DIR"),
     ("edgekit.bench.baselines", "edgekit.calibrate", "DEFAULT_SIZE"),

@@ -42,7 +42,7 @@ COMPANIONS = {"data_dir": ["--source", "folder"], "baseline_dir": ["--baselines"
 TEXT = {"batches": ["", "0", "-1", "a,b", "1,nan"], "index": ["x", "-1", str(2**63)], "layer": ["no.such.layer"]}
 # A valid call of each command (cheap: it stops at the data when nothing is refused): its arguments
 # by name, then its options.
-ARGS = {"eval": {"checkpoint": "{ckpt}"}, "info": {"artifact": "{ckpt}"}, "bench": {"artifacts": "{ckpt}"},
+ARGS = {"eval": {"artifact": "{ckpt}"}, "info": {"artifact": "{ckpt}"}, "bench": {"artifacts": "{ckpt}"},
         "prune": {"checkpoint": "{ckpt}"}, "quantize": {"checkpoint": "{ckpt}"}, "export": {"artifact": "{ckpt}"},
         "diff": {"parent": "{ckpt}", "child": "{ckpt}"}, "explain": {"checkpoint": "{ckpt}"}}
 OPTIONS = {
@@ -185,6 +185,8 @@ def test_every_bad_value_is_one_line_naming_it(command, option, label, sweep_fil
     assert REACHED not in lines[0], shown
     named = [param.opts[0]] if param.opts[0].startswith("-") else []
     named += [a for a in argv if a and not a.startswith("--")]
+    if param.name in OUTPUTS:  # below a file: the line may name the file in the way, the bad path's parent
+        named += [str(Path(a).parent) for a in argv if a and not a.startswith("--")]
     if _bare(param.type_descriptor.annotation) in (int, float) or param.name in TEXT:
         named = [param.opts[0]] + ([param.opts[0].lstrip("-")] if param.name == "batches" else [])
     assert any(n in lines[0] for n in named), f"the line names none of {named}\n{shown}"

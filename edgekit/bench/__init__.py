@@ -17,7 +17,8 @@ Protocol (recorded in every result file):
     per row and after.
 
 A row that cannot run (missing or corrupt file, runtime not installed, a batch the file does
-not accept) says why and the rest of the run goes on.
+not accept) says why and the rest of the run goes on; when every file named is missing or damaged
+(and no --dir), nothing could run, and the first is refused in one line before any work.
 
 The package, by job: lineage (parent links, discovery), measure (one row: accuracy, agreement,
 latency, throughput), baselines (stock files made in the same run), render (result files,
@@ -31,8 +32,8 @@ from typing import Any, Iterable
 
 from ..artifacts import to_plain
 from ..config import BenchConfig
-from ..errors import ConfigError
-from ..formats import FORMATS
+from ..errors import ConfigError, EdgekitError
+from ..formats import FORMATS, check_artifact
 from ..report import Reporter, quiet
 from ..timing import latency_stats
 from .baselines import STOCK_SOURCE, baseline_label, make_baselines
@@ -64,6 +65,16 @@ def bench(artifacts: Iterable[Path], config: BenchConfig, reporter: Reporter = q
         if config.calibration:
             read_definition(config.calibration)
     paths = [Path(p) for p in artifacts]
+    # A missing or damaged file among others becomes an error row; when every file named is one and
+    # there is no --dir, nothing could run, so the first is refused now, before any work.
+    failures = []
+    for path in paths:
+        try:
+            check_artifact(path)
+        except EdgekitError as error:
+            failures.append(error)
+    if paths and len(failures) == len(paths) and directory is None:
+        raise failures[0]
     if directory is not None:
         paths += discover(Path(directory))
     unique, seen = [], set()

@@ -18,6 +18,7 @@ would do without edgekit) and its availability check. Format modules are importe
     int8_slowdown_reasons(row: dict) -> list[str]   # optional: why an int8 file of it can run slower
     manifest_extra(path: Path, source: Path) -> dict   # optional: facts about an export for its manifest
     check_file(path: Path) -> None   # optional: a cheap read that names a damaged file in one line
+        # (check_artifact below runs it for every file a user names, before any work)
 
 A runtime module offers load_runner and unavailable_reason. A Runner takes float32 pixels in
 [0, 1], NCHW [N, 3, 32, 32], and returns float32 logits [N, C], whatever the file holds inside;
@@ -211,14 +212,28 @@ def predict_all(runner: Runner, images: np.ndarray, batch: int) -> tuple[np.ndar
     return predict_batched(runner.predict, images, batch), batch
 
 
-def load_artifact_runner(artifact: Path, threads: int | None = None) -> Runner:
-    """The runner of any file edgekit writes, by its suffix; refused in one line if this machine cannot run it."""
+def check_artifact(artifact: Path) -> Format:
+    """A file a user named, checked before any work: it exists, is a file (a folder for a folder
+    format), and its format module's cheap read passes; each failure is one line naming the path."""
     from ..errors import CheckpointError
 
     artifact = Path(artifact)
     if not artifact.exists():
         raise CheckpointError(f"artifact not found: {artifact}", "check the path")
     fmt = format_of_path(artifact)
+    if artifact.is_dir() != fmt.folder:
+        kind = "folder" if artifact.is_dir() else "file"
+        raise CheckpointError(f"{artifact} is a {kind}, not a {fmt.name} {'folder' if fmt.folder else 'file'}",
+                              "pass the artifact itself")
+    check = getattr(fmt.module(), "check_file", None)
+    if check is not None:
+        check(artifact)
+    return fmt
+
+
+def load_artifact_runner(artifact: Path, threads: int | None = None) -> Runner:
+    """The runner of any file edgekit writes, by its suffix; refused in one line if this machine cannot run it."""
+    fmt = check_artifact(artifact)
     reason = fmt.unavailable_reason()
     if reason is not None:
         raise DependencyError(f"cannot run {artifact.name} here: {reason}",

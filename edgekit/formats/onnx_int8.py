@@ -59,7 +59,6 @@ def u8s8_pair_bound(path_or_model) -> dict[str, Any]:
     return {"layers": layers, "max_pair_sum": worst, "fits_int16": worst <= INT16_MAX}
 
 
-
 def weight_record(bound: dict[str, Any]) -> dict[str, Any]:
     """What a file made by quantize_qdq says about its int8 weights (metadata and manifest alike)."""
     return {"bits": 7, "range": [-64, 64], "reduce_range": True, "max_u8s8_pair_sum": bound["max_pair_sum"],

@@ -61,3 +61,10 @@ def census(path: Path) -> dict:
         key = str(tensor.dtype).replace("torch.", "")
         counts[key] = counts.get(key, 0) + tensor.numel()
     return {"weights_by_dtype": counts}
+
+
+def check_file(path: Path) -> None:
+    """The payload reads and names a model shape (float checkpoint or int8 file alike), without building it."""
+    from ..qmodel import torch_artifact_spec
+
+    torch_artifact_spec(path)
