@@ -5,8 +5,8 @@ MODE `smooth`: `train_model` on tiny synthetic data with `smooth_resnet` (see th
 batch split cannot change the maths; arguments: OUT SEED.
 
 On every rank a Python audit hook records every file the process opens for writing, creates,
-renames or removes under $EDGEKIT_TEST_WATCH; the list is printed as one line
-`EDGEKIT_WRITES <rank> <json>` at exit (rank 0's shows that the hook sees the trainer's writes). $EDGEKIT_TEST_STOP_BEFORE_EPOCH=N stands in for Ctrl-C
+renames or removes under $EDGEKIT_TEST_WATCH; the list is written at exit to
+$EDGEKIT_TEST_REPORTS/writes-<rank>.json (a file per rank: two ranks' long lines on one pipe interleave) (rank 0's shows that the hook sees the trainer's writes). $EDGEKIT_TEST_STOP_BEFORE_EPOCH=N stands in for Ctrl-C
 on every rank as epoch N starts.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -122,7 +123,8 @@ def main() -> int:
 
             shutdown()
     finally:
-        print(f"EDGEKIT_WRITES {rank} {json.dumps(writes)}", flush=True)
+        report = json.dumps(writes)  # before the report's own write joins the list
+        Path(os.environ["EDGEKIT_TEST_REPORTS"], f"writes-{rank}.json").write_text(report)
     return code
 
 

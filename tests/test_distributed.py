@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -46,7 +47,9 @@ RUN_FILES = {"best.pt", "best.pt.manifest.json", "last.pt", "metrics.json", "cur
 
 def torchrun(tmp_path: Path, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """`python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py ARGS`, gloo on the CPU."""
-    environment = {**os.environ, "EDGEKIT_TEST_WATCH": str(tmp_path), "OMP_NUM_THREADS": "1", **(env or {})}
+    reports = Path(tempfile.mkdtemp(prefix="edgekit-ddp-reports-"))  # outside the watched folder
+    environment = {**os.environ, "EDGEKIT_TEST_WATCH": str(tmp_path), "EDGEKIT_TEST_REPORTS": str(reports),
+                   "OMP_NUM_THREADS": "1", **(env or {})}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                str(WORKER), *args]
     # A session of its own, so that a hung run's workers are killed with it, not left behind.
@@ -58,12 +61,14 @@ def torchrun(tmp_path: Path, *args: str, env: dict | None = None, timeout: int =
         os.killpg(process.pid, signal.SIGKILL)
         stdout, stderr = process.communicate()
         pytest.fail(f"torchrun did not finish in {timeout} s:\n{stderr[-3000:]}")
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    result.reports = reports
+    return result
 
 
 def writes_by_rank(run: subprocess.CompletedProcess) -> dict[int, list[str]]:
-    lines = [line.split(" ", 2) for line in run.stdout.splitlines() if line.startswith("EDGEKIT_WRITES ")]
-    reports = {int(rank): json.loads(writes) for _, rank, writes in lines}
+    reports = {int(path.stem.split("-")[1]): json.loads(path.read_text())
+               for path in Path(run.reports).glob("writes-*.json")}
     assert set(reports) == {0, 1}, run.stdout + run.stderr  # both ranks really ran and reported
     return reports
 
