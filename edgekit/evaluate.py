@@ -141,7 +141,7 @@ def _file_classes(artifact: Path) -> list[str] | None:
 def evaluate_artifact(artifact: Path, config: EvalConfig | None = None, source: DataSource | None = None,
                       data_dir: str | Path | None = None, reporter: Reporter = quiet) -> EvalResult:
     """Score `artifact` on the split `config` names; TTA beside the plain figure when asked."""
-    from .data import load_data
+    from .data import load_data  # looked up per call, like the other stages: the option sweep replaces it
 
     config = (config or EvalConfig()).validate()
     artifact = Path(artifact)
