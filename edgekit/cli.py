@@ -359,8 +359,6 @@ def bench(
         out = Path("benchmarks/results") / f"bench-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     result = run_bench(artifacts or [], config, reporter, directory=directory, out=out)
     if not any(row["status"] == "ok" for row in result.rows):
-        from .errors import EdgekitError
-
         # the first reasons, so a bench of one bad file says what is wrong with it in the one line
         reasons = "; ".join(f"{row.get('artifact')}: {row.get('why')}" for row in result.rows[:2])
         _fail(EdgekitError(f"no row of the bench ran ({' '.join(reasons.split())})", f"see the notes in {out}.md"))
@@ -383,7 +381,6 @@ def calibrate(
     Example: edgekit calibrate --source folder --data-dir data/cifar10-jpg --size 512
     """
     from .calibrate import DEFAULT_DIR, default_name, make_calibration, save_calibration
-    from .config import CalibrationConfig
     from .data import load_data
     from .model import load_checkpoint
 
@@ -430,7 +427,7 @@ def prune(
     """
     from .prune import prune_checkpoint
 
-    config = PruneConfig(ratio=ratio if ratio is not None else (None if target_macs is not None else 0.3),
+    config = PruneConfig(ratio=ratio if ratio is not None else (None if target_macs is not None else PruneConfig.ratio),
                          target_macs=target_macs, importance=importance,
                          global_pruning=global_pruning, round_to=round_to, steps=steps,
                          finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, distill_alpha=distill,

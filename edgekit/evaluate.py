@@ -27,7 +27,7 @@ from .artifacts import read_manifest
 from .config import DataConfig, DataSource, EvalConfig, Split, Tta
 from .data import to_unit_float
 from .errors import DataError, EdgekitError
-from .formats import SOURCE_FORMAT, check_artifact, format_of_path, load_artifact_runner, predict_all
+from .formats import SOURCE_FORMAT, format_of_path, load_artifact_runner, predict_all
 from .lineage import data_config_of, lineage
 from .report import Reporter, quiet
 
@@ -145,9 +145,8 @@ def evaluate_artifact(artifact: Path, config: EvalConfig | None = None, source: 
 
     config = (config or EvalConfig()).validate()
     artifact = Path(artifact)
-    check_artifact(artifact)
+    runner = load_artifact_runner(artifact, config.threads)  # checks the file (check_artifact) before the data
     data_config = _data_config(artifact, source, str(data_dir) if data_dir is not None else None).validate()
-    runner = load_artifact_runner(artifact, config.threads)  # a bad file or option fails before the data
     data = load_data(data_config, reporter)
     recorded_classes = _file_classes(artifact)
     if recorded_classes and recorded_classes != list(data.classes):
