@@ -1,225 +1,309 @@
-"""Compression benchmark: prune (+ fine-tune), static PTQ, QAT, pruned + int8, measured on this CPU.
+"""Compression benchmark: prune (+ fine-tune), dynamic and static PTQ, QAT, pruned + int8, each
+fine-tuned child beside its control, measured on this CPU.
 
-    .venv/bin/python benchmarks/compress.py --checkpoint benchmarks/models/resnet18-w0.5-cpu.fp16.pt
+    .venv/bin/python benchmarks/compress.py --checkpoint benchmarks/models/resnet18-w1-cpu.fp16.pt \
+        --target-macs 270e6 --finetune-epochs 3 --cpu-bf16 --qat-epochs 1 --out-dir artifacts/w1
 
-Writes benchmarks/results/compress-cpu.json and .md: accuracy (val and test), params, MACs,
-file size and torch-eager CPU batch-1 latency (threads pinned) of every artifact, with the
-machine and library versions. Every artifact also has its own manifest under --out-dir.
+Every step writes an ordinary edgekit artifact (the same file `edgekit prune`, `quantize` and
+`control` write) under --out-dir. A step whose artifact is already there, made from the same source
+file with the same configuration (its manifest says so), is kept instead of re-run, so a long run cut
+off part-way resumes where it stopped, and the steps can be run one by one with the CLI first.
+Anything else already there with a different recipe is refused, not overwritten.
+
+After every step has its artifact, all rows are read from their manifests and timed together in
+one process, in alternating rounds (torch eager, batch 1, threads pinned), so no row's latency was
+measured under a training job's load. Writes benchmarks/results/compress-cpu.json and .md.
+
+Controls: a child that was fine-tuned (pruning, QAT) is read against its parent put through the
+same fine-tune (`edgekit control`), so what extra training alone gains is not credited to
+compression. Children without a fine-tune (PTQ, dynamic) are read against the parent itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgekit.artifacts import atomic_write_text, library_versions, machine_info, sha256_file  # noqa: E402
+from edgekit.artifacts import (atomic_write_text, library_versions, machine_info, read_manifest,  # noqa: E402
+                               sha256_file, to_plain)
 from edgekit.config import (CalibMethod, PruneConfig, QuantizeConfig, QuantMode,  # noqa: E402
                             data_config_from_dict)
 from edgekit.data import load_data  # noqa: E402
+from edgekit.finetune import control_checkpoint, default_output, plan_of  # noqa: E402
+from edgekit.formats import FORMATS  # noqa: E402
+from edgekit.measure import accuracy, compare_latency  # noqa: E402
 from edgekit.model import load_checkpoint  # noqa: E402
-from edgekit.measure import accuracy, measure_latency  # noqa: E402
 from edgekit.prune import model_stats, prune_checkpoint  # noqa: E402
 from edgekit.quantize import quantize_checkpoint  # noqa: E402
 from edgekit.report import RichReporter, markdown_table  # noqa: E402
 
+# Settings that change how a step is measured or logged, not the weights it writes.
+NOT_RECIPE = {"threads", "latency_runs", "tensorboard", "export_onnx", "sensitivity"}
 
-def targets_table(rows: list[dict]) -> str:
-    by_name = {r["artifact"].split(" (")[0].split(",")[0]: r for r in rows}
-    fp32 = rows[0]
 
-    def drop(row: dict) -> float:
-        return 100 * (fp32["test_accuracy"] - row["test_accuracy"])
+@dataclass
+class Step:
+    key: str  # the artifact is OUT_DIR/KEY.pt
+    label: str
+    source: str  # "reference" or another step's key
+    control: str | None  # the row this one is judged against ("reference" when nothing was fine-tuned)
+    section: str  # the manifest's config section
+    config: Any
+    run: Callable[..., None]  # (source file, output file[, control's bf16])
+    control_bf16: bool | None = None  # a control's arithmetic, when not its child's
 
-    checks = []
-    for name, row, limit in (("static PTQ drop", by_name.get("static PTQ int8"), 0.5),
-                             ("QAT drop", next((r for r in rows if r["artifact"].startswith("QAT")), None), 0.2)):
-        if row:
-            checks.append([name, f"{drop(row):+.2f} pt", f"<= {limit} pt", "met" if drop(row) <= limit else "missed"])
-    for pruned in (r for r in rows if r["artifact"].startswith("pruned ") and not r["artifact"].startswith("pruned + ")):
-        name = pruned["artifact"]
-        checks.append([f"{name}: drop", f"{drop(pruned):+.2f} pt", "<= 0.5 pt", "met" if drop(pruned) <= 0.5 else "missed"])
-        checks.append([f"{name}: MACs reduction", f"{pruned['macs_reduction']:.2f}x", ">= 2x",
-                       "met" if pruned["macs_reduction"] >= 2 else "missed"])
-        checks.append([f"{name}: fp32 speed-up (torch eager, batch 1)", f"{pruned['latency_speedup_same_run']:.2f}x",
-                       ">= 1.7x", "met" if pruned["latency_speedup_same_run"] >= 1.7 else "missed"])
-    ptq = by_name.get("static PTQ int8")
-    if ptq:
-        checks.append(["int8 file", f"{ptq['file_bytes'] / 1e6:.2f} MB", "<= 11.3 MB",
-                       "met" if ptq["file_bytes"] <= 11.3e6 else "missed"])
+
+def recipe(config: Any) -> dict[str, Any]:
+    plain = to_plain(config)
+    return {k: v for k, v in plain.items() if k not in NOT_RECIPE}
+
+
+def kept(step: Step, source: Path, out: Path) -> bool:
+    """True when `out` is this step's finished artifact; False when there is none; ConfigError-like
+    SystemExit when something else is in the way."""
+    if not out.exists():
+        return False
+    manifest = read_manifest(out)
+    parent = (manifest.get("parent") or {}).get("sha256")
+    recorded = recipe((manifest.get("config") or {}).get(step.section) or {})
+    wanted = recipe(step.config)
+    differs = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+    if step.section == "finetune":  # a control: its parent is the child's parent, its child this step's source
+        parent_ok = (manifest.get("extra") or {}).get("child", {}).get("sha256") == sha256_file(source)
+    else:
+        parent_ok = parent == sha256_file(source)
+    if parent_ok and not differs:
+        return True
+    why = f"recipe differs in {', '.join(differs)}" if differs else f"made from another file than {source}"
+    sys.exit(f"error: {out} is already there but is not this step's artifact ({why}); remove it or pass "
+             "another --out-dir")
+
+
+def plan(args: argparse.Namespace, data: Any, reporter: RichReporter) -> list[Step]:
+    target = int(args.target_macs) if args.target_macs else None
+    prune_config = PruneConfig(ratio=None if target else args.ratio, target_macs=target,
+                               finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, steps=args.steps,
+                               distill_alpha=args.distill, cpu_bf16=args.cpu_bf16)
+    cal = str(args.calibration.relative_to(ROOT) if args.calibration.is_relative_to(ROOT) else args.calibration)
+    static = QuantizeConfig(mode=QuantMode.static, calibration=cal)
+    dynamic = QuantizeConfig(mode=QuantMode.dynamic)
+    qat = QuantizeConfig(mode=QuantMode.qat, method=CalibMethod.auto, qat_epochs=args.qat_epochs, calibration=cal)
+
+    def pruning(source: Path, out: Path) -> None:
+        prune_checkpoint(source, prune_config, out, reporter, data=data)
+
+    def quantizing(config: QuantizeConfig) -> Callable[[Path, Path], None]:
+        return lambda source, out: quantize_checkpoint(source, config, out, reporter, data=data)
+
+    def controlling(child: Path, out: Path, bf16: bool | None) -> None:
+        control_checkpoint(child, out, cpu_bf16=bf16, reporter=reporter, data=data)
+
+    how = f"to {args.target_macs:.3g} MACs" if target else f"{args.ratio:.0%}/layer"
+    tune = f"{args.steps} x {args.finetune_epochs} ep{f', distill {args.distill:g}' if args.distill else ''}"
+    steps = [Step("pruned", f"pruned {how}, {tune}", "reference", "pruned.control", "prune", prune_config, pruning),
+             Step("pruned.control", f"control: fp32 fine-tuned as pruned ({tune})", "pruned", None, "finetune",
+                  None, controlling),
+             Step("dynamic", "dynamic int8 (fc only)", "reference", "reference", "quantize", dynamic,
+                  quantizing(dynamic)),
+             Step("ptq", "static PTQ int8", "reference", "reference", "quantize", static, quantizing(static)),
+             Step("pruned-ptq", "pruned + static PTQ int8", "pruned", "pruned.control", "quantize", static,
+                  quantizing(static))]
+    if args.qat_epochs:
+        bf16 = True if args.qat_control_bf16 else None
+        steps += [Step("qat", f"QAT int8 ({args.qat_epochs} ep)", "reference", "qat.control", "quantize", qat,
+                       quantizing(qat)),
+                  Step("qat.control", f"control: fp32 fine-tuned as QAT ({args.qat_epochs} ep"
+                       f"{', bf16' if bf16 else ''})", "qat", None, "finetune", None, controlling, bf16)]
+    return steps
+
+
+def run_steps(steps: list[Step], reference: Path, out_dir: Path, reporter: RichReporter) -> dict[str, Path]:
+    files = {"reference": reference}
+    for step in steps:
+        source, out = files[step.source], out_dir / f"{step.key}.pt"
+        if step.section == "finetune":
+            assert out == default_output(source), (out, source)
+            step.config = plan_of(source, read_manifest(source))
+            if step.control_bf16 is not None:
+                step.config = dataclasses.replace(step.config, cpu_bf16=step.control_bf16)
+        if kept(step, source, out):
+            reporter.info(f"compress: {step.label}: kept {out} (same source, same recipe)")
+        else:
+            started = time.perf_counter()
+            reporter.info(f"compress: {step.label}: from {source.name} ...")
+            if step.section == "finetune":
+                step.run(source, out, step.control_bf16)
+            else:
+                step.run(source, out)
+            reporter.info(f"compress: {step.label}: done in {time.perf_counter() - started:.0f} s")
+        files[step.key] = out
+    return files
+
+
+def row_of(label: str, path: Path, source_model_path: Path) -> dict[str, Any]:
+    manifest = read_manifest(path)
+    metrics = manifest.get("metrics") or {}
+    stats = model_stats(load_checkpoint(source_model_path).build())
+    return {"artifact": label, "file": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
+            "kind": manifest.get("kind"), "precision": manifest.get("precision"),
+            "val_accuracy": metrics["val_accuracy"], "test_accuracy": metrics["test_accuracy"],
+            "params": stats["params"], "macs": stats["macs"], "file_bytes": path.stat().st_size,
+            "method": ((manifest.get("extra") or {}).get("recipe") or {}).get("method"),
+            "qint8_tensors": (metrics.get("census") or {}).get("qint8_tensors")}
+
+
+def collect(steps: list[Step], files: dict[str, Path], reference: Path, data: Any, threads: int, runs: int,
+            rounds: int) -> list[dict[str, Any]]:
+    """One row per artifact from its manifest; all of them timed together, in alternating rounds."""
+    checkpoint = load_checkpoint(reference)
+    fp32 = checkpoint.build()
+    rows = [{"artifact": "fp32 (reference)", "key": "reference", "control": None,
+             "file": str(reference.relative_to(ROOT) if reference.is_relative_to(ROOT) else reference),
+             "kind": "checkpoint", "precision": "fp32 (stored fp16)",
+             "val_accuracy": accuracy(fp32, data), "test_accuracy": accuracy(fp32, data, "test"), **model_stats(fp32),
+             "file_bytes": reference.stat().st_size}]
+    for step in steps:
+        # An int8 file's params and MACs are its float source's; a control is the reference's shape.
+        shape_of = files[step.source] if step.section == "quantize" else files[step.key]
+        if step.section == "finetune":
+            shape_of = reference
+        rows.append({**row_of(step.label, files[step.key], shape_of), "key": step.key, "control": step.control})
+    models = {r["key"]: FORMATS["torch"].module().load_runner(ROOT / r["file"]).model for r in rows}
+    timed = compare_latency(models, threads, runs, rounds=rounds)
+    by_key = {r["key"]: r for r in rows}
     for row in rows:
-        if row["artifact"].startswith("pruned + "):
-            ok = drop(row) <= 1.0 and row["file_bytes"] <= 5e6
-            checks.append([row["artifact"], f"{drop(row):+.2f} pt, {row['file_bytes'] / 1e6:.2f} MB",
-                           "<= 1 pt, <= 5 MB", "met" if ok else "missed"])
-    return markdown_table(["target", "measured", "limit", ""], checks)
+        row["latency_p50_ms"] = timed[row["key"]]["p50_ms"]
+        row["latency_p90_ms"] = timed[row["key"]]["p90_ms"]
+        row["speedup_vs_fp32"] = rows[0]["latency_p50_ms"] / row["latency_p50_ms"]
+        row["macs_reduction"] = rows[0]["macs"] / row["macs"]
+        for split in ("val", "test"):
+            row[f"vs_fp32_{split}_pt"] = 100 * (row[f"{split}_accuracy"] - rows[0][f"{split}_accuracy"])
+            if row["control"]:
+                control = by_key[row["control"]]
+                row[f"vs_control_{split}_pt"] = 100 * (row[f"{split}_accuracy"] - control[f"{split}_accuracy"])
+    return rows
 
 
-def write_results(result: dict, results: Path, reporter) -> None:
+def targets_table(rows: list[dict[str, Any]]) -> str:
+    """The compression issue's targets, each read on test against the row's control."""
+    by_key = {r["key"]: r for r in rows}
+    checks = []
+
+    def check(name: str, measured: str, limit: str, ok: bool) -> None:
+        checks.append([name, measured, limit, "met" if ok else "missed"])
+
+    def against(row: dict[str, Any]) -> str:
+        return "fp32 parent" if row["control"] == "reference" else f"control ({row['control']}.pt)"
+
+    if "ptq" in by_key:
+        ptq = by_key["ptq"]
+        check("static PTQ: drop vs fp32 parent", f"{-ptq['vs_control_test_pt']:+.2f} pt", "<= 0.5 pt",
+              -ptq["vs_control_test_pt"] <= 0.5)
+        check("static PTQ int8 file", f"{ptq['file_bytes'] / 1e6:.2f} MB", "<= 11.3 MB", ptq["file_bytes"] <= 11.3e6)
+    if "qat" in by_key:
+        qat = by_key["qat"]
+        check(f"QAT: drop vs {against(qat)}", f"{-qat['vs_control_test_pt']:+.2f} pt", "<= 0.2 pt",
+              -qat["vs_control_test_pt"] <= 0.2)
+    if "pruned" in by_key:
+        pruned = by_key["pruned"]
+        check(f"pruning: drop vs {against(pruned)}", f"{-pruned['vs_control_test_pt']:+.2f} pt", "<= 0.5 pt",
+              -pruned["vs_control_test_pt"] <= 0.5)
+        check("pruning: MACs reduction", f"{pruned['macs_reduction']:.2f}x", ">= 2x", pruned["macs_reduction"] >= 2)
+        check("pruning: fp32 speed-up (torch eager, batch 1)", f"{pruned['speedup_vs_fp32']:.2f}x", ">= 1.7x",
+              pruned["speedup_vs_fp32"] >= 1.7)
+    if "pruned-ptq" in by_key:
+        both = by_key["pruned-ptq"]
+        check(f"pruned + int8: drop vs {against(both)}, file", f"{-both['vs_control_test_pt']:+.2f} pt, "
+              f"{both['file_bytes'] / 1e6:.2f} MB", "<= 1 pt, <= 5 MB",
+              -both["vs_control_test_pt"] <= 1 and both["file_bytes"] <= 5e6)
+    return markdown_table(["target (test split)", "measured", "limit", ""], checks)
+
+
+def write_results(result: dict[str, Any], results: Path, reporter: RichReporter) -> None:
     rows = result["rows"]
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(results / "compress-cpu.json", json.dumps(result, indent=2) + "\n")
-    reference = rows[0]["test_accuracy"]
-    columns = ["artifact", "val acc", "test acc", "drop vs fp32 (pt)", "params", "MACs", "file MB",
-               f"p50 ms ({result['threads']} thread)"]
-    table = [[r["artifact"], f"{r['val_accuracy']:.2%}", f"{r['test_accuracy']:.2%}",
-              f"{100 * (reference - r['test_accuracy']):+.2f}", r["params"], r["macs"],
-              round(r["file_bytes"] / 1e6, 2), round(r["latency_p50_ms"], 3)] for r in rows]
-    md = (f"# Compression on CPU\n\nReference: `{result['checkpoint']}`. {result['note']}\n\n"
-          f"Machine: {result['machine']['processor']}, {result['machine']['cpu_count']} cores; torch "
-          f"{result['versions'].get('torch')}, torch-pruning {result['versions'].get('torch-pruning')}; "
-          f"load average at the end {result['load_average_end']}.\n"
-          f"Latency: {result['latency']}.\n\n" + markdown_table(columns, table)
-          + "\n\n## Against the compression issue's targets (test accuracy)\n\n" + targets_table(rows) + "\n")
+    by_key = {r["key"]: r for r in rows}
+
+    def pt(value: float | None) -> str:
+        return "" if value is None else f"{value:+.2f}"
+
+    columns = ["artifact", "val acc", "test acc", "vs fp32 (pt)", "vs control (pt)", "control", "params", "MACs",
+               "file MB", f"p50 ms ({result['threads']} thread)", "speed-up"]
+    table = [[r["artifact"], f"{r['val_accuracy']:.2%}", f"{r['test_accuracy']:.2%}", pt(r["vs_fp32_test_pt"]),
+              pt(r.get("vs_control_test_pt")),
+              {None: "", "reference": "fp32 parent"}.get(r["control"], f"`{r['control']}.pt`"),
+              f"{r['params']:,}", f"{r['macs']:,}", round(r["file_bytes"] / 1e6, 2),
+              round(r["latency_p50_ms"], 3), f"{r['speedup_vs_fp32']:.2f}x"] for r in rows]
+    machine = result["machine"]
+    md = (f"# Compression on CPU\n\nReference: `{result['checkpoint']}` (sha256 {result['checkpoint_sha256'][:12]}). "
+          f"{result['note']}\n\nCommand: `{result['command']}`\n\n"
+          f"Machine: {machine['processor']}, {machine['cpu_count']} cores; torch {result['versions'].get('torch')}, "
+          f"torch-pruning {result['versions'].get('torch-pruning')}; load average when timing ended "
+          f"{result['load_average_end']}.\nLatency: {result['latency']}.\n\n"
+          f"Accuracy differences are on the test split ({result['test_images']:,} images); \"vs control\" reads a fine-tuned child "
+          "against its parent fine-tuned the same way, a PTQ child against the parent itself.\n\n"
+          + markdown_table(columns, table)
+          + "\n\n## Against the compression issue's targets (test split, each against its control)\n\n"
+          + targets_table(rows) + "\n")
     atomic_write_text(results / "compress-cpu.md", md)
     reporter.info(md)
 
 
-def remeasure(result: dict, extra: list[str], runs: int, rounds: int = 5) -> dict:
-    """Add finished artifacts as rows (label=path), then re-time every row in one quiet process,
-    in alternating rounds (edgekit.measure.compare_latency), replacing the in-training timings."""
-    from edgekit.artifacts import read_manifest
-    from edgekit.formats import FORMATS
-    from edgekit.measure import compare_latency
-
-    rows = result["rows"]
-    for item in extra:
-        label, _, path_text = item.partition("=")
-        path = Path(path_text)
-        metrics = read_manifest(path)["metrics"]
-        macs = metrics.get("macs_after") or metrics.get("macs")
-        manifest = read_manifest(path)
-        params = metrics.get("params_after") or read_manifest(ROOT / manifest["parent"]["path"])["metrics"].get(
-            "params_after")
-        row = {"artifact": label, "file": str(path), "val_accuracy": metrics["val_accuracy"],
-               "test_accuracy": metrics["test_accuracy"], "params": params, "macs": macs,
-               "file_bytes": path.stat().st_size}
-        if "macs_before" in metrics:
-            row["macs_reduction"] = metrics["macs_before"] / metrics["macs_after"]
-        rows = [r for r in rows if r["artifact"] != label] + [row]
-    models = {r["artifact"]: FORMATS["torch"].module().load_runner(ROOT / r["file"]).model for r in rows}
-    timed = compare_latency(models, result["threads"], runs, rounds=rounds)
-    for row in rows:
-        row["latency_p50_ms"] = timed[row["artifact"]]["p50_ms"]
-        if "macs_reduction" in row:
-            row["latency_speedup_same_run"] = rows[0]["latency_p50_ms"] / row["latency_p50_ms"]
-    result.update(rows=rows, load_average_end=[round(x, 2) for x in os.getloadavg()],
-                  latency=f"torch eager CPU, batch 1, threads pinned to {result['threads']}; every row re-timed in "
-                          f"one process after all training, {rounds} alternating rounds of {max(10, runs // rounds)} "
-                          "runs, p50 = median of the rounds' p50s")
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, default=ROOT / "benchmarks/models/resnet18-w0.5-cpu.fp16.pt")
+    parser.add_argument("--checkpoint", type=Path, default=ROOT / "benchmarks/models/resnet18-w1-cpu.fp16.pt")
     parser.add_argument("--calibration", type=Path, default=ROOT / "calibration/cifar10-jpg-512.json")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "artifacts/compress")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks/results")
-    parser.add_argument("--ratio", type=float, default=0.3)
+    parser.add_argument("--ratio", type=float, default=PruneConfig.ratio)
     parser.add_argument("--target-macs", type=float, default=None, help="instead of --ratio: prune until MACs <= this")
     parser.add_argument("--distill", type=float, default=PruneConfig.distill_alpha,
                         help="share of the fine-tune loss distilled from the unpruned model")
-    parser.add_argument("--finetune-epochs", type=int, default=1, help="per step")
-    parser.add_argument("--finetune-lr", type=float, default=0.02)
-    parser.add_argument("--steps", type=int, default=1, help="prune -> fine-tune rounds")
-    parser.add_argument("--cpu-bf16", action="store_true", help="fine-tune in bf16 on a CPU with native bf16")
-    parser.add_argument("--pruned-qat", action="store_true", help="also QAT the pruned model")
-    parser.add_argument("--qat-epochs", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--finetune-epochs", type=int, default=PruneConfig.finetune_epochs, help="per step")
+    parser.add_argument("--finetune-lr", type=float, default=PruneConfig.finetune_lr)
+    parser.add_argument("--steps", type=int, default=PruneConfig.steps, help="prune -> fine-tune rounds")
+    parser.add_argument("--cpu-bf16", action="store_true", help="fine-tune the pruned model in bf16 (native bf16 CPU)")
+    parser.add_argument("--qat-epochs", type=int, default=1, help="0 = no QAT row")
+    parser.add_argument("--qat-control-bf16", action="store_true",
+                        help="train QAT's control in bf16 (QAT itself trains in fp32; recorded in the row)")
+    parser.add_argument("--threads", type=int, default=1, help="pinned for the latency measurement only")
     parser.add_argument("--latency-runs", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--note", default="")
-    parser.add_argument("--remeasure", action="store_true",
-                        help="no training: re-time the rows of the existing compress-cpu.json (plus --add rows)")
-    parser.add_argument("--add", action="append", default=[], help="with --remeasure: label=path of a finished artifact")
     args = parser.parse_args()
-    if args.remeasure:
-        previous = json.loads((args.results / "compress-cpu.json").read_text())
-        if args.note:
-            previous["note"] = args.note
-        write_results(remeasure(previous, args.add, args.latency_runs), args.results, RichReporter())
-        return
 
-    # --threads pins the latency measurements only; training and evaluation use every core
     reporter = RichReporter()
     start = time.perf_counter()
     checkpoint = load_checkpoint(args.checkpoint)
     data = load_data(data_config_from_dict(checkpoint.extra.get("data_config")), reporter)
-    out = args.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-
-    def row(name: str, path: Path, model, val: float, test: float, latency_ms: float, stats: dict, **more) -> None:
-        rows.append({"artifact": name, "file": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
-                     "val_accuracy": val, "test_accuracy": test, "params": stats.get("params"),
-                     "macs": stats.get("macs"), "file_bytes": path.stat().st_size, "latency_p50_ms": latency_ms,
-                     **more})
-
-    fp32 = checkpoint.build()
-    base_stats = model_stats(fp32)
-    fp32_macs = base_stats["macs"]
-    base_latency = measure_latency(fp32, args.threads, args.latency_runs)["p50_ms"]
-    row("fp32 (reference)", args.checkpoint, fp32, accuracy(fp32, data), accuracy(fp32, data, "test"),
-        base_latency, base_stats)
-
-    pruned_path = out / "pruned.pt"
-    target = int(args.target_macs) if args.target_macs else None
-    pruned = prune_checkpoint(args.checkpoint, PruneConfig(ratio=None if target else args.ratio, target_macs=target,
-                                                           finetune_epochs=args.finetune_epochs,
-                                                           finetune_lr=args.finetune_lr, steps=args.steps,
-                                                           distill_alpha=args.distill, cpu_bf16=args.cpu_bf16,
-                                                           threads=args.threads, latency_runs=args.latency_runs),
-                              pruned_path, reporter, data=data)
-    how = f"to a {fp32_macs / target:.2f}x MACs target" if target else f"{args.ratio:.0%}/layer"
-    distilled = f", distilled ({args.distill:g})" if args.distill else ""
-    row(f"pruned {how}, {args.steps} step(s) x {args.finetune_epochs} ep fine-tune{distilled}", pruned_path, None,
-        pruned.after["val_accuracy"], pruned.after["test_accuracy"], pruned.after["latency"]["p50_ms"], pruned.after,
-        macs_reduction=pruned.before["macs"] / pruned.after["macs"],
-        latency_speedup_same_run=pruned.before["latency"]["p50_ms"] / pruned.after["latency"]["p50_ms"],
-        latency_before_same_run_ms=pruned.before["latency"]["p50_ms"])
-
-    def quant(name: str, source: Path, target: Path, config: QuantizeConfig) -> None:
-        result = quantize_checkpoint(source, config, target, reporter, data=data)
-        m = result.metrics
-        stats = model_stats(load_checkpoint(source).build())
-        extra = {"method": json.loads(Path(str(target) + ".manifest.json").read_text())["extra"]["recipe"].get("method"),
-                 "qint8_tensors": m["census"]["qint8_tensors"],
-                 "fp32_parent_val_accuracy": m["fp32_val_accuracy"], "fp32_parent_test_accuracy": m["fp32_test_accuracy"],
-                 "parent_latency_same_run_ms": m["fp32_latency_ms"]}
-        for key in ("ptq_val_accuracy", "ptq_test_accuracy", "qat_fake_quant_val_accuracy",
-                    "qat_fake_quant_test_accuracy"):
-            if key in m:
-                extra[key] = m[key]
-        row(name, target, None, m["val_accuracy"], m["test_accuracy"], m["latency_ms"], stats, **extra)
-
-    common = dict(calibration=str(args.calibration), threads=args.threads, latency_runs=args.latency_runs)
-    quant("dynamic int8 (fc only)", args.checkpoint, out / "dynamic.pt", QuantizeConfig(mode=QuantMode.dynamic,
-                                                                                    threads=args.threads,
-                                                                                    latency_runs=args.latency_runs))
-    quant("static PTQ int8 (auto)", args.checkpoint, out / "ptq.pt", QuantizeConfig(mode=QuantMode.static, **common))
-    quant(f"QAT int8 ({args.qat_epochs} ep)", args.checkpoint, out / "qat.pt",
-          QuantizeConfig(mode=QuantMode.qat, method=CalibMethod.auto, qat_epochs=args.qat_epochs, **common))
-    quant("pruned + static PTQ int8", pruned_path, out / "pruned-ptq.pt",
-          QuantizeConfig(mode=QuantMode.static, **common))
-    if args.pruned_qat:
-        quant(f"pruned + QAT int8 ({args.qat_epochs} ep)", pruned_path, out / "pruned-qat.pt",
-              QuantizeConfig(mode=QuantMode.qat, method=CalibMethod.auto, qat_epochs=args.qat_epochs, **common))
-
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    steps = plan(args, data, reporter)
+    files = run_steps(steps, args.checkpoint, args.out_dir, reporter)
+    reporter.info(f"compress: timing {len(steps) + 1} models together, {args.rounds} alternating rounds ...")
+    rows = collect(steps, files, args.checkpoint, data, args.threads, args.latency_runs, args.rounds)
     shown = args.checkpoint.resolve()
     shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
     result = {"checkpoint": str(shown), "checkpoint_sha256": sha256_file(args.checkpoint),
-              "calibration": str(args.calibration), "data": data.describe(), "machine": machine_info(),
-              "versions": library_versions(), "threads": args.threads, "latency": "torch eager CPU, batch 1, p50 of "
-              f"{args.latency_runs} runs, threads pinned to {args.threads}",
+              "command": " ".join([".venv/bin/python benchmarks/compress.py", *sys.argv[1:]]),
+              "calibration": str(args.calibration), "data": data.describe(), "test_images": len(data.test_y), "machine": machine_info(),
+              "versions": library_versions(), "threads": args.threads,
+              "latency": f"torch eager CPU, batch 1, threads pinned to {args.threads}; every row timed in one process "
+                         f"after all training, {args.rounds} alternating rounds of {max(10, args.latency_runs // args.rounds)}"
+                         " runs (edgekit.measure.compare_latency)",
               "load_average_end": [round(x, 2) for x in os.getloadavg()],
-              "note": args.note, "wall_seconds": time.perf_counter() - start, "rows": rows}
+              "note": args.note, "wall_seconds": time.perf_counter() - start,
+              "artifacts": {k: {"path": str(v), "sha256": sha256_file(v)} for k, v in files.items()}, "rows": rows}
     write_results(result, args.results, reporter)
 
 

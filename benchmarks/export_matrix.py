@@ -56,7 +56,10 @@ def main() -> None:
     parser.add_argument("--parity-images", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--note", default="")
+    parser.add_argument("--append", action="store_true",
+                        help="add these sources' rows to the existing <name>.json (replacing rows of the same label)")
     args = parser.parse_args()
+    args.out_dir = args.out_dir.resolve()
 
     reporter = RichReporter()
     start = time.perf_counter()
@@ -101,11 +104,20 @@ def main() -> None:
                 rows.append(row)
 
     env = environment(args.threads)
+    command = " ".join([".venv/bin/python benchmarks/export_matrix.py", *sys.argv[1:]])
     result = {"name": args.name, "note": args.note, "parity_images": args.parity_images,
               "calibration": str(args.calibration), "environment": env, "versions": env["versions"],
-              "wall_seconds": round(time.perf_counter() - start, 1), "rows": rows}
+              "commands": [command], "wall_seconds": round(time.perf_counter() - start, 1), "rows": rows}
     results = ROOT / "benchmarks/results"
     results.mkdir(parents=True, exist_ok=True)
+    if args.append:  # a source made later (a long fine-tune) joins the same table
+        previous = json.loads((results / f"{args.name}.json").read_text())
+        labels = {r["source"] for r in rows}
+        rows = [r for r in previous["rows"] if r["source"] not in labels] + rows
+        result.update(rows=rows, note=args.note or previous.get("note", ""),
+                      commands=previous.get("commands", []) + [command],
+                      wall_seconds=round(previous.get("wall_seconds", 0) + result["wall_seconds"], 1),
+                      environments=previous.get("environments", [previous.get("environment")]) + [env])
     atomic_write_text(results / f"{args.name}.json", json.dumps(result, indent=2) + "\n")
 
     def pct(value: float | None) -> str:
@@ -126,7 +138,8 @@ def main() -> None:
     columns = ["source", "target", "asked", "status", "in file", "executed", "top-1 agree", "max |err|",
                "source acc", "export acc", "drop pt", "MB", "int convs (ORT)"]
     kept = sum(r["status"] == "kept" for r in rows)
-    md = (f"# {args.name}: every export through the parity gate\n\n{args.note}\n\n"
+    md = (f"# {args.name}: every export through the parity gate\n\n{result['note']}\n\n"
+          "Commands:\n\n" + "\n".join(f"    {c}" for c in result["commands"]) + "\n\n"
           f"Machine: {env['cpu']}, {env['cores']} cores (flags: {' '.join(env['cpu_flags'])}); "
           f"threads {args.threads}; load average at start {env['load_average_start']}; "
           f"parity on {args.parity_images} seeded test images (accuracy columns are on those images); "

@@ -230,6 +230,17 @@ def write_manifest(artifact: str | Path, manifest: Manifest) -> Manifest:
     return manifest
 
 
+def write_report_manifests(paths: dict[str, Path], manifest: Manifest, data: str = "json") -> None:
+    """Manifests of a report: `manifest` beside its data file `paths[data]`, and for each other file
+    (a view of that data: markdown, csv, a plot) a "<kind>-view" manifest whose parent is the data file."""
+    write_manifest(paths[data], manifest)
+    for key, path in paths.items():
+        if key != data:
+            write_manifest(path, Manifest(kind=f"{manifest.kind}-view", format=path.suffix.lstrip("."), precision="n/a",
+                                          parent=parent_ref(paths[data]), config=manifest.config,
+                                          metrics=manifest.metrics))
+
+
 def read_manifest(artifact: str | Path) -> dict[str, Any]:
     path = manifest_path(artifact)
     if not path.exists():

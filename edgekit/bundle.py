@@ -24,7 +24,7 @@ from .artifacts import apply_umask, replace_path
 from .config import DataConfig, ExportOptions
 from .errors import DependencyError, OutputError, UnsupportedError
 from .export import ExportResult, default_out_path, export_artifact
-from .formats import FORMATS, export_targets
+from .formats import FORMATS, export_format, export_targets
 from .formats.metadata import edgekit_version
 from .report import Reporter, quiet
 
@@ -45,9 +45,7 @@ class BundleResult:
 
 def example_scripts(target: str) -> list[Path]:
     """The standalone runners of `target`'s files, from its format table entry."""
-    fmt = FORMATS.get(target)
-    if fmt is None or not fmt.exportable:
-        raise UnsupportedError(f"unknown export target '{target}'", f"choose one of: {', '.join(export_targets())}")
+    fmt = export_format(target)
     if not fmt.examples:
         with_runners = [name for name in export_targets() if FORMATS[name].examples]
         raise UnsupportedError(f"there is no standalone runner for {target} files to put in a bundle",

@@ -3,15 +3,14 @@
 Errors: every EdgekitError raised below becomes one line on stderr (problem, then fix) and its
 exit code; anything else is a bug and keeps its traceback.
 
-Past the ~500-line guide on purpose: it is one function per command (fourteen), mostly option
+Past the ~500-line guide on purpose: one function per command (thirteen), mostly option
 declarations whose defaults are read from the config dataclasses; each body maps options to a
-config and calls one library function. Splitting it would scatter the one place a user's flags
-are listed without separating any jobs.
+config and calls one library function. Commands import their stage inside the function, so
+`edgekit --help` does not load torch.
 """
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -20,9 +19,9 @@ import typer
 from typer.core import TyperGroup
 
 from .config import (Averaging, BenchConfig, CalibMethod, CalibrationConfig, DataConfig, DataSource, Device,
-                     EvalConfig, ExportOptions, Importance, Optimizer, PruneConfig, QuantBackend, QuantizeConfig,
-                     QuantMode, Schedule, Split, TrainConfig, Tta)
-from .errors import EdgekitError
+                     DiagnoseOptions, EvalConfig, ExportOptions, Importance, Optimizer, PruneConfig, QuantBackend,
+                     QuantizeConfig, QuantMode, Schedule, Split, TrainConfig, Tta)
+from .errors import EdgekitError, install_hint
 from .formats import FORMATS as _FORMATS, export_targets as _export_targets
 
 
@@ -121,7 +120,7 @@ def train(
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch"),
     seed: int = typer.Option(TrainConfig.seed),
     resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out"),
-    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="write TensorBoard scalars here (pip install 'edgekit[tensorboard]')"),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help=f"write TensorBoard scalars here ({install_hint('tensorboard')})"),
     force: bool = typer.Option(False, "--force", help="replace a finished or interrupted run in --out"),
 ) -> None:
     """Train ResNet18 (CUDA when there is a GPU, CPU otherwise); writes best.pt + manifest, metrics, plots.
@@ -211,48 +210,12 @@ def info(artifact: Path = typer.Argument(..., help="a checkpoint or exported fil
 
     Example: edgekit info artifacts/train/best.pt
     """
-    from .artifacts import manifest_path, read_manifest, sha256_file, size_bytes
-    from .errors import CheckpointError
-    from .formats import SOURCE_FORMAT, format_of_path
+    from .describe import describe_artifact
 
     reporter = _reporter()
-    if not artifact.exists():
-        raise CheckpointError(f"artifact not found: {artifact}", "check the path")
-    size = size_bytes(artifact)
-    rows: list[list] = [["file", str(artifact)], ["size (MB)", round(size / 1e6, 3)]]
-    fmt = format_of_path(artifact)
-    rows.append(["format", fmt.name])
-    if fmt is SOURCE_FORMAT:
-        from .model import build_model, count_macs, count_parameters
-        from .qmodel import torch_artifact_spec
-
-        spec, _, int8 = torch_artifact_spec(artifact)
-        model = build_model(spec)  # the architecture: an int8 file has the same shapes, its weights int8
-        rows += [["parameters", count_parameters(model)], ["MACs (batch 1)", count_macs(model)],
-                 ["stage channels", list(spec.stage_channels)], ["int8 model", "yes" if int8 else "no"]]
-    rows.append(["census", json.dumps(fmt.module().census(artifact))])
-    read_metadata = getattr(fmt.module(), "read_metadata", None)  # exported formats describe themselves
-    if read_metadata is not None:
-        from .formats.metadata import summary_rows
-
-        metadata = read_metadata(artifact)
-        rows += summary_rows(metadata) if metadata else [["metadata", "none (not written by this edgekit's export)"]]
-    if manifest_path(artifact).exists():
-        manifest = read_manifest(artifact)
-        recorded = manifest.get("sha256")
-        actual = sha256_file(artifact)
-        if recorded != actual:
-            reporter.info(f"warning: the manifest beside {artifact} does not describe this file (sha256 "
-                          f"{str(recorded)[:12]} recorded, {actual[:12]} actual): the file was replaced or edited "
-                          "after edgekit wrote it; its lineage and metrics below are not this file's")
-        rows.append(["sha256", actual[:16] + ("" if recorded == actual else " (differs from the manifest)")])
-        for key in ("kind", "precision", "command", "seed", "created"):
-            rows.append([key, manifest.get(key)])
-        parent = manifest.get("parent") or {}
-        rows.append(["parent", f"{parent.get('path')} ({parent.get('sha256', '')[:12]})" if parent else "-"])
-        rows.append(["metrics", json.dumps(manifest.get("metrics", {}))])
-    else:
-        rows.append(["manifest", "none"])
+    rows, warnings = describe_artifact(artifact)
+    for warning in warnings:
+        reporter.info(f"warning: {warning}")
     reporter.table(f"{artifact.name}", ["", ""], rows)
 
 
@@ -262,26 +225,9 @@ def doctor() -> None:
 
     Example: edgekit doctor
     """
-    import torch
+    from .describe import machine_report
 
-    from .artifacts import library_versions, machine_info
-    from .formats import FORMATS
-
-    reporter = _reporter()
-    rows = [[name, version] for name, version in library_versions().items()]
-    machine = machine_info()
-    rows += [["cpu", machine["processor"]], ["cores", machine["cpu_count"]]]
-    if torch.cuda.is_available():
-        rows.append(["cuda", f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"])
-    else:
-        rows.append(["cuda", "no GPU visible to torch (training runs on the CPU; for CUDA see README 'GPU set-up')"])
-    for name, fmt in FORMATS.items():
-        try:
-            reason = fmt.unavailable_reason()
-        except ImportError as exc:  # the format module itself is not in this build yet
-            reason = f"format module missing ({exc})"
-        rows.append([f"format {name}", "available" if reason is None else f"unavailable: {reason}"])
-    reporter.table("edgekit doctor", ["", ""], rows)
+    _reporter().table("edgekit doctor", ["", ""], machine_report())
 
 
 @app.command()
@@ -404,7 +350,7 @@ def calibrate(
 @app.command()
 def prune(
     checkpoint: Path = typer.Argument(..., help="an edgekit checkpoint (.pt)"),
-    ratio: Optional[float] = typer.Option(None, help="channel sparsity in (0, 1); default 0.3"),
+    ratio: Optional[float] = typer.Option(None, help=f"channel sparsity in (0, 1); default {PruneConfig.ratio}"),
     target_macs: Optional[float] = typer.Option(None, help="prune until MACs <= this (e.g. 250e6)"),
     importance: Importance = typer.Option(PruneConfig.importance, help="channel importance: weight L1/L2, BN scale, Taylor"),
     global_pruning: bool = typer.Option(PruneConfig.global_pruning, "--global", help="rank channels across layers"),
@@ -412,13 +358,13 @@ def prune(
     steps: int = typer.Option(PruneConfig.steps, help="prune -> fine-tune -> BN recalibration rounds"),
     finetune_epochs: int = typer.Option(PruneConfig.finetune_epochs, help="fine-tune epochs per step (0 = none)"),
     finetune_lr: float = typer.Option(PruneConfig.finetune_lr),
-    distill: float = typer.Option(0.5, help="share of the fine-tune loss distilled from the unpruned model (0 = labels only)"),
+    distill: float = typer.Option(PruneConfig.distill_alpha, help="share of the fine-tune loss distilled from the unpruned model (0 = labels only)"),
     cpu_bf16: bool = typer.Option(PruneConfig.cpu_bf16, "--cpu-bf16", help="fine-tune in bf16 on a CPU with AVX512-BF16/AMX"),
     unstructured: bool = typer.Option(PruneConfig.unstructured, "--unstructured", help="zero weights instead (no dense speed-up)"),
     out: Path = typer.Option(Path("artifacts/pruned.pt")),
     threads: int = typer.Option(PruneConfig.threads, help="threads for the latency measurement"),
     seed: int = typer.Option(PruneConfig.seed),
-    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="write TensorBoard scalars here (pip install 'edgekit[tensorboard]')"),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help=f"write TensorBoard scalars here ({install_hint('tensorboard')})"),
     force: bool = ForceOption,
 ) -> None:
     """Structured channel pruning with fine-tuning; reports params, MACs, size and CPU latency.
@@ -437,6 +383,23 @@ def prune(
 
 
 @app.command()
+def control(
+    child: Path = typer.Argument(..., help="a fine-tuned child: `edgekit prune` (with a fine-tune) or `quantize --mode qat`"),
+    parent: Optional[Path] = typer.Option(None, help="the child's parent, if not where its manifest says"),
+    cpu_bf16: Optional[bool] = typer.Option(None, "--cpu-bf16/--fp32", help="override the recipe's arithmetic (QAT trains in fp32)"),
+    out: Optional[Path] = typer.Option(None, help="default: CHILD.control.pt beside the child"),
+    force: bool = ForceOption,
+) -> None:
+    """Fine-tune a child's parent exactly as the child was, so extra training is not sold as compression.
+
+    Example: edgekit control artifacts/pruned.pt   (then read the child against artifacts/pruned.control.pt)
+    """
+    from .finetune import control_checkpoint
+
+    control_checkpoint(child, out, parent, cpu_bf16, _reporter(), force=force)
+
+
+@app.command()
 def quantize(
     checkpoint: Path = typer.Argument(..., help="an edgekit checkpoint (.pt), fp32 or pruned"),
     mode: QuantMode = typer.Option(QuantizeConfig.mode, help="dynamic: fc only; static: calibrated PTQ; qat"),
@@ -449,11 +412,11 @@ def quantize(
     backend: QuantBackend = typer.Option(QuantizeConfig.backend, help="torch int8 engine: x86 (default here) or "
                                          "qnnpack (ARM: 8-bit activations, per-tensor weights; its latency on x86 "
                                          "is not ARM's)"),
-    onnx: bool = typer.Option(True, help="also write a QDQ ONNX for the exporters"),
+    onnx: bool = typer.Option(QuantizeConfig.export_onnx, help="also write a QDQ ONNX for the exporters"),
     out: Path = typer.Option(Path("artifacts/int8.pt")),
     threads: int = typer.Option(QuantizeConfig.threads, help="threads for the latency measurement"),
     seed: int = typer.Option(QuantizeConfig.seed),
-    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="write TensorBoard scalars here (pip install 'edgekit[tensorboard]')"),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help=f"write TensorBoard scalars here ({install_hint('tensorboard')})"),
     force: bool = ForceOption,
 ) -> None:
     """int8 quantization: dynamic (fc only), static PTQ (calibrated) or QAT; writes int8 .pt + manifest.
@@ -550,10 +513,10 @@ def diff_command(
     split: Split = typer.Option(Split.test),
     out: Optional[Path] = typer.Option(None, "--out", help="output folder (default artifacts/diff/<parent>-vs-<child>)"),
     limit: Optional[int] = typer.Option(None, help="only the first N images of the split (quick runs)"),
-    gradcam_sample: int = typer.Option(256, help="seeded images on which the Grad-CAM maps are compared"),
+    gradcam_sample: int = typer.Option(DiagnoseOptions.gradcam_sample, help="seeded images on which the Grad-CAM maps are compared"),
     layer: Optional[str] = typer.Option(None, help="Grad-CAM layer (default the last conv stage, layer4)"),
     threads: Optional[int] = typer.Option(None, help="runtime threads"),
-    seed: int = typer.Option(0, help="seed of the Grad-CAM sample"),
+    seed: int = typer.Option(DiagnoseOptions.seed, help="seed of the Grad-CAM sample"),
     source: Optional[DataSource] = typer.Option(None, "--source", help="default: the data the parent's lineage was trained on"),
     data_dir: Optional[Path] = DataDirOption,
 ) -> None:
@@ -572,13 +535,13 @@ def diff_command(
 @app.command()
 def explain(
     checkpoint: Path = typer.Argument(..., help="a torch checkpoint: fp32, pruned, or static/QAT int8 .pt"),
-    images: int = typer.Option(16, "--images", help="seeded random images to draw Grad-CAM for"),
+    images: int = typer.Option(DiagnoseOptions.images, "--images", help="seeded random images to draw Grad-CAM for"),
     index: Optional[str] = typer.Option(None, "--index", help="these image indices instead, comma-separated"),
     layer: Optional[str] = typer.Option(None, help="module to take Grad-CAM at (default layer4, the last conv stage)"),
     split: Split = typer.Option(Split.test),
     out: Optional[Path] = typer.Option(None, "--out", help="output folder (default artifacts/explain/<checkpoint>)"),
     limit: Optional[int] = typer.Option(None, help="only the first N images of the split"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(DiagnoseOptions.seed),
     source: Optional[DataSource] = typer.Option(None, "--source", help="default: the data it was trained on"),
     data_dir: Optional[Path] = DataDirOption,
 ) -> None:

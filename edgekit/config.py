@@ -60,6 +60,8 @@ class Device(str, Enum):
 # The largest value any numeric option takes: what a C int holds (torch's thread count, ONNX dims);
 # a bigger one is a typo, and refusing it is cheaper than the overflow or hours-long run it would start.
 CEILING = 2**31 - 1
+# The ONNX opset every export and QDQ file is written at, and the oldest edgekit's graphs need.
+ONNX_OPSET = 17
 
 
 def check_range(flag: str, value, low=None, high=None, *, low_open: bool = False, high_open: bool = False,
@@ -277,7 +279,7 @@ class ExportOptions:
 
     batch: int = 1  # the static batch dimension (ignored with dynamic_batch)
     dynamic_batch: bool = False
-    opset: int = 17
+    opset: int = ONNX_OPSET
     calibration: str | None = None  # path to a calibration definition (needed for int8)
     parity_images: int = 256  # seeded real test images the exported file must agree on
     keep_failed: bool = False  # keep a file that failed the parity gate (for debugging)
@@ -288,7 +290,7 @@ class ExportOptions:
 
     def validate(self) -> "ExportOptions":
         check_range("batch", self.batch, 1)
-        check_range("opset", self.opset, 17, hint="ONNX opset 17 or newer, e.g. --opset 17")
+        check_range("opset", self.opset, ONNX_OPSET, hint=f"ONNX opset {ONNX_OPSET} or newer, e.g. --opset {ONNX_OPSET}")
         check_range("parity_images", self.parity_images, 1, hint="e.g. --parity-images 256")
         check_range("threads", self.threads, 1, optional=True)
         check_range("seed", self.seed, 0)
@@ -422,7 +424,7 @@ class QuantizeConfig:
     sensitivity: bool = False
     keep_float: int = 0  # keep the N most sensitive layers in float (implies the sensitivity pass)
     export_onnx: bool = True  # a QDQ ONNX beside the int8 checkpoint, for the exporters
-    opset: int = 17
+    opset: int = ONNX_OPSET
     latency_runs: int = 200
     threads: int = 1
     seed: int = 0
@@ -440,6 +442,48 @@ class QuantizeConfig:
         check_range("threads", self.threads, 1)
         check_range("seed", self.seed, 0)
         return self
+
+
+@dataclass
+class FinetuneConfig:
+    """One fine-tune as a stage runs it: cosine cycles of `cycles` epochs each at `lr`, from trained
+    weights. Prune and QAT build theirs here, and `edgekit control` rebuilds the same one for the
+    parent, so what a child gains from its extra training alone is measured, not credited to
+    compression."""
+
+    cycles: tuple[int, ...] = (2,)  # epochs per cosine cycle (prune: one per step; QAT: before/after freezing)
+    lr: float = 0.02
+    batch_size: int = 256
+    distill_alpha: float = 0.0  # share of the loss distilled from the parent's logits
+    distill_temperature: float = 4.0
+    cpu_bf16: bool = False
+    bn_batches: int = 0  # BN recalibration after each cycle, kept only if validation accuracy does not drop
+    seed: int = 0
+    tensorboard: str | None = None
+
+    @property
+    def epochs(self) -> int:
+        return sum(self.cycles)
+
+    def train_config(self, epochs: int) -> TrainConfig:
+        return finetune_config(epochs, self.batch_size, self.lr, self.seed, cpu_bf16=self.cpu_bf16,
+                               distill_alpha=self.distill_alpha, distill_temperature=self.distill_temperature,
+                               tensorboard=self.tensorboard)
+
+    @classmethod
+    def of_prune(cls, config: PruneConfig) -> "FinetuneConfig":
+        return cls(cycles=(config.finetune_epochs,) * config.steps if config.finetune_epochs else (),
+                   lr=config.finetune_lr, batch_size=config.batch_size, distill_alpha=config.distill_alpha,
+                   distill_temperature=config.distill_temperature, cpu_bf16=config.cpu_bf16,
+                   bn_batches=config.bn_batches, seed=config.seed, tensorboard=config.tensorboard)
+
+    @classmethod
+    def of_qat(cls, config: QuantizeConfig) -> "FinetuneConfig":
+        # At least one epoch before observers and BN freeze, the rest after them.
+        before = max(1, min(config.qat_freeze_epoch, config.qat_epochs))
+        after = config.qat_epochs - before
+        return cls(cycles=(before, after) if after > 0 else (before,), lr=config.qat_lr,
+                   batch_size=config.batch_size, seed=config.seed, tensorboard=config.tensorboard)
 
 
 @dataclass

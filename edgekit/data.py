@@ -26,6 +26,7 @@ from .artifacts import atomic_path, atomic_torch_save
 from .config import DataConfig, DataSource
 from .errors import DataError
 from .report import Reporter, quiet
+from .timing import batch_slices
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
@@ -387,7 +388,7 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.
     """Yield (x, y) slices, shuffled when a generator is given."""
     n = len(y)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    stop = n - n % batch_size if drop_last and n >= batch_size else n
-    for start in range(0, stop, batch_size):
-        index = order[start:start + batch_size]
+    # a set smaller than one batch is still one (short) batch, drop_last or not
+    for rows in batch_slices(n, batch_size, drop_last=drop_last and n >= batch_size):
+        index = order[rows]
         yield x[index.to(x.device)], y[index.to(y.device)]

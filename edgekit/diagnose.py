@@ -20,11 +20,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .artifacts import Manifest, atomic_write_text, parent_ref, to_plain, write_manifest
+from .artifacts import Manifest, atomic_write_text, parent_ref, to_plain, write_report_manifests
 from .config import DataConfig, DiagnoseOptions
 from .errors import ConfigError
 from .formats import check_artifact, load_artifact_runner, predict_all
-from .flips import Comparison, diff_summary_line, mcnemar_exact, softmax  # noqa: F401 (re-exported)
+from .flips import Comparison, diff_summary_line, mcnemar_exact, softmax, top1_accuracy  # noqa: F401 (re-exported)
 from .report import Reporter, markdown_table, quiet
 
 DIFF_FORMAT = "edgekit-diff/1"
@@ -144,7 +144,8 @@ def _gradcam_comparison(parent: Path, child: Path, images: np.ndarray, compariso
 
 
 def diff(parent: Path, child: Path, out: Path, split: str = "test", data: DataConfig | None = None,
-         limit: int | None = None, threads: int | None = None, seed: int = 0, gradcam_sample: int = 256,
+         limit: int | None = None, threads: int | None = None, seed: int = DiagnoseOptions.seed,
+         gradcam_sample: int = DiagnoseOptions.gradcam_sample,
          layer: str | None = None, max_flips: int = 48, max_overlays: int = 12,
          reporter: Reporter = quiet) -> DiffResult:
     """Compare `child` with `parent` image by image; write diff.{json,md} and PNGs (with manifests) in `out`."""
@@ -191,13 +192,9 @@ def diff(parent: Path, child: Path, out: Path, split: str = "test", data: DataCo
     atomic_write_text(paths["md"], diff_markdown(payload, {k: p.name for k, p in paths.items()}))
     config = {"parent": str(parent), "child": str(child), "split": split, "limit": limit, "seed": seed,
               "gradcam_sample": gradcam_sample, "layer": layer}
-    write_manifest(paths["json"], Manifest(kind="diff", format="json", precision="n/a", parent=parent_ref(parent),
+    write_report_manifests(paths, Manifest(kind="diff", format="json", precision="n/a", parent=parent_ref(parent),
                                            config=config, seed=seed, metrics=summary,
                                            extra={"child": parent_ref(child), "data": splits.describe()}))
-    for key, path in paths.items():
-        if key != "json":
-            write_manifest(path, Manifest(kind="diff-view", format=path.suffix.lstrip("."), precision="n/a",
-                                          parent=parent_ref(paths["json"]), config=config, metrics=summary))
     result.outputs = paths
     reporter.table(f"diff {parent.name} -> {child.name}", ["", ""], _summary_rows(summary, cam_info))
     reporter.info("diff: wrote " + ", ".join(str(p) for p in paths.values()))
@@ -271,9 +268,9 @@ def diff_markdown(payload: dict[str, Any], files: dict[str, str]) -> str:
 # ---- edgekit explain ---------------------------------------------------------------------------
 
 
-def explain(checkpoint: Path, out: Path, images_count: int = 16, indices: Sequence[int] | None = None,
+def explain(checkpoint: Path, out: Path, images_count: int = DiagnoseOptions.images, indices: Sequence[int] | None = None,
             layer: str | None = None, split: str = "test", data: DataConfig | None = None, limit: int | None = None,
-            seed: int = 0, max_mistakes: int = 32, reporter: Reporter = quiet) -> dict[str, Any]:
+            seed: int = DiagnoseOptions.seed, max_mistakes: int = 32, reporter: Reporter = quiet) -> dict[str, Any]:
     """Grad-CAM overlays of chosen (or seeded random) images and the most confident mistakes."""
     from . import diagnose_plots as plots
     from .gradcam import gradcam, resolve_layer, torch_model_for
@@ -316,7 +313,7 @@ def explain(checkpoint: Path, out: Path, images_count: int = 16, indices: Sequen
     plots.image_grid(images[shown], [title(i) for i in shown], paths["mistakes"],
                      title=f"most confident mistakes ({len(wrong)} of {len(labels)} {split} images wrong; "
                            f"{len(shown)} shown)")
-    accuracy = float((predicted == labels).mean()) if len(labels) else 0.0
+    accuracy = top1_accuracy(logits, labels)
     payload = {"checkpoint": str(checkpoint), "model": kind, "layer": layer or "layer4", "split": split,
                "data": splits.describe(), "accuracy": accuracy, "images": [
                    {"index": int(i), "true": classes[labels[i]], "predicted": classes[predicted[i]],
@@ -335,11 +332,7 @@ def explain(checkpoint: Path, out: Path, images_count: int = 16, indices: Sequen
     config = {"checkpoint": str(checkpoint), "layer": layer, "indices": [int(i) for i in chosen], "split": split,
               "seed": seed}
     metrics = {"accuracy": accuracy, "mistakes": int(len(wrong))}
-    write_manifest(paths["json"], Manifest(kind="explain", format="json", precision="n/a",
+    write_report_manifests(paths, Manifest(kind="explain", format="json", precision="n/a",
                                            parent=parent_ref(checkpoint), config=config, seed=seed, metrics=metrics))
-    for key in ("md", "gradcam", "mistakes"):
-        write_manifest(paths[key], Manifest(kind="explain-view", format=paths[key].suffix.lstrip("."),
-                                            precision="n/a", parent=parent_ref(paths["json"]), config=config,
-                                            metrics=metrics))
     reporter.info("explain: wrote " + ", ".join(str(p) for p in paths.values()))
     return payload | {"outputs": paths}

@@ -51,11 +51,13 @@ class ParityError(EdgekitError):
     """An export whose outputs drifted from its source beyond tolerance."""
 
 
+def install_hint(extra: str) -> str:
+    """The one spelling of "get this optional part": the extra a format or stage names."""
+    return f"pip install 'edgekit[{extra}]'"
+
+
 def missing_dependency(module: str, extra: str, what: str) -> DependencyError:
-    return DependencyError(
-        f"{what} needs the Python package '{module}', which is not installed",
-        f"pip install 'edgekit[{extra}]'",
-    )
+    return DependencyError(f"{what} needs the Python package '{module}', which is not installed", install_hint(extra))
 
 
 class OutputError(EdgekitError):

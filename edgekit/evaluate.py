@@ -27,6 +27,7 @@ from .artifacts import read_manifest
 from .config import DataConfig, DataSource, EvalConfig, Split, Tta
 from .data import to_unit_float
 from .errors import DataError, EdgekitError
+from .flips import top1_accuracy
 from .formats import SOURCE_FORMAT, format_of_path, load_artifact_runner, predict_all
 from .lineage import data_config_of, lineage
 from .report import Reporter, quiet
@@ -162,8 +163,7 @@ def evaluate_artifact(artifact: Path, config: EvalConfig | None = None, source: 
     if logits.ndim != 2 or logits.shape[1] != data.num_classes:
         raise DataError(f"{artifact.name} gives {logits.shape[1:]} outputs an image, the data has "
                         f"{data.num_classes} classes", "pass the data the model was trained on (--source/--data-dir)")
-    tta_accuracy = {level.value: float((level_logits.argmax(1) == labels).mean())
-                    for level, level_logits in by_level.items()}
+    tta_accuracy = {level.value: top1_accuracy(level_logits, labels) for level, level_logits in by_level.items()}
     recorded = None
     with contextlib.suppress(EdgekitError):
         metrics = read_manifest(artifact).get("metrics") or {}
@@ -172,6 +172,6 @@ def evaluate_artifact(artifact: Path, config: EvalConfig | None = None, source: 
     return EvalResult(
         artifact=str(artifact), format=format_of_path(artifact).name, runner=getattr(runner, "name", "?"),
         data=data.source, split=Split(config.split).value, images=int(len(labels)),
-        accuracy=float((logits.argmax(1) == labels).mean()) if len(labels) else 0.0,
+        accuracy=top1_accuracy(logits, labels),
         loss=cross_entropy(logits, labels), tta=tta.value, tta_accuracy=tta_accuracy, recorded_accuracy=recorded,
         classes=list(data.classes), confusion=confusion_counts(logits.argmax(1), labels, data.num_classes))

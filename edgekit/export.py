@@ -21,8 +21,8 @@ import numpy as np
 
 from .artifacts import Manifest, guard_output, parent_ref, publish, read_manifest, remove_path, staging_path, to_plain
 from .config import CalibrationConfig, DataConfig, ExportOptions, data_config_from_dict
-from .errors import CheckpointError, ConfigError, DependencyError, ParityError, UnsupportedError
-from .formats import FORMATS, SOURCE_FORMAT, export_targets, load_source
+from .errors import CheckpointError, ConfigError, DependencyError, ParityError, install_hint
+from .formats import FORMATS, SOURCE_FORMAT, export_format, load_source
 from .formats.metadata import DeployMetadata, describe_export
 from .report import Reporter, quiet
 from .validate import LAYER_TOLERANCE, ParityReport, check, parity, precision_label, violations
@@ -56,21 +56,15 @@ def default_out_path(source: Path, target: str, precision: str) -> Path:
 
 
 def _resolve_target(target: str, precision: str):
-    fmt = FORMATS.get(target)
-    if fmt is None or not fmt.exportable:
-        raise UnsupportedError(f"unknown export target '{target}'", f"choose one of: {', '.join(export_targets())}")
-    if precision not in fmt.precisions:
-        raise UnsupportedError(f"{target} cannot hold precision '{precision}'",
-                               f"{target} supports: {', '.join(fmt.precisions)}")
+    fmt = export_format(target, precision)
     try:
         module = fmt.module()
     except ImportError as exc:
         raise DependencyError(f"the {target} exporter cannot be imported ({exc})",
-                              f"pip install 'edgekit[{fmt.extra}]'") from exc
+                              install_hint(fmt.extra)) from exc
     reason = module.unavailable_reason()
     if reason:
-        raise DependencyError(f"cannot export to {target} on this machine: {reason}",
-                              f"pip install 'edgekit[{fmt.extra}]'")
+        raise DependencyError(f"cannot export to {target} on this machine: {reason}", install_hint(fmt.extra))
     return fmt, module
 
 

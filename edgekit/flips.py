@@ -13,6 +13,12 @@ from typing import Any, Sequence
 import numpy as np
 
 
+def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Share of images whose highest logit is their label (0.0 for no images): the one top-1 rule
+    of every runner-based measurement (bench, eval, explain)."""
+    return float((np.asarray(logits).argmax(1) == np.asarray(labels)).mean()) if len(labels) else 0.0
+
+
 def mcnemar_exact(parent_only: int, child_only: int) -> float:
     """Two-sided exact McNemar p-value: binomial(n = discordant pairs, 1/2) on the smaller count.
 

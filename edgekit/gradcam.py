@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, EdgekitError
+from .timing import batch_slices
 
 DEFAULT_LAYER = "layer4"
 
@@ -94,11 +95,11 @@ def gradcam(model: nn.Module, images: np.ndarray | torch.Tensor, targets: np.nda
     try:
         model.eval()
         with torch.enable_grad():
-            for start in range(0, len(images), batch_size):
-                x = images[start:start + batch_size]
+            for rows in batch_slices(len(images), batch_size):
+                x = images[rows]
                 logits = model(x)
                 model.zero_grad(set_to_none=True)
-                logits.gather(1, targets[start:start + batch_size, None]).sum().backward()
+                logits.gather(1, targets[rows, None]).sum().backward()
                 activation = captured["activation"]
                 weights = activation.grad.mean(dim=(2, 3), keepdim=True)
                 cam = torch.relu((weights * activation).sum(1, keepdim=True)).detach()

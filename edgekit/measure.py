@@ -1,5 +1,5 @@
 """Accuracy and latency of a torch model: the one place train, prune, quantize and the benchmark
-scripts measure them.
+scripts measure them; and its BN statistics, re-measured on training images.
 
 Latency goes through edgekit.timing (the one timing loop and its percentile rule); models compared
 with each other (a parent and its pruned or int8 child) are timed in alternating rounds, so drift on
@@ -96,3 +96,28 @@ def measure_latency(model: nn.Module, threads: int = 1, runs: int = 200, warmup:
                     batch: int = 1) -> dict[str, Any]:
     """compare_latency for one model."""
     return compare_latency({"model": model}, threads, runs, warmup, rounds=1, batch=batch)["model"]
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, data: DataSplits, num_batches: int = 20, batch_size: int = 256,
+                   seed: int = 0) -> None:
+    """Re-estimate BN running statistics after pruning changed what each BN sees.
+
+    Running stats are reset and re-accumulated as a plain average (momentum None) over
+    un-augmented training batches, in train mode under no_grad, so no weight moves.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    generator = torch.Generator().manual_seed(seed)
+    for index, (x, _) in enumerate(batches(data.train_x, data.train_y, batch_size, generator)):
+        if index >= num_batches:
+            break
+        model(to_unit_float(x))
+    for m, (momentum, _) in zip(bns, saved):
+        m.momentum = momentum
+    model.train(was_training)

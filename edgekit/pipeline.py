@@ -38,7 +38,7 @@ def quick_pipeline_config() -> PipelineConfig:
     data, train = quick_profile()
     return PipelineConfig(
         data=data, train=train,
-        prune=PruneConfig(ratio=0.3, finetune_epochs=1, finetune_lr=0.01, batch_size=128),
+        prune=PruneConfig(finetune_epochs=1, finetune_lr=0.01, batch_size=128),
         calibration_size=128, static_method=CalibMethod.minmax, qat_epochs=1,
         bench=BenchConfig(batches=(1, 8), runs=30, min_seconds=0.5, warmup=5),
     )

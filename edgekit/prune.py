@@ -33,11 +33,12 @@ from torch import nn
 from . import distributed
 from .artifacts import (Manifest, check_writable_dir, guard_output, parent_ref, publish, remove_path, staging_path,
                         to_plain)
-from .config import DataConfig, Importance, PruneConfig, finetune_config
+from .config import DataConfig, FinetuneConfig, Importance, PruneConfig
 from .data import DataSplits, batches, load_data_for_checkpoint, to_unit_float
-from .errors import ConfigError, DependencyError
+from .errors import ConfigError, missing_dependency
 from .formats import SOURCE_FORMAT
-from .measure import accuracy, compare_latency
+from .finetune import finetune_model
+from .measure import accuracy, compare_latency, recalibrate_bn
 from .model import ModelSpec, ResNet18, count_macs, count_parameters, load_checkpoint, save_checkpoint
 from .report import Reporter, quiet
 
@@ -57,31 +58,6 @@ def model_stats(model: nn.Module, path: Path | None = None) -> dict[str, Any]:
     if path is not None:
         stats["file_bytes"] = Path(path).stat().st_size
     return stats
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, data: DataSplits, num_batches: int = 20, batch_size: int = 256,
-                   seed: int = 0) -> None:
-    """Re-estimate BN running statistics after pruning changed what each BN sees.
-
-    Running stats are reset and re-accumulated as a plain average (momentum None) over
-    un-augmented training batches, in train mode under no_grad, so no weight moves.
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, m.training) for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    was_training = model.training
-    model.train()
-    generator = torch.Generator().manual_seed(seed)
-    for index, (x, _) in enumerate(batches(data.train_x, data.train_y, batch_size, generator)):
-        if index >= num_batches:
-            break
-        model(to_unit_float(x))
-    for m, (momentum, _) in zip(bns, saved):
-        m.momentum = momentum
-    model.train(was_training)
 
 
 # ---- spec <-> pruned module -------------------------------------------------------------------
@@ -115,7 +91,7 @@ def rebuild(model: ResNet18, base: ModelSpec) -> tuple[ResNet18, float]:
     fresh.load_state_dict(model.state_dict())
     fresh.eval()
     model.eval()
-    x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(16, *spec.input_shape, generator=torch.Generator().manual_seed(1))
     diff = (fresh(x) - model(x)).abs().max().item()
     if diff > 1e-5:
         raise RuntimeError(f"rebuilt pruned model differs from the pruned module (max |diff| {diff:.3g}); the "
@@ -130,8 +106,7 @@ def _tp():
     try:
         import torch_pruning as tp
     except ImportError as exc:
-        raise DependencyError("structured pruning needs the Python package 'torch-pruning'",
-                              "pip install 'edgekit[compress]'") from exc
+        raise missing_dependency("torch-pruning", "compress", "structured pruning") from exc
     return tp
 
 
@@ -175,15 +150,11 @@ def validate_config(config: PruneConfig) -> None:
 
 def _finetune(model: ResNet18, data: DataSplits, config: PruneConfig, reporter: Reporter,
               teacher: nn.Module | None = None) -> dict[str, Any]:
-    from .train import train_model
-
-    train_config = finetune_config(config.finetune_epochs, config.batch_size, config.finetune_lr, config.seed,
-                                   cpu_bf16=config.cpu_bf16,
-                                   distill_alpha=config.distill_alpha if teacher is not None else 0.0,
-                                   distill_temperature=config.distill_temperature, tensorboard=config.tensorboard)
-    result = train_model(model, data, train_config, reporter=reporter, teacher=teacher)
-    return {"finetune_epochs": config.finetune_epochs, "finetune_best_val": result.best_val_accuracy,
-            "distill_alpha": train_config.distill_alpha}
+    """One step's fine-tune: a cycle of the recipe `edgekit control` repeats on the parent."""
+    plan = FinetuneConfig.of_prune(config)
+    plan = dataclasses.replace(plan, cycles=(config.finetune_epochs,),
+                               distill_alpha=plan.distill_alpha if teacher is not None else 0.0)
+    return finetune_model(model, data, plan, reporter, teacher)
 
 
 def prune_model(model: ResNet18, data: DataSplits, config: PruneConfig, reporter: Reporter = quiet,
@@ -199,7 +170,7 @@ def prune_model(model: ResNet18, data: DataSplits, config: PruneConfig, reporter
     if config.target_macs is not None and config.target_macs >= base_macs:
         raise ConfigError(f"--target-macs {config.target_macs:,} is not below the model's {base_macs:,} MACs",
                           "pass a smaller target, or use --ratio")
-    example = torch.rand(1, 3, 32, 32)
+    example = torch.rand(1, *model.spec.input_shape)
     by_target = config.target_macs is not None
     # For a MAC target, prune in small increments (fine iterative_steps) and stop at the target;
     # for a ratio, the pruner's own linear schedule reaches it in `steps` rounds.
@@ -234,13 +205,6 @@ def prune_model(model: ResNet18, data: DataSplits, config: PruneConfig, reporter
         record["val_accuracy_bn_recalibrated"] = accuracy(model, data)
         if config.finetune_epochs:
             record.update(_finetune(model, data, config, reporter, teacher))
-            before = accuracy(model, data)
-            state = {k: v.clone() for k, v in model.state_dict().items()}
-            recalibrate_bn(model, data, config.bn_batches, config.batch_size, config.seed)
-            after = accuracy(model, data)
-            if after < before:  # the trainer's running stats were already better: keep them
-                model.load_state_dict(state)
-            record["val_accuracy"] = max(before, after)
         else:
             record["val_accuracy"] = record["val_accuracy_bn_recalibrated"]
         reporter.info(f"prune step {step}/{config.steps}: {record['macs']:,} MACs, {record['params']:,} params, "

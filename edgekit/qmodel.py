@@ -435,6 +435,18 @@ def _recipe(payload: dict[str, Any], path: Path) -> dict[str, Any]:
     return recipe
 
 
+def is_dynamic(recipe: dict[str, Any] | None) -> bool:
+    """Whether an int8 recipe is dynamic (only the fc layer int8, activations quantized on the fly):
+    such a model has no activation ranges, so no QDQ graph and no int8 file of another format."""
+    return bool(recipe) and recipe.get("mode") == QuantMode.dynamic.value
+
+
+def refuse_dynamic(path: str | Path, recipe: dict[str, Any] | None) -> None:
+    if is_dynamic(recipe):
+        raise UnsupportedError(f"{Path(path).name} is a dynamic-int8 model (only fc is int8); it has no activation "
+                               "ranges, so no QDQ graph", "export its fp32 parent, or quantize with --mode static or qat")
+
+
 def artifact_recipe(path: str | Path) -> dict[str, Any] | None:
     """The quantization recipe of an edgekit int8 artifact (mode, backend, ...), None for any other file."""
     if not is_quantized_artifact(path):
@@ -467,7 +479,7 @@ def load_quantized(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     engine = artifact_engine(recipe).value
     set_backend(engine)
     float_model = build_model(spec).eval()
-    if recipe["mode"] == QuantMode.dynamic.value:
+    if is_dynamic(recipe):
         model = dynamic_quantize(float_model)
     else:
         with warnings.catch_warnings():
@@ -552,9 +564,7 @@ def dequantized_checkpoint(path: Path) -> Checkpoint:
     """
     qmodel, payload = load_quantized(path)
     recipe = payload["recipe"]
-    if recipe["mode"] == QuantMode.dynamic.value:
-        raise UnsupportedError(f"{Path(path).name} is a dynamic-int8 model (only fc is int8)",
-                               "export its fp32 parent, or quantize with --mode static or qat")
+    refuse_dynamic(path, recipe)
     spec = ModelSpec.from_dict(payload["spec"])
     twin = int8_as_fake_quant(qmodel, spec, recipe)
     model = build_model(spec).eval()

@@ -17,12 +17,10 @@ tries all four and keeps the best on the validation split.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -30,12 +28,13 @@ from . import distributed
 from .artifacts import Manifest, check_writable_dir, guard_output, parent_ref, publish, remove_path, staging_path
 from .calibrate import CalibrationSet, load_calibration, read_definition
 from .config import (CalibMethod, CalibrationConfig, DataConfig, ExportOptions, QuantBackend, QuantizeConfig,
-                     QuantMode, TrainConfig, check_choice, finetune_config)
+                     FinetuneConfig, QuantMode, check_choice)
 from .data import DataSplits, load_data_for_checkpoint
 from .errors import ConfigError
 from .formats import QDQ_FORMAT, QDQ_SUFFIX, SOURCE_FORMAT
 from .model import ResNet18, count_macs, load_checkpoint
 from .measure import accuracy, compare_latency
+from .observers import RangeSearchObserver
 from .qmodel import (Island, QuantResNet, _aoq, _mark_islands, activation_range, convert, describe_engine,
                      dynamic_quantize, engine_latency_note, engine_of, int8_census, layer_names, prepare_static, qat_qconfig, quantizable,
                      save_quantized, set_backend)
@@ -43,76 +42,6 @@ from .qmodel import static_qconfig as _qconfig_with
 from .report import Reporter, quiet
 
 METHODS = (CalibMethod.minmax, CalibMethod.percentile, CalibMethod.entropy, CalibMethod.mse)
-
-
-# ---- observers: range search on a histogram ---------------------------------------------------
-
-
-class RangeSearchObserver(torch.ao.quantization.HistogramObserver):
-    """HistogramObserver whose clipping range comes from `method`: percentile, entropy (KL) or mse."""
-
-    def __init__(self, method: str = "mse", percentile: float = 99.99, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.method = method
-        self.percentile = percentile
-
-    @torch.jit.ignore
-    def calculate_qparams(self):  # type: ignore[override]
-        if self.histogram.sum() == 0 or not torch.isfinite(self.min_val) or self.min_val == self.max_val:
-            return super().calculate_qparams()
-        lo, hi = self.search_range()
-        return self._calculate_qparams(torch.tensor(lo), torch.tensor(hi))
-
-    def search_range(self) -> tuple[float, float]:
-        hist = self.histogram.double().numpy()
-        lo_v, hi_v = float(self.min_val), float(self.max_val)
-        edges = np.linspace(lo_v, hi_v, len(hist) + 1)
-        centers = (edges[:-1] + edges[1:]) / 2
-        if self.method == "percentile":
-            cdf = np.cumsum(hist) / hist.sum()
-            p = self.percentile / 100.0
-            hi = float(edges[min(len(hist), np.searchsorted(cdf, p) + 1)])
-            lo = lo_v if lo_v >= 0 else float(edges[np.searchsorted(cdf, 1 - p)])
-            return min(lo, 0.0), max(hi, 1e-8)
-        levels = int(self.quant_max - self.quant_min + 1)
-        best, best_t = math.inf, 1.0
-        for t in np.linspace(0.05, 1.0, 96):
-            lo, hi = min(lo_v * t, 0.0), max(hi_v * t, 1e-8)
-            err = self._kl(hist, edges, lo, hi, levels) if self.method == "entropy" else \
-                self._mse(hist, centers, lo, hi, levels)
-            if err < best:
-                best, best_t = err, t
-        return min(lo_v * best_t, 0.0), max(hi_v * best_t, 1e-8)
-
-    @staticmethod
-    def _mse(hist, centers, lo, hi, levels) -> float:
-        scale = (hi - lo) / (levels - 1)
-        zero = round(-lo / scale)
-        q = np.clip(np.round(centers / scale) + zero, 0, levels - 1)
-        return float(np.sum(hist * (centers - (q - zero) * scale) ** 2))
-
-    @staticmethod
-    def _kl(hist, edges, lo, hi, levels) -> float:
-        a = max(0, int(np.searchsorted(edges, lo, side="right")) - 1)
-        b = min(len(hist), int(np.searchsorted(edges, hi, side="left")))
-        # Fewer bins than levels would quantize losslessly in this model and hide the clipping cost.
-        if b - a < levels:
-            return math.inf
-        inside = hist[a:b]
-        p = inside.copy()
-        p[0] += hist[:a].sum()  # clipped mass lands on the edges, as the quantizer puts it there
-        p[-1] += hist[b:].sum()
-        # q: the in-range histogram alone, spread over `levels` buckets, as TensorRT's entropy
-        # calibration does; p carries the clipped mass, so KL(p || q) charges for clipping.
-        chunks = np.array_split(np.arange(len(p)), levels)
-        q = np.zeros_like(p)
-        for chunk in chunks:
-            mass, nonzero = inside[chunk].sum(), (inside[chunk] > 0)
-            if nonzero.any():
-                q[chunk[nonzero]] = mass / nonzero.sum()
-        p, q = p / p.sum(), q / max(q.sum(), 1e-12)
-        mask = p > 0
-        return float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-12))))
 
 
 def activation_observer(method: CalibMethod, config: QuantizeConfig):
@@ -308,17 +237,13 @@ def _qat_int8(model: ResNet18, ptq_prepared: nn.Module, data: DataSplits, config
     from .train import train_model
 
     qat = prepare_qat_from_ptq(model, ptq_prepared, recipe["keep_float"], backend)
-    epochs_a = max(1, min(config.qat_freeze_epoch, config.qat_epochs))
-    epochs_b = config.qat_epochs - epochs_a
-    def train_config(epochs: int) -> TrainConfig:
-        return finetune_config(epochs, config.batch_size, config.qat_lr, config.seed,
-                               tensorboard=config.tensorboard)
-    train_model(qat, data, train_config(epochs_a), reporter=reporter)
+    plan = FinetuneConfig.of_qat(config)
+    train_model(qat, data, plan.train_config(plan.cycles[0]), reporter=reporter)
     # Observers and BN statistics frozen from here: the last epochs fit the weights to fixed
     # ranges and fixed BN folding, which is what the converted model will have.
     freeze_qat(qat)
-    if epochs_b:
-        train_model(qat, data, train_config(epochs_b), reporter=reporter)
+    for epochs in plan.cycles[1:]:
+        train_model(qat, data, plan.train_config(epochs), reporter=reporter)
     if not convert_it:
         return qat
     qat.eval()
@@ -329,7 +254,7 @@ def _qat_int8(model: ResNet18, ptq_prepared: nn.Module, data: DataSplits, config
     fold_float_islands(qmodel)
     act = engine["activation"]
     recipe.update({"qat_epochs": config.qat_epochs, "qat_lr": config.qat_lr,
-                   "qat_freeze_epoch": epochs_a,
+                   "qat_freeze_epoch": plan.cycles[0],
                    "qat_fake_quant": f"non-fused FakeQuantize, weights {_weight_grid(engine)}, "
                                      f"activations {act['dtype']} {act['quant_min']}..{act['quant_max']}, "
                                      "started from the PTQ ranges"})

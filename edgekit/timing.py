@@ -24,10 +24,19 @@ def batch_slices(total: int, size: int, drop_last: bool = False) -> Iterator[sli
         yield slice(start, min(start + size, total))
 
 
-def predict_batched(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, size: int) -> np.ndarray:
-    """float32 outputs of `predict` over `images`, `size` at a time, in order."""
-    return np.concatenate([np.asarray(predict(images[s]), dtype=np.float32)
-                           for s in batch_slices(len(images), size)])
+def predict_batched(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, size: int,
+                    pad: bool = False) -> np.ndarray:
+    """float32 outputs of `predict` over `images`, `size` at a time, in order: the one batching
+    loop of every runner and measurement. `pad`: `predict` takes exactly `size` rows (a file with a
+    fixed batch), so a short last chunk is zero-padded and the padded rows' outputs dropped."""
+    outputs = []
+    for rows in batch_slices(len(images), size):
+        chunk = images[rows]
+        real = len(chunk)
+        if pad and real < size:
+            chunk = np.concatenate([chunk, np.zeros((size - real, *chunk.shape[1:]), chunk.dtype)])
+        outputs.append(np.asarray(predict(chunk), dtype=np.float32)[:real])
+    return np.concatenate(outputs)
 
 
 def time_calls(call: Callable[[int], Any], runs: int, warmup: int = 0, min_seconds: float = 0.0) -> np.ndarray:

@@ -15,13 +15,17 @@ from pathlib import Path
 
 import typer
 
-from edgekit import cli, config
+from edgekit import cli, config, diagnose
 from edgekit.cli import app
 
 CONFIG_CLASSES = {name: cls for name, cls in vars(config).items()
                   if isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ == config.__name__}
 # CLI helpers that build a config from arguments named after its fields.
 CONFIG_HELPERS = {"_data_config": (cli._data_config, config.DataConfig)}
+# Library functions whose keyword arguments fill a config's fields (some under another name): the
+# CLI's defaults for them must be the config's too.
+CONFIG_FUNCTIONS = {"diff": (diagnose.diff, config.DiagnoseOptions, {}),
+                    "run_explain": (diagnose.explain, config.DiagnoseOptions, {"images_count": "images"})}
 
 
 def _plain(value):
@@ -75,6 +79,12 @@ def option_fields(command) -> list[tuple[str, type, str]]:
             helper, cls = CONFIG_HELPERS[name]
             bound = inspect.signature(helper).bind_partial(
                 *call.args, **{k.arg: k.value for k in call.keywords}).arguments
+        elif name in CONFIG_FUNCTIONS:
+            function, cls, renamed = CONFIG_FUNCTIONS[name]
+            fields = {f.name for f in dataclasses.fields(cls)}
+            arguments = inspect.signature(function).bind_partial(
+                *call.args, **{k.arg: k.value for k in call.keywords}).arguments
+            bound = {renamed.get(k, k): v for k, v in arguments.items() if renamed.get(k, k) in fields}
         else:
             continue
         for field, expr in bound.items():

@@ -112,3 +112,49 @@ out = typer.Option(None, help="default: beside the checkpoint, e.g. best.fp16.on
 state = out / "last.pt"
 '''
     assert dispatch_uses(prose) == []
+
+
+def test_whether_an_int8_file_is_dynamic_is_asked_in_qmodel_only():
+    """A file's recipe says "dynamic" in one place (qmodel.is_dynamic / refuse_dynamic); a format
+    module comparing mode strings itself would drift from it (and from its refusal message)."""
+    import re
+
+    asks = re.compile(r"""(\[\s*["']mode["']\s*\]|\.get\(\s*["']mode["']\s*\))\s*[!=]=|QuantMode\.dynamic\.value""")
+    found = [f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}"
+             for path in sorted(PACKAGE.rglob("*.py")) if path.name != "qmodel.py"
+             for number, line in enumerate(path.read_text().splitlines(), 1) if asks.search(line)]
+    assert not found, "use edgekit.qmodel.is_dynamic / refuse_dynamic:\n" + "\n".join(found)
+    assert asks.search('if recipe.get("mode") == QuantMode.dynamic.value:')
+    assert asks.search('if payload["recipe"]["mode"] != "static":')
+
+
+def test_install_hints_are_spelled_in_one_place():
+    """`pip install 'edgekit[x]'` comes from errors.install_hint / missing_dependency with the extra a
+    format or stage names; TensorRT alone words its own (a CUDA 12 or 13 build to match the driver)."""
+    found = [f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}"
+             for path in sorted(PACKAGE.rglob("*.py")) if path.name not in {"errors.py", "tensorrt.py"}
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if "pip install 'edgekit[" in line and not line.lstrip().startswith("#")]
+    assert not found, "use edgekit.errors.install_hint(extra):\n" + "\n".join(found)
+
+
+def _image_shape_literals(source: str) -> list[int]:
+    """Lines where a tuple, list or call spells out CIFAR's image shape (3, 32, 32) or (32, 32, 3)."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        items = node.elts if isinstance(node, (ast.Tuple, ast.List)) else node.args if isinstance(node, ast.Call) else []
+        values = [item.value if isinstance(item, ast.Constant) and type(item.value) is int else None for item in items]
+        if any(tuple(values[i:i + 3]) in {(3, 32, 32), (32, 32, 3)} for i in range(len(values) - 2)):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_image_shape_comes_from_the_model_spec():
+    """ModelSpec.input_shape (or the file's own input) says what one image is; a (3, 32, 32) spelled
+    out elsewhere breaks the day a model takes other images. data.py decodes CIFAR at its size and
+    model.py defines it."""
+    found = [f"{path.relative_to(PACKAGE)}:{line}" for path in sorted(PACKAGE.rglob("*.py"))
+             if path.name not in {"data.py", "model.py"} for line in _image_shape_literals(path.read_text())]
+    assert not found, "read the shape from ModelSpec.input_shape:\n" + "\n".join(found)
+    assert _image_shape_literals("x = torch.rand(1, 3, 32, 32)\ns = keras.Input(shape=(32, 32, 3))\n") == [1, 2]
+    assert _image_shape_literals('raise E("expected [N, 3, 32, 32]")\nx = torch.rand(1, *spec.input_shape)\n') == []

@@ -25,10 +25,13 @@ LAYERS = {
     "edgekit.cli": 6,
     "edgekit.pipeline": 5,
     **{f"edgekit.{stage}": 4 for stage in ("train", "train_state", "prune", "quantize", "calibrate", "export", "bench",
-                                           "validate", "diagnose", "gradcam", "bundle", "evaluate")},
+                                           "validate", "diagnose", "gradcam", "bundle", "evaluate",
+                                           "finetune")},
     "edgekit.formats": 3,
     "edgekit.lineage": 3,  # parent links up to the root: reads the format table, no stage
+    "edgekit.describe": 3,  # what a file holds, what this machine runs: reads the format table, no stage
     "edgekit.qmodel": 2,
+    "edgekit.observers": 2,  # the range-search observer of the int8 model code
     "edgekit.model": 2,
     "edgekit.measure": 2,  # accuracy and latency of a torch model
     **{f"edgekit.{base}": 1 for base in ("artifacts", "config", "errors", "report", "data", "timing",
@@ -43,7 +46,8 @@ STAGE_PARTS = {"edgekit.train_state": "edgekit.train", "edgekit.validate": "edge
                "edgekit.bundle": "edgekit.export", "edgekit.gradcam": "edgekit.diagnose"}
 # Running another stage as a step of one's own: its entry points, not its helpers.
 ENTRY_POINTS = {"edgekit.train": {"train_model"}, "edgekit.prune": {"prune_checkpoint"},
-                "edgekit.quantize": {"quantize_checkpoint"}, "edgekit.export": {"export_artifact"},
+                "edgekit.quantize": {"quantize_checkpoint"},
+                "edgekit.finetune": {"finetune_model", "control_checkpoint"}, "edgekit.export": {"export_artifact"},
                 "edgekit.calibrate": {"make_calibration", "save_calibration"}}
 # Helpers one stage takes from another today: each should move below the stages. Listed so no new
 # one joins them; an entry that no longer happens fails the test until it is struck from here.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgekit.quantize import RangeSearchObserver
+from edgekit.observers import RangeSearchObserver
 
 
 def observed(method: str, values: torch.Tensor, **kwargs) -> RangeSearchObserver:

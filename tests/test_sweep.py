@@ -13,6 +13,7 @@ option (or the bad path) it refuses.
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from enum import Enum
 from pathlib import Path
@@ -44,13 +45,15 @@ TEXT = {"batches": ["", "0", "-1", "a,b", "1,nan"], "index": ["x", "-1", str(2**
 # by name, then its options.
 ARGS = {"eval": {"artifact": "{ckpt}"}, "info": {"artifact": "{ckpt}"}, "bench": {"artifacts": "{ckpt}"},
         "prune": {"checkpoint": "{ckpt}"}, "quantize": {"checkpoint": "{ckpt}"}, "export": {"artifact": "{ckpt}"},
-        "diff": {"parent": "{ckpt}", "child": "{ckpt}"}, "explain": {"checkpoint": "{ckpt}"}}
+        "diff": {"parent": "{ckpt}", "child": "{ckpt}"}, "explain": {"checkpoint": "{ckpt}"},
+        "control": {"child": "{child}"}}
 OPTIONS = {
     "train": ["--source", "synthetic", "--out", "{tmp}/run"],
     "pipeline": ["--source", "synthetic", "--out", "{tmp}/pipe"],
     "bench": ["--out", "{tmp}/bench"],
     "calibrate": ["--source", "synthetic", "--out", "{tmp}/cal.json"],
     "prune": ["--out", "{tmp}/pruned.pt"],
+    "control": ["--out", "{tmp}/control.pt"],
     "quantize": ["--calibration", "{cal}", "--out", "{tmp}/int8.pt"],
     "export": ["--target", "onnx", "--precision", "fp32", "--out", "{tmp}/x.onnx"],
     "diff": ["--out", "{tmp}/diff"],
@@ -125,10 +128,17 @@ def sweep_files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory, tiny_trained, tiny_data, tiny_data_config):
     from edgekit.calibrate import make_calibration, save_calibration
+    from edgekit.config import PruneConfig
+    from edgekit.prune import prune_checkpoint
 
-    cal = save_calibration(make_calibration(tiny_data, tiny_data_config, size=20),
-                           tmp_path_factory.mktemp("sweep-cal") / "cal.json")
-    return {"ckpt": tiny_trained.checkpoint, "cal": cal}
+    folder = tmp_path_factory.mktemp("sweep-model")
+    cal = save_calibration(make_calibration(tiny_data, tiny_data_config, size=20), folder / "cal.json")
+    # a fine-tuned child for `edgekit control` (one epoch on a slice of the tiny data: seconds)
+    child = folder / "pruned.pt"
+    small = dataclasses.replace(tiny_data, train_x=tiny_data.train_x[:200], train_y=tiny_data.train_y[:200])
+    prune_checkpoint(tiny_trained.checkpoint, PruneConfig(ratio=0.25, round_to=4, finetune_epochs=1, latency_runs=2),
+                     child, data=small)
+    return {"ckpt": tiny_trained.checkpoint, "cal": cal, "child": child}
 
 
 def _argv(command: str, param, bad: list[str], files: dict[str, Path], tmp: Path) -> list[str]:
@@ -150,7 +160,8 @@ def _argv(command: str, param, bad: list[str], files: dict[str, Path], tmp: Path
 
 
 ALL_CASES = [(c, p.name, label) for c, p, label, _ in _cases({k: Path(k) for k in
-                                                              ("ckpt", "cal", "missing", "folder", "empty", "text")})]
+                                                              ("ckpt", "cal", "child", "missing", "folder", "empty",
+                                                               "text")})]
 
 
 def test_the_sweep_covers_every_command_and_every_non_flag_option():
@@ -166,8 +177,10 @@ def test_the_sweep_covers_every_command_and_every_non_flag_option():
 def test_every_bad_value_is_one_line_naming_it(command, option, label, sweep_files, tmp_path, monkeypatch, request):
     param = next(p for p in GROUP.commands[command].params if p.name == option)
     argv = next(a for c, p, lab, a in _cases(sweep_files) if c == command and p.name == option and lab == label)
-    needs_model = any("{ckpt}" in a or "{cal}" in a for a in [*ARGS.get(command, {}).values(), *OPTIONS.get(command, [])])
-    files = {**sweep_files, **(request.getfixturevalue("model_files") if needs_model else {"ckpt": "-", "cal": "-"})}
+    needs_model = any(f"{{{name}}}" in a for name in ("ckpt", "cal", "child")
+                      for a in [*ARGS.get(command, {}).values(), *OPTIONS.get(command, [])])
+    files = {**sweep_files, **(request.getfixturevalue("model_files") if needs_model
+                               else {"ckpt": "-", "cal": "-", "child": "-"})}
 
     def no_data(*args, **kwargs):
         raise DataError(REACHED, "a bad value was accepted and the command went on to load data")

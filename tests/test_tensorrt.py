@@ -173,9 +173,21 @@ def test_inspector_type_words(text, dtype):
 
 
 def test_batches_above_the_profile_maximum_run_in_chunks():
-    chunks = trt_format.batch_chunks(600, trt_format.DYNAMIC_MAX_BATCH)
-    assert chunks == [(0, 256), (256, 512), (512, 600)]
-    assert trt_format.batch_chunks(3, 256) == [(0, 3)]
+    from edgekit.timing import predict_batched
+
+    seen = []
+
+    def engine(chunk):  # what the runner's _run returns: one row of logits per image
+        seen.append(len(chunk))
+        return chunk[:, :1, 0, 0] * 2
+
+    images = np.random.default_rng(0).random((600, 3, 4, 4), dtype=np.float32)
+    out = predict_batched(engine, images, trt_format.DYNAMIC_MAX_BATCH)
+    assert seen == [256, 256, 88] and np.array_equal(out, images[:, :1, 0, 0] * 2)
+    # a fixed-batch engine gets exactly its batch: the short last chunk padded, the padding's rows dropped
+    seen.clear()
+    out = predict_batched(engine, images[:5], 4, pad=True)
+    assert seen == [4, 4] and np.array_equal(out, images[:5, :1, 0, 0] * 2)
     assert 1 < trt_format.DYNAMIC_OPT_BATCH <= trt_format.DYNAMIC_MAX_BATCH
 
 

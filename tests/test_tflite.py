@@ -214,6 +214,9 @@ def test_savedmodel_runs_matches_torch_and_rewrites_atomically(source, tmp_path,
     assert runner.name == "tf-savedmodel"
     got = runner.predict(test_images)
     assert np.abs(got - torch_logits).max() < FP32_MAX_ABS
+    assert runner.predict(test_images[:0]).shape == (0, torch_logits.shape[1])
+    with pytest.raises(ConfigError, match=r"expected \[N, 3, 32, 32\]"):
+        runner.predict(test_images[:, :, :16])  # the shape is read from the file's own signature
     census = savedmodel.census(out)
     assert census["precision"] == "fp32" and set(census["weights_by_dtype"]) == {"float32"}
     state = load_checkpoint(source).state_dict

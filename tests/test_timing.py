@@ -62,3 +62,35 @@ def test_batch_slices_and_predict_batched():
 
     np.testing.assert_array_equal(predict_batched(predict, images, 4), images * 2)
     assert sizes == [4, 4, 2]
+
+
+def test_the_batching_loop_has_one_home():
+    """Every runner, reader and measurement batches through batch_slices / predict_batched: a
+    stepped range elsewhere is a second batching loop (with its own short-last-batch rule)."""
+    import re
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "edgekit"
+    argument = r"(?:[^(),]|\([^()]*\))*"  # one argument, calls like len(x) inside it
+    stepped = re.compile(rf"\brange\({argument},{argument},{argument}\)")  # range(start, stop, step)
+    found = [f"{path.relative_to(package)}:{number}: {line.strip()}"
+             for path in sorted(package.rglob("*.py")) if path.name != "timing.py"
+             for number, line in enumerate(path.read_text().splitlines(), 1) if stepped.search(line)]
+    assert not found, "batch with edgekit.timing.batch_slices or predict_batched instead:\n" + "\n".join(found)
+    # the pattern sees what it looks for, and not a plain range or another function's arguments
+    assert stepped.search("for start in range(0, len(x), 64):")
+    assert not stepped.search("range(len(x))") and not stepped.search('check_range("lr", lr, 0, 10)')
+
+
+def test_predict_batched_pads_a_fixed_batch_and_keeps_the_order():
+    calls = []
+
+    def fixed_four(chunk):
+        calls.append(len(chunk))
+        assert len(chunk) == 4  # a file with a static batch refuses anything else
+        return chunk.sum(axis=1, keepdims=True)
+
+    images = np.arange(30, dtype=np.float32).reshape(10, 3)
+    out = predict_batched(fixed_four, images, 4, pad=True)
+    assert calls == [4, 4, 4] and out.shape == (10, 1)
+    assert np.array_equal(out[:, 0], images.sum(axis=1))

@@ -33,7 +33,7 @@ from typing import Any, Iterable
 from ..artifacts import to_plain
 from ..config import BenchConfig
 from ..errors import ConfigError, EdgekitError
-from ..formats import FORMATS, check_artifact
+from ..formats import check_artifact, known_suffixes
 from ..report import Reporter, quiet
 from ..timing import latency_stats
 from .baselines import STOCK_SOURCE, baseline_label, make_baselines
@@ -102,7 +102,7 @@ def bench(artifacts: Iterable[Path], config: BenchConfig, reporter: Reporter = q
         fmt = format_of_path_or_none(path)
         if fmt is None:
             row = blank_row(path, "?", "?")
-            row["why"] = f"unknown file type (known suffixes: {', '.join(f.suffix for f in FORMATS.values())})"
+            row["why"] = f"unknown file type (known suffixes: {known_suffixes()})"
             rows.append(row)
             continue
         jobs += [(path, fmt, runtime) for runtime in fmt.all_runtimes()]

@@ -20,7 +20,7 @@ import numpy as np
 from ..artifacts import cpu_flags, library_versions, machine_info, read_manifest, to_plain
 from ..config import BenchConfig, DataConfig
 from ..errors import CheckpointError, EdgekitError
-from ..flips import diff_summary_line
+from ..flips import diff_summary_line, top1_accuracy
 from ..formats import SOURCE_FORMAT, Format, Runtime, predict_all
 from ..report import Reporter
 from ..timing import latency_stats, time_calls
@@ -189,13 +189,13 @@ def bench_one(path: Path, fmt: Format, runtime: Runtime, ctx: MeasureContext, ba
         if used_batch == 1 and config.eval_batch > 1:
             row["notes"].append("the file takes one image per call (static batch 1)")
         predicted = logits.argmax(1)
-        row["accuracy"] = float((predicted == labels).mean())
+        row["accuracy"] = top1_accuracy(logits, labels)
         row["test_images"] = int(len(labels))
         row["data"] = data.source
         val_images, val_labels = ctx.val_set(data_config)
         if len(val_labels):
             val_logits, _ = predict_all(runner, val_images, config.eval_batch)
-            row["val_accuracy"] = float((val_logits.argmax(1) == val_labels).mean())
+            row["val_accuracy"] = top1_accuracy(val_logits, val_labels)
             row["val_images"] = int(len(val_labels))
         key = json.dumps(to_plain(data_config), sort_keys=True)
         root_pred = ctx.torch_predictions(lin.root, images, key)

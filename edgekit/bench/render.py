@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import Manifest, atomic_write_text, parent_ref, to_plain, write_manifest
+from ..artifacts import Manifest, atomic_write_text, to_plain, write_report_manifests
 from ..errors import ConfigError
 from ..formats import FORMATS
 from ..report import markdown_table
@@ -332,12 +332,9 @@ def write_outputs(run: BenchRun, out: Path) -> dict[str, Path]:
                                             f"{run.environment.get('cpu')})")
     ok = sum(r["status"] == "ok" for r in run.rows)
     metrics = {"rows": len(run.rows), "ok": ok, "failed": len(run.rows) - ok}
-    write_manifest(paths["json"], Manifest(kind="bench", format="json", precision="n/a", config=run.protocol,
+    write_report_manifests(paths, Manifest(kind="bench", format="json", precision="n/a", config=run.protocol,
                                            seed=run.protocol.get("seed"), metrics=metrics,
                                            extra={"environment": run.environment}))
-    for ext in ("csv", "md", "png"):
-        write_manifest(paths[ext], Manifest(kind="bench-view", format=ext, precision="n/a",
-                                            parent=parent_ref(paths["json"]), config=run.protocol, metrics=metrics))
     return paths
 
 

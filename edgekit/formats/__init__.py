@@ -34,12 +34,12 @@ import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from ..errors import DependencyError, UnsupportedError
-from ..timing import batch_slices, predict_batched
+from ..errors import DependencyError, UnsupportedError, install_hint
+from ..timing import predict_batched
 
 if TYPE_CHECKING:
     from ..model import Checkpoint
@@ -180,24 +180,11 @@ def format_of_path(path: str | Path) -> Format:
     for fmt in FORMATS.values():
         if path.name.endswith(fmt.suffix):
             return fmt
-    raise UnsupportedError(f"cannot tell the format of {path}",
-                           f"known suffixes: {', '.join(f.suffix for f in FORMATS.values())}")
+    raise UnsupportedError(f"cannot tell the format of {path}", f"known suffixes: {known_suffixes()}")
 
 
-def predict_in_fixed_batches(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray,
-                             size: int | None) -> np.ndarray:
-    """Run `batch` through a file whose batch dimension is fixed at `size` (None = dynamic):
-    in chunks of `size`, zero-padding the last one and dropping the padded rows' outputs."""
-    if size is None or len(batch) == size:
-        return run(batch)
-    outputs = []
-    for rows in batch_slices(len(batch), size):
-        chunk = batch[rows]
-        real = len(chunk)
-        if real < size:
-            chunk = np.concatenate([chunk, np.zeros((size - real, *chunk.shape[1:]), chunk.dtype)])
-        outputs.append(run(chunk)[:real])
-    return np.concatenate(outputs)
+def known_suffixes() -> str:
+    return ", ".join(f.suffix for f in FORMATS.values())
 
 
 def predict_all(runner: Runner, images: np.ndarray, batch: int) -> tuple[np.ndarray, int]:
@@ -238,12 +225,24 @@ def load_artifact_runner(artifact: Path, threads: int | None = None) -> Runner:
     if reason is not None:
         raise DependencyError(f"cannot run {artifact.name} here: {reason}",
                               f"`edgekit doctor` lists what this machine runs; the runtime comes with "
-                              f"pip install 'edgekit[{fmt.extra}]'")
+                              f"{install_hint(fmt.extra)}")
     return fmt.module().load_runner(artifact, threads)
 
 
 def export_targets() -> list[str]:
     return [name for name, fmt in FORMATS.items() if fmt.exportable]
+
+
+def export_format(target: str, precision: str | None = None) -> Format:
+    """The table entry of an export target, refusing a name that is none and a precision its files
+    cannot hold: the one place these two refusals are worded."""
+    fmt = FORMATS.get(target)
+    if fmt is None or not fmt.exportable:
+        raise UnsupportedError(f"unknown export target '{target}'", f"choose one of: {', '.join(export_targets())}")
+    if precision is not None and precision not in fmt.precisions:
+        raise UnsupportedError(f"{target} cannot hold precision '{precision}'",
+                               f"{target} supports: {', '.join(fmt.precisions)}")
+    return fmt
 
 
 def load_source(source: Path, precision: str) -> Checkpoint:

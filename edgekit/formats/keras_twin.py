@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError, install_hint
 from ..model import BLOCKS_PER_STAGE, Checkpoint, ModelSpec
 
 BN_EPS = 1e-5  # torch BatchNorm2d's default; edgekit never changes it
@@ -39,7 +40,7 @@ def tensorflow_missing(what: str) -> str | None:
     import importlib.util
 
     if importlib.util.find_spec("tensorflow") is None:
-        return f"{what} needs TensorFlow, which is not installed (pip install 'edgekit[tflite]')"
+        return f"{what} needs TensorFlow, which is not installed ({install_hint('tflite')})"
     return None
 
 
@@ -100,7 +101,8 @@ def build_twin(checkpoint: Checkpoint, batch: int | None = None) -> Any:
         layer.set_weights([kernel, bias])
         return x
 
-    inputs = keras.Input(shape=(32, 32, 3), batch_size=batch, name="pixels", dtype="float32")
+    channels, height, width = checkpoint.spec.input_shape
+    inputs = keras.Input(shape=(height, width, channels), batch_size=batch, name="pixels", dtype="float32")
     # Normalize as x * scale + shift: the same per-channel affine torch runs, in front of
     # the first convolution, so the file still takes [0, 1] pixels (and int8 input maps 1:1
     # onto 8-bit pixels).
@@ -160,3 +162,14 @@ def concrete_function(model: Any) -> Any:
 
 def nchw_to_nhwc(batch: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(batch, dtype=np.float32).transpose(0, 2, 3, 1))
+
+
+def runner_input(batch: np.ndarray, file_nhwc_shape: Any) -> np.ndarray:
+    """A runner's NCHW float batch as the NHWC one its file takes, checked against the file's own
+    input shape (height, width, channels), so no image size is assumed here."""
+    batch = np.asarray(batch, dtype=np.float32)
+    height, width, channels = (int(d) for d in list(file_nhwc_shape)[1:])
+    if batch.ndim != 4 or batch.shape[1:] != (channels, height, width):
+        raise ConfigError(f"runner input has shape {batch.shape}, expected [N, {channels}, {height}, {width}]",
+                          "pass float32 NCHW pixels in [0, 1]")
+    return nchw_to_nhwc(batch)

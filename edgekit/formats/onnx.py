@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import atomic_path
+from ..config import ONNX_OPSET
 from ..errors import CheckpointError, ConfigError, missing_dependency
 from ..report import Reporter, quiet
-from . import predict_in_fixed_batches
+from ..timing import batch_slices, predict_batched
 from .metadata import DeployMetadata, from_props
 # The format's census and --debug-parity, each in its own module (this one exports and runs):
 from .onnx_census import census, load_file, runtime_census  # noqa: F401
@@ -57,9 +58,10 @@ def unavailable_reason() -> str | None:
 # ---- export ----------------------------------------------------------------------------------
 
 
-def export_module(module, out: str | Path, opset: int = 17, dynamic_batch: bool = False, batch: int = 1,
+def export_module(module, out: str | Path, opset: int = ONNX_OPSET, dynamic_batch: bool = False, batch: int = 1,
                   simplify: bool = True) -> Path:
-    """Any torch module taking [N,3,32,32] float pixels -> a checked, slimmed ONNX file.
+    """Any torch module taking [N, C, H, W] float pixels -> a checked, slimmed ONNX file (the image
+    shape from the module's ModelSpec, as every edgekit model and fake-quant twin carries one).
 
     Used for edgekit checkpoints and for the quantization stage's fake-quant (QAT) models, whose
     FakeQuantize modules the TorchScript exporter writes as QuantizeLinear/DequantizeLinear pairs.
@@ -67,13 +69,16 @@ def export_module(module, out: str | Path, opset: int = 17, dynamic_batch: bool 
     import onnx
     import torch
 
-    if opset < 17:
-        raise ConfigError(f"opset {opset} is too old for edgekit's exports", "use --opset 17 or newer")
+    from ..model import ModelSpec
+
+    if opset < ONNX_OPSET:
+        raise ConfigError(f"opset {opset} is too old for edgekit's exports", f"use --opset {ONNX_OPSET} or newer")
     if batch < 1:
         raise ConfigError(f"batch must be >= 1, got {batch}", "pass --batch 1 or --dynamic-batch")
     out = Path(out)
+    image = getattr(module, "spec", ModelSpec()).input_shape
     module = exportable_fake_quant(module.eval())  # eval: BatchNorm uses running stats and folds into the Conv
-    example = torch.rand(1 if dynamic_batch else batch, 3, 32, 32)
+    example = torch.rand(1 if dynamic_batch else batch, *image)
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     with atomic_path(out) as tmp, torch.no_grad():
         with warnings.catch_warnings():
@@ -154,11 +159,10 @@ class _FrozenFakeQuant:
 
 def qdq_grid(source: Path) -> dict[str, Any] | None:
     """How the QDQ graph of an int8 artifact relates to its torch int8 grid (None: not a static int8 artifact)."""
-    from ..config import QuantMode
-    from ..qmodel import artifact_engine, artifact_recipe, describe_engine
+    from ..qmodel import artifact_engine, artifact_recipe, describe_engine, is_dynamic
 
     recipe = artifact_recipe(source)
-    if recipe is None or recipe.get("mode") == QuantMode.dynamic.value:
+    if recipe is None or is_dynamic(recipe):
         return None
     engine = describe_engine(artifact_engine(recipe).value)
     act, weight = engine["activation"], engine["weight"]
@@ -239,17 +243,13 @@ def export(source: Path, out: Path, precision: str, options, calibration=None, r
     return export_model(model, out, precision, options, calibration, reporter)
 
 
-def export_qdq_onnx(path: Path, out: Path, opset: int = 17, batch: int = 1, dynamic_batch: bool = False) -> Path:
+def export_qdq_onnx(path: Path, out: Path, opset: int = ONNX_OPSET, batch: int = 1, dynamic_batch: bool = False) -> Path:
     """QDQ ONNX of an int8 artifact (static PTQ or QAT) with int8 weight initializers."""
-    from ..config import QuantMode
-    from ..errors import UnsupportedError
     from ..model import ModelSpec
-    from ..qmodel import int8_as_fake_quant, load_quantized
+    from ..qmodel import int8_as_fake_quant, load_quantized, refuse_dynamic
 
     qmodel, payload = load_quantized(path)
-    if payload["recipe"]["mode"] == QuantMode.dynamic.value:
-        raise UnsupportedError(f"{Path(path).name} is a dynamic-int8 model (only fc is int8); it has no QDQ graph",
-                               "export its fp32 parent, or quantize with --mode static or qat")
+    refuse_dynamic(path, payload["recipe"])
     twin = int8_as_fake_quant(qmodel, ModelSpec.from_dict(payload["spec"]), payload["recipe"])
     return export_module(twin, out, opset=opset, dynamic_batch=dynamic_batch, batch=batch)
 
@@ -313,18 +313,17 @@ def calibration_reader(input_name: str, images: np.ndarray, step: int, drop_last
     from onnxruntime.quantization import CalibrationDataReader
 
     images = np.ascontiguousarray(images, dtype=np.float32)
-    stop = len(images) - len(images) % step if drop_last else len(images)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._starts = iter(range(0, stop, step))
+            self.rewind()
 
         def get_next(self):
-            start = next(self._starts, None)
-            return None if start is None else {input_name: images[start:start + step]}
+            rows = next(self._slices, None)
+            return None if rows is None else {input_name: images[rows]}
 
         def rewind(self) -> None:  # part of the reader interface in newer ORT
-            self._starts = iter(range(0, stop, step))
+            self._slices = batch_slices(len(images), step, drop_last)
 
     return Reader()
 
@@ -487,7 +486,9 @@ class OnnxRunner:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
         run = lambda chunk: self.session.run(None, {self.input_name: chunk})[0]  # noqa: E731
-        return predict_in_fixed_batches(run, batch, self.fixed_batch).astype(np.float32)
+        if self.fixed_batch is None:  # a batch axis of any size takes the whole batch at once
+            return run(batch).astype(np.float32)
+        return predict_batched(run, batch, self.fixed_batch, pad=True)
 
 
 def load_runner(path: Path, threads: int | None = None) -> OnnxRunner:

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import install_hint
+
 
 def unavailable_reason() -> str | None:
     if importlib.util.find_spec("openvino") is None:
-        return "OpenVINO is not installed (optional CPU runtime for ONNX files): pip install 'edgekit[openvino]'"
+        return f"OpenVINO is not installed (optional CPU runtime for ONNX files): {install_hint('openvino')}"
     return None
 
 

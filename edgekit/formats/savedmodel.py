@@ -26,7 +26,8 @@ import numpy as np
 from ..artifacts import replace_path
 from ..errors import CheckpointError, ConfigError, UnsupportedError
 from ..report import Reporter, quiet
-from .keras_twin import build_twin_from_file, require_tensorflow, tensorflow_missing
+from ..timing import predict_batched
+from .keras_twin import build_twin_from_file, require_tensorflow, runner_input, tensorflow_missing
 from .metadata import SAVEDMODEL_ASSET, SAVEDMODEL_SIGNATURE, DeployMetadata, from_json
 
 SIGNATURE = "serving_default"
@@ -69,7 +70,7 @@ def export(source: Path, out: Path, precision: str, options: Any, calibration: A
     _, model = build_twin_from_file(source, batch, precision)
     # A plain tf.Module rather than Keras' ExportArchive: the archive tracks every variable under
     # two names and writes the weights twice (a 2x larger variables file, measured).
-    spec = tf.TensorSpec([batch, 32, 32, 3], tf.float32, name=INPUT_NAME)
+    spec = tf.TensorSpec([batch, *model.inputs[0].shape[1:]], tf.float32, name=INPUT_NAME)
 
     class Serving(tf.Module):
         def __init__(self, keras_model: Any) -> None:
@@ -144,23 +145,12 @@ class SavedModelRunner:
         self._batch = self._fn.structured_input_signature[1][INPUT_NAME].shape[0]
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.asarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or batch.shape[1:] != (3, 32, 32):
-            raise ConfigError(f"runner input has shape {batch.shape}, expected [N, 3, 32, 32]",
-                              "pass float32 NCHW pixels in [0, 1]")
-        nhwc = np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
-        step = self._batch or 256  # a static-batch signature only takes that batch size
-        outputs = []
-        for start in range(0, len(nhwc), step):
-            chunk = nhwc[start:start + step]
-            short = len(chunk)
-            if self._batch and short < step:
-                chunk = np.concatenate([chunk, np.zeros((step - short, 32, 32, 3), np.float32)])
-            logits = self._fn(**{INPUT_NAME: self._tf.constant(chunk)})[OUTPUT_NAME].numpy()
-            outputs.append(logits[:short].astype(np.float32))
-        if not outputs:
-            return np.zeros((0, 10), dtype=np.float32)
-        return np.concatenate(outputs)
+        nhwc = runner_input(batch, self._fn.structured_input_signature[1][INPUT_NAME].shape)
+        if not len(nhwc):
+            return np.zeros((0, int(self._fn.structured_outputs[OUTPUT_NAME].shape[-1])), dtype=np.float32)
+        run = lambda chunk: self._fn(**{INPUT_NAME: self._tf.constant(chunk)})[OUTPUT_NAME].numpy()  # noqa: E731
+        # a static-batch signature only takes that batch size
+        return predict_batched(run, nhwc, self._batch or 256, pad=bool(self._batch))
 
 
 def load_runner(path: Path, threads: int | None = None) -> SavedModelRunner:

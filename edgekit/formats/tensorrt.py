@@ -34,7 +34,7 @@ import numpy as np
 from ..errors import CheckpointError, ConfigError, DependencyError, UnsupportedError
 from ..report import Reporter, quiet
 from . import onnx as onnx_format
-from . import predict_in_fixed_batches
+from ..timing import predict_batched
 
 WORKSPACE_BYTES = 1 << 30
 DYNAMIC_MAX_BATCH = 256  # the parity gate's batch: it runs in one call
@@ -156,8 +156,9 @@ def prepare_onnx(model, out: Path, precision: str, options, calibration=None) ->
     from . import tensorrt_qdq
 
     out = Path(out)
-    if precision not in ("fp32", "fp16", "int8"):
-        raise UnsupportedError(f"TensorRT export has no precision '{precision}'", "choose fp32, fp16 or int8")
+    from . import export_format
+
+    export_format("tensorrt", precision)
     if precision == "int8" and calibration is None:
         raise ConfigError("int8 TensorRT export needs a calibration set",
                           "make one with `edgekit calibrate` and pass --calibration FILE")
@@ -179,22 +180,21 @@ def prepare_int8_artifact_onnx(source: Path, out: Path, options) -> Path:
     (made symmetric), Q/DQ placed for TensorRT; nothing is calibrated again. Per-channel weights
     only (what the placement checks and TensorRT's int8 convs are tuned for): an artifact made for
     an ARM CPU engine with per-tensor weights (qnnpack) is refused, naming what to build from."""
-    from ..qmodel import artifact_engine, artifact_recipe, describe_engine
+    from ..qmodel import artifact_engine, artifact_recipe, describe_engine, is_dynamic
+    from . import QDQ_SUFFIX
     from .onnx import export_qdq_onnx
     from . import tensorrt_qdq
 
-    from ..config import QuantMode
-
     recipe = artifact_recipe(source) or {}
     engine = describe_engine(artifact_engine(recipe).value)
-    if recipe.get("mode") != QuantMode.dynamic.value and not engine["weight"]["per_channel"]:
+    if not is_dynamic(recipe) and not engine["weight"]["per_channel"]:
         raise UnsupportedError(f"{Path(source).name} is an int8 model for the {engine['engine']} engine "
                                f"({engine['kernels_for']} CPUs, per-tensor weights); edgekit's TensorRT int8 path "
                                "takes per-channel weights", "build the engine from its float parent (named in its "
                                "manifest), or from `edgekit quantize --backend x86`")
 
     with tempfile.TemporaryDirectory(prefix="edgekit-trt-onnx-") as scratch:
-        qdq = export_qdq_onnx(source, Path(scratch) / "artifact.qdq.onnx", options.opset, options.batch,
+        qdq = export_qdq_onnx(source, Path(scratch) / f"artifact{QDQ_SUFFIX}", options.opset, options.batch,
                               options.dynamic_batch)
         act = engine["activation"]  # the codes the torch model's activations span (x86: 0..127)
         return tensorrt_qdq.place_file(qdq, Path(out), (act["quant_min"], act["quant_max"]))
@@ -223,7 +223,7 @@ def _timing_cache_path(out: Path, record: dict[str, Any]) -> Path:
 def export(source: Path, out: Path, precision: str, options, calibration=None, reporter: Reporter = quiet) -> Path:
     reason = unavailable_reason()
     if reason:
-        raise DependencyError(f"cannot build a TensorRT engine: {reason}", "pip install 'edgekit[tensorrt]'")
+        raise DependencyError(f"cannot build a TensorRT engine: {reason}", INSTALL_HINT)
     with tempfile.TemporaryDirectory(prefix="edgekit-trt-") as scratch:
         onnx_path = prepare_source_onnx(Path(source), Path(scratch) / f"model.{precision}.onnx", precision, options,
                                         calibration, reporter)
@@ -251,8 +251,8 @@ def build_engine(onnx_path: Path, out: Path, precision: str, options, reporter: 
         config.clear_flag(trt.BuilderFlag.TF32)
     if options.dynamic_batch:
         profile = builder.create_optimization_profile()
-        name = network.get_input(0).name
-        profile.set_shape(name, (1, 3, 32, 32), (DYNAMIC_OPT_BATCH, 3, 32, 32), (DYNAMIC_MAX_BATCH, 3, 32, 32))
+        name, image = network.get_input(0).name, tuple(network.get_input(0).shape)[1:]  # (C, H, W) as exported
+        profile.set_shape(name, (1, *image), (DYNAMIC_OPT_BATCH, *image), (DYNAMIC_MAX_BATCH, *image))
         if config.add_optimization_profile(profile) < 0:
             raise UnsupportedError("TensorRT refused the batch profile", "export with a static --batch instead")
     record = device_record()
@@ -291,14 +291,6 @@ def _check_engine_matches(path: Path) -> None:
                 f"{path.name} was built for {key} {built.get(key)}, this machine has {here.get(key)}",
                 "TensorRT engines are bound to their TensorRT version and GPU: rebuild it here with "
                 "`edgekit export --target tensorrt` from the checkpoint")
-
-
-def batch_chunks(total: int, max_batch: int) -> list[tuple[int, int]]:
-    """[start, stop) slices of at most `max_batch` rows: a dynamic engine runs a batch above its
-    profile's maximum in pieces rather than failing set_input_shape."""
-    if max_batch < 1:
-        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-    return [(start, min(start + max_batch, total)) for start in range(0, total, max_batch)]
 
 
 class _Staging:
@@ -342,7 +334,7 @@ class TensorRTRunner:
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         reason = unavailable_reason()
         if reason:
-            raise DependencyError(f"cannot run a TensorRT engine: {reason}", "pip install 'edgekit[tensorrt]'")
+            raise DependencyError(f"cannot run a TensorRT engine: {reason}", INSTALL_HINT)
         import tensorrt as trt
 
         path = Path(path)
@@ -405,8 +397,9 @@ class TensorRTRunner:
         if len(batch) == 0:
             raise ConfigError("predict needs at least one image", "pass a batch of shape [N, 3, 32, 32] with N >= 1")
         if self.fixed_batch:
-            return predict_in_fixed_batches(self._run, batch, self.fixed_batch)
-        return np.concatenate([self._run(batch[start:stop]) for start, stop in batch_chunks(len(batch), self.max_batch)])
+            return predict_batched(self._run, batch, self.fixed_batch, pad=True)
+        # a dynamic engine runs a batch above its profile's maximum in pieces rather than failing set_input_shape
+        return predict_batched(self._run, batch, self.max_batch)
 
     def __del__(self) -> None:
         cudart = getattr(self, "cudart", None)

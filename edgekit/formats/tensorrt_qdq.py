@@ -308,28 +308,20 @@ def calibrated_qdq(src: Path, out: Path, images: np.ndarray, batch: int | None =
     would otherwise become int8 initializers); the post-pass then keeps the Q/DQ TensorRT wants.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from .onnx import calibration_reader
 
     images = np.ascontiguousarray(images, dtype=np.float32)
     step = batch or 32
     if batch and len(images) < batch:
         raise ConfigError(f"calibration set has {len(images)} images, fewer than the static batch {batch}",
                           "use a larger calibration set or a smaller --batch")
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            stop = len(images) - len(images) % step if batch else len(images)
-            self._batches = iter(range(0, stop, step))
-
-        def get_next(self):
-            start = next(self._batches, None)
-            return None if start is None else {input_name: images[start:start + step]}
-
     fp32 = onnx.load(str(src))
-    input_name = fp32.graph.input[0].name
+    reader = calibration_reader(fp32.graph.input[0].name, images, step, drop_last=bool(batch))
     with tempfile.TemporaryDirectory(prefix="edgekit-trt-qdq-") as scratch:
         ort_out = Path(scratch) / "ort-int8.onnx"
-        quantize_static(str(src), str(ort_out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        quantize_static(str(src), str(ort_out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         weight_type=QuantType.QInt8, activation_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=["Conv", "Gemm", "Add"],
                         nodes_to_exclude=normalize_nodes(fp32),

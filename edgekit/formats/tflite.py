@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import atomic_path
-from ..errors import CalibrationError, CheckpointError, ConfigError, UnsupportedError, missing_dependency
+from ..errors import CalibrationError, CheckpointError, ConfigError, missing_dependency
 from ..report import Reporter, quiet
-from .keras_twin import build_twin_from_file, require_tensorflow, tensorflow_missing
+from ..timing import batch_slices, predict_batched
+from .keras_twin import build_twin_from_file, require_tensorflow, runner_input, tensorflow_missing
 from .metadata import TFLITE_METADATA_NAME, DeployMetadata, from_json, quantization
 
-PRECISIONS = ("fp32", "fp16", "int8")
 # Chunk size for big predict() calls: the interpreter allocates every activation for the whole
 # batch, and 10,000 CIFAR images at width 1 would need gigabytes.
 MAX_INVOKE_BATCH = 256
@@ -53,8 +53,9 @@ def _check_calibration(calibration: Any, spec: Any) -> np.ndarray:
         raise CalibrationError("an int8 TFLite export needs a calibration set to choose its activation ranges",
                                "pass --calibration calibration/<set>.json (make one with `edgekit calibrate`)")
     images = np.asarray(calibration.images, dtype=np.float32)
-    if images.ndim != 4 or images.shape[1:] != (3, 32, 32) or len(images) == 0:
-        raise CalibrationError(f"calibration images have shape {images.shape}, expected [N, 3, 32, 32]",
+    if images.ndim != 4 or images.shape[1:] != tuple(spec.input_shape) or len(images) == 0:
+        raise CalibrationError(f"calibration images have shape {images.shape}, expected "
+                               f"[N, {', '.join(map(str, spec.input_shape))}]",
                                "re-create the set with `edgekit calibrate`")
     if images.min() < 0.0 or images.max() > 1.0:
         raise CalibrationError("calibration images are not pixels in [0, 1] (the model normalizes inside itself)",
@@ -72,8 +73,9 @@ def export(source: Path, out: Path, precision: str, options: Any, calibration: A
 
     An int8 artifact as `source` (int8 only) gives its dequantized weights to the converter,
     which calibrates activations on the same calibration set."""
-    if precision not in PRECISIONS:
-        raise UnsupportedError(f"TFLite cannot write precision '{precision}'", f"choose one of: {', '.join(PRECISIONS)}")
+    from . import export_format
+
+    export_format("tflite", precision)
     if precision != "int8" and getattr(options, "int8_io", False):
         raise ConfigError("--int8-io needs --precision int8", "drop --int8-io or export int8")
     source, out = Path(source), Path(out)
@@ -102,9 +104,9 @@ def export(source: Path, out: Path, precision: str, options: Any, calibration: A
 
         def representative() -> Any:
             with reporter.progress("tflite int8 calibration", total=len(nhwc)) as bar:
-                for start in range(0, len(order), step):
-                    yield [nhwc[order[start:start + step]]]
-                    bar.advance(min(step, len(nhwc) - start) if start < len(nhwc) else 0)
+                for rows in batch_slices(len(order), step):
+                    yield [nhwc[order[rows]]]
+                    bar.advance(max(0, min(rows.stop, len(nhwc)) - rows.start))
 
         converter.representative_dataset = representative
     reporter.info(f"tflite: converting {source.name} to {precision}")
@@ -203,7 +205,7 @@ class TFLiteRunner:
         if n != self._batch:
             # strict=False: a file exported with a static batch can still be resized; TFLite
             # re-plans its buffers at allocate_tensors().
-            self.interpreter.resize_tensor_input(self._input["index"], [n, 32, 32, 3], strict=False)
+            self.interpreter.resize_tensor_input(self._input["index"], [n, *self._input["shape"][1:]], strict=False)
             self.interpreter.allocate_tensors()
             self._batch = n
             self._input = self.interpreter.get_input_details()[0]
@@ -223,21 +225,16 @@ class TFLiteRunner:
         return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.asarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or batch.shape[1:] != (3, 32, 32):
-            raise ConfigError(f"runner input has shape {batch.shape}, expected [N, 3, 32, 32]",
-                              "pass float32 NCHW pixels in [0, 1]")
-        nhwc = np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
-        outputs = []
-        for start in range(0, len(nhwc), self.max_batch):
-            chunk = nhwc[start:start + self.max_batch]
-            self._resize(len(chunk))
-            self.interpreter.set_tensor(self._input["index"], self._quantize(chunk))
-            self.interpreter.invoke()
-            outputs.append(self._dequantize(self.interpreter.get_tensor(self._output["index"])))
-        if not outputs:
+        nhwc = runner_input(batch, self._input["shape"])
+        if not len(nhwc):
             return np.zeros((0, int(self._output["shape"][-1])), dtype=np.float32)
-        return np.concatenate(outputs)
+        return predict_batched(self._run, nhwc, self.max_batch)
+
+    def _run(self, chunk: np.ndarray) -> np.ndarray:
+        self._resize(len(chunk))
+        self.interpreter.set_tensor(self._input["index"], self._quantize(chunk))
+        self.interpreter.invoke()
+        return self._dequantize(self.interpreter.get_tensor(self._output["index"]))
 
 
 def load_runner(path: Path, threads: int | None = None) -> TFLiteRunner:
