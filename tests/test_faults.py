@@ -486,8 +486,11 @@ def test_ctrl_c_during_training_says_how_to_resume_and_exits_130(tmp_path):
     out = tmp_path / "run"
     args = list(TINY_TRAIN)
     args[args.index("--epochs") + 1] = "50"
+    # A shell runs background jobs with SIGINT ignored, and Python keeps an inherited "ignore": restore the
+    # default so the child gets the KeyboardInterrupt a user's Ctrl-C gives, however pytest was started.
     process = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "train", *args, "--out", str(out)],
-                               env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 600  # a hang guard, not a timing
         while not (out / "last.pt").exists():
