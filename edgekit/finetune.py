@@ -67,8 +67,8 @@ def plan_of(child: Path, manifest: dict[str, Any]) -> FinetuneConfig:
         quantize = _from_plain(QuantizeConfig, config["quantize"])
         if QuantMode(quantize.mode) is QuantMode.qat:
             return FinetuneConfig.of_qat(quantize)
-    raise ConfigError(f"{child} was not fine-tuned (a {manifest.get('kind', 'file')} without training), so it "
-                      "needs no control", "pass a file made by `edgekit prune` with --finetune-epochs > 0 or by "
+    raise ConfigError(f"{child} was not fine-tuned (its manifest says kind '{manifest.get('kind', '?')}', no "
+                      "training), so it needs no control", "pass a file made by `edgekit prune` with --finetune-epochs > 0 or by "
                       "`edgekit quantize --mode qat`")
 
 
