@@ -39,21 +39,27 @@ def finetune_model(model: ResNet18, data: DataSplits, plan: FinetuneConfig, repo
     accuracy does not drop. Returns what a manifest records of it."""
     from .train import train_model
 
-    best = 0.0
+    best, val = 0.0, None
     for epochs in plan.cycles:
         best = train_model(model, data, plan.train_config(epochs), reporter=reporter, teacher=teacher
                            ).best_val_accuracy
-    record: dict[str, Any] = {"finetune_epochs": plan.epochs, "finetune_best_val": best,
-                              "distill_alpha": plan.distill_alpha}
-    record["val_accuracy"] = accuracy(model, data)
-    if plan.bn_batches:
-        state = {k: v.clone() for k, v in model.state_dict().items()}
-        recalibrate_bn(model, data, plan.bn_batches, plan.batch_size, plan.seed)
-        recalibrated = accuracy(model, data)
-        if recalibrated < record["val_accuracy"]:  # the trainer's running stats were already better
-            model.load_state_dict(state)
-        record["val_accuracy"] = max(recalibrated, record["val_accuracy"])
-    return record
+        val = _recalibrated_if_better(model, data, plan)
+    return {"finetune_epochs": plan.epochs, "finetune_best_val": best, "distill_alpha": plan.distill_alpha,
+            "val_accuracy": accuracy(model, data) if val is None else val}
+
+
+def _recalibrated_if_better(model: ResNet18, data: DataSplits, plan: FinetuneConfig) -> float:
+    """Re-measure BN statistics (if the plan says so), kept only when validation accuracy does not
+    drop; the validation accuracy of what is kept."""
+    before = accuracy(model, data)
+    if not plan.bn_batches:
+        return before
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    recalibrate_bn(model, data, plan.bn_batches, plan.batch_size, plan.seed)
+    after = accuracy(model, data)
+    if after < before:  # the trainer's running stats were already better
+        model.load_state_dict(state)
+    return max(before, after)
 
 
 def plan_of(child: Path, manifest: dict[str, Any]) -> FinetuneConfig:
