@@ -444,7 +444,8 @@ def is_dynamic(recipe: dict[str, Any] | None) -> bool:
 def refuse_dynamic(path: str | Path, recipe: dict[str, Any] | None) -> None:
     if is_dynamic(recipe):
         raise UnsupportedError(f"{Path(path).name} is a dynamic-int8 model (only fc is int8); it has no activation "
-                               "ranges, so no QDQ graph", "export its fp32 parent, or quantize with --mode static or qat")
+                               "ranges for an int8 file of another format to keep",
+                               "export its fp32 parent, or quantize with --mode static or qat")
 
 
 def artifact_recipe(path: str | Path) -> dict[str, Any] | None:
