@@ -88,16 +88,14 @@ def default_output(child: Path) -> Path:
 
 def _parent_of(child: Path, manifest: dict[str, Any], parent: Path | None) -> Path:
     recorded = manifest.get("parent") or {}
-    if parent is not None and not parent.is_file():
-        raise CheckpointError(f"the parent {parent} is {'a folder' if parent.is_dir() else 'missing'}",
-                              "pass --parent with the checkpoint the child was made from")
+    where = ""
     if parent is None:
         if not recorded.get("path"):
             raise CheckpointError(f"{child}'s manifest names no parent", "pass --parent with the file it was made from")
-        parent = Path(recorded["path"])
-        if not parent.exists():
-            raise CheckpointError(f"{child}'s parent {parent} (as its manifest records it) is missing",
-                                  "pass --parent with the file it was made from")
+        parent, where = Path(recorded["path"]), " (as its manifest records it)"
+    if not parent.is_file():
+        raise CheckpointError(f"{child}'s parent {parent}{where} is {'a folder' if parent.is_dir() else 'missing'}",
+                              "pass --parent with the checkpoint the child was made from")
     if recorded.get("sha256") and sha256_file(parent) != recorded["sha256"]:
         raise CheckpointError(f"{parent} is not the file {child} was made from (its sha256 differs from the one "
                               "in the child's manifest)", "pass --parent with the file it was made from")
