@@ -41,8 +41,8 @@ class ParityReport:
     mean_abs: float
     cosine_mean: float
     cosine_min: float
-    source_accuracy: float
-    exported_accuracy: float
+    source_accuracy: float | None  # None: no labels given (a module of a user's own, edgekit.own_model)
+    exported_accuracy: float | None
     worst: list[int] = field(default_factory=list)  # image indices: disagreements first, then largest error
     source_only_correct: int = 0  # images the source got right and the export wrong
     exported_only_correct: int = 0
@@ -50,7 +50,9 @@ class ParityReport:
     exported_name: str = ""
 
     @property
-    def accuracy_drop_points(self) -> float:
+    def accuracy_drop_points(self) -> float | None:
+        if self.source_accuracy is None or self.exported_accuracy is None:
+            return None
         return 100.0 * (self.source_accuracy - self.exported_accuracy)
 
     @property
@@ -69,11 +71,13 @@ def _predict_all(runner, images: np.ndarray, batch_size: int) -> np.ndarray:
     return predict_batched(runner.predict, images, batch_size)
 
 
-def parity(source_runner, exported_runner, images: np.ndarray, labels: np.ndarray, batch_size: int = 64,
+def parity(source_runner, exported_runner, images: np.ndarray, labels: np.ndarray | None, batch_size: int = 64,
            worst_k: int = 8) -> ParityReport:
-    """Run both runners on the same images; compare logits and predictions."""
+    """Run both runners on the same images; compare logits and predictions.
+
+    Without `labels` agreement, logit error and cosine are measured and the accuracies are None
+    (the gate's accuracy-drop row is then not applied: nothing says which answer is right)."""
     images = np.ascontiguousarray(images, dtype=np.float32)
-    labels = np.asarray(labels)
     ref = _predict_all(source_runner, images, batch_size)
     got = _predict_all(exported_runner, images, batch_size)
     if ref.shape != got.shape:
@@ -88,6 +92,11 @@ def parity(source_runner, exported_runner, images: np.ndarray, labels: np.ndarra
     cosine = np.nan_to_num(cosine, nan=-1.0)
     per_image = diff.max(1)
     order = np.lexsort((-per_image, ref_top == got_top))  # disagreements first, then by error
+    if labels is None:
+        ref_right = got_right = None
+    else:
+        labels = np.asarray(labels)
+        ref_right, got_right = ref_top == labels, got_top == labels
     return ParityReport(
         images=len(images),
         top1_agreement=float((ref_top == got_top).mean()),
@@ -95,11 +104,11 @@ def parity(source_runner, exported_runner, images: np.ndarray, labels: np.ndarra
         mean_abs=float(diff.mean()),
         cosine_mean=float(cosine.mean()),
         cosine_min=float(cosine.min()),
-        source_accuracy=float((ref_top == labels).mean()),
-        exported_accuracy=float((got_top == labels).mean()),
+        source_accuracy=None if ref_right is None else float(ref_right.mean()),
+        exported_accuracy=None if got_right is None else float(got_right.mean()),
         worst=[int(i) for i in order[:worst_k]],
-        source_only_correct=int(((ref_top == labels) & (got_top != labels)).sum()),
-        exported_only_correct=int(((got_top == labels) & (ref_top != labels)).sum()),
+        source_only_correct=0 if ref_right is None else int((ref_right & ~got_right).sum()),
+        exported_only_correct=0 if got_right is None else int((got_right & ~ref_right).sum()),
         source_name=getattr(source_runner, "name", ""),
         exported_name=getattr(exported_runner, "name", ""),
     )
@@ -126,7 +135,8 @@ def violations(report: ParityReport, target: str, precision: str, source_precisi
     int8_source = source_precision == "int8"
     max_drop = tol.max_drop_vs_int8_source if int8_source else tol.max_drop_vs_fp32_source
     beyond_chance = not int8_source or report.drop_p_value < DROP_SIGNIFICANCE
-    if max_drop is not None and report.accuracy_drop_points > max_drop and beyond_chance:
+    drop = report.accuracy_drop_points  # None without labels
+    if max_drop is not None and drop is not None and drop > max_drop and beyond_chance:
         problems.append(f"accuracy {report.exported_accuracy:.2%} is {report.accuracy_drop_points:.2f} points "
                         f"below the {source_precision} source's {report.source_accuracy:.2%} (allowed {max_drop}"
                         + (f"; {report.source_only_correct} images only the source got right vs "

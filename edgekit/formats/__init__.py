@@ -132,8 +132,10 @@ class Format:
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
+        # torch int8: a dynamic int8 module of a user's own (edgekit.own_model) against its fp32 self
         Format("torch", "edgekit.formats.torch", ".pt", ("fp32", "int8"), "", exportable=False,
-               runtimes=(Runtime("torch-eager", "edgekit.formats.torch"),)),
+               runtimes=(Runtime("torch-eager", "edgekit.formats.torch"),),
+               tolerances={"int8": TOLERANCE_INT8}),
         Format("onnx", "edgekit.formats.onnx", ".onnx", ("fp32", "fp16", "int8"), "onnx",
                runtimes=(Runtime("onnxruntime", "edgekit.formats.onnx"), Runtime("openvino", "edgekit.formats.openvino")),
                tolerances=dict(STANDARD_TOLERANCES),
@@ -165,6 +167,10 @@ SOURCE_FORMAT = FORMATS["torch"]
 # What `edgekit quantize` writes beside an int8 artifact for the exporters: a QDQ file of this format.
 QDQ_FORMAT = FORMATS["onnx"]
 QDQ_SUFFIX = ".qdq" + QDQ_FORMAT.suffix
+# The one format a torch module of any architecture exports to (edgekit.own_model): its graph is
+# traced from the module itself. The others rebuild edgekit's ResNet18 (a Keras twin, TensorRT's
+# Q/DQ placement by layer name) and need its ModelSpec.
+MODULE_FORMAT = FORMATS["onnx"]
 
 
 def get_format(name: str) -> Format:

@@ -59,9 +59,10 @@ def unavailable_reason() -> str | None:
 
 
 def export_module(module, out: str | Path, opset: int = ONNX_OPSET, dynamic_batch: bool = False, batch: int = 1,
-                  simplify: bool = True) -> Path:
+                  simplify: bool = True, input_shape: tuple[int, ...] | None = None) -> Path:
     """Any torch module taking [N, C, H, W] float pixels -> a checked, slimmed ONNX file (the image
-    shape from the module's ModelSpec, as every edgekit model and fake-quant twin carries one).
+    shape `input_shape` (C, H, W), else from the module's ModelSpec, as every edgekit model and
+    fake-quant twin carries one).
 
     Used for edgekit checkpoints and for the quantization stage's fake-quant (QAT) models, whose
     FakeQuantize modules the TorchScript exporter writes as QuantizeLinear/DequantizeLinear pairs.
@@ -76,7 +77,7 @@ def export_module(module, out: str | Path, opset: int = ONNX_OPSET, dynamic_batc
     if batch < 1:
         raise ConfigError(f"batch must be >= 1, got {batch}", "pass --batch 1 or --dynamic-batch")
     out = Path(out)
-    image = getattr(module, "spec", ModelSpec()).input_shape
+    image = tuple(input_shape) if input_shape is not None else getattr(module, "spec", ModelSpec()).input_shape
     module = exportable_fake_quant(module.eval())  # eval: BatchNorm uses running stats and folds into the Conv
     example = torch.rand(1 if dynamic_batch else batch, *image)
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
