@@ -16,7 +16,7 @@ from edgekit.data import load_data, to_unit_float
 from edgekit.errors import CalibrationError, CheckpointError, ConfigError
 from edgekit.model import ModelSpec, build_model, load_checkpoint, save_checkpoint
 from edgekit.measure import accuracy
-from edgekit.qmodel import int8_census, load_quantized
+from edgekit.qmodel import PACKED_QTENSOR, int8_census, load_quantized
 from edgekit.quantize import quantize_checkpoint
 from edgekit.train import train_model
 
@@ -69,7 +69,8 @@ def test_static_ptq_int8_weights_and_accuracy(trained, tmp_path):
         {"minmax", "percentile", "entropy", "mse"}
     # safe load (weights_only) + replayed recipe gives the same int8 model
     payload = torch.load(out, weights_only=True)
-    assert sum(1 for v in payload["state_dict"].values() if isinstance(v, torch.Tensor) and v.dtype == torch.qint8) >= 20
+    stored = [v for v in payload["state_dict"].values() if isinstance(v, dict) and v.get(PACKED_QTENSOR) == "qint8"]
+    assert len(stored) >= 20 and all(v["int_repr"].dtype == torch.int8 for v in stored)  # int8 on disk, compact
     reloaded, _ = load_quantized(out)
     assert int8_census(reloaded)["qint8_tensors"] == 21
     assert accuracy(reloaded, data) == pytest.approx(result.metrics["val_accuracy"])
