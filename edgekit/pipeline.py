@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -40,7 +41,9 @@ def quick_pipeline_config() -> PipelineConfig:
         data=data, train=train,
         prune=PruneConfig(finetune_epochs=1, finetune_lr=0.01, batch_size=128),
         calibration_size=128, static_method=CalibMethod.minmax, qat_epochs=1,
-        bench=BenchConfig(batches=(1, 8), runs=30, min_seconds=0.5, warmup=5),
+        # A demo's bench shows the table, not a publishable figure: short timing windows keep the
+        # ~30 rows at about a second each (benchmarks/results/quick-demo-cpu-*.md has the stage times).
+        bench=BenchConfig(batches=(1, 8), runs=20, min_seconds=0.2, sweep_seconds=0.2, warmup=5),
     )
 
 
@@ -50,6 +53,7 @@ class StageRecord:
     status: str  # done | skipped (same config) | refused: ... | unavailable: ...
     artifact: str = ""
     detail: str = ""
+    seconds: float = 0.0  # wall time of the stage, skipped ones included (their check)
 
 
 @dataclass
@@ -96,24 +100,33 @@ def run_pipeline(config: PipelineConfig, out_dir: Path, reporter: Reporter = qui
     out_dir.mkdir(parents=True, exist_ok=True)
     state = _State(out_dir / "pipeline-state.json")
     records: list[StageRecord] = []
+    started = time.perf_counter()
     data = load_data(config.data, reporter)
-    reporter.info(f"data: {data.source}: {len(data.train_y)} train, {len(data.val_y)} val, {len(data.test_y)} test")
+    records.append(StageRecord("data", "done", detail=f"{data.source}: {len(data.train_y)} train, "
+                               f"{len(data.val_y)} val, {len(data.test_y)} test",
+                               seconds=time.perf_counter() - started))
+    reporter.info(f"data: {records[-1].detail} ({records[-1].seconds:.1f} s)")
 
     def stage(name: str, artifact: Path, stage_config: Any, parent: Path | None, make: Callable[[], Any],
               tolerate: tuple[type[EdgekitError], ...] = ()) -> bool:
+        began = time.perf_counter()
         key = _State.key({"stage": name, "config": stage_config}, parent)
         if state.fresh(artifact, key):
             reporter.info(f"{name}: {artifact} is up to date, skipped")
-            records.append(StageRecord(name, "skipped (same config)", str(artifact)))
+            records.append(StageRecord(name, "skipped (same config)", str(artifact),
+                                       seconds=time.perf_counter() - began))
             return True
+        reporter.info(f"{name}: started")
         try:
             detail = make()
         except tolerate as error:  # a refused or unavailable export is a result, not a crash
-            records.append(StageRecord(name, f"{type(error).__name__}: {error.message}", str(artifact), error.hint))
-            reporter.info(f"{name}: {error.message}")
+            records.append(StageRecord(name, f"{type(error).__name__}: {error.message}", str(artifact), error.hint,
+                                       time.perf_counter() - began))
+            reporter.info(f"{name}: {error.message} ({records[-1].seconds:.1f} s)")
             return False
         state.record(artifact, key)
-        records.append(StageRecord(name, "done", str(artifact), detail or ""))
+        records.append(StageRecord(name, "done", str(artifact), detail or "", time.perf_counter() - began))
+        reporter.info(f"{name}: done in {records[-1].seconds:.1f} s")
         return True
 
     checkpoint = out_dir / "train" / "best.pt"
@@ -159,12 +172,17 @@ def run_pipeline(config: PipelineConfig, out_dir: Path, reporter: Reporter = qui
     from .bench import bench
 
     bench_out = out_dir / "bench" / "bench"
+    began = time.perf_counter()
+    reporter.info("bench: started")
     run = bench([], config.bench, reporter, directory=out_dir, out=bench_out)
-    records.append(StageRecord("bench", "done", str(bench_out) + ".md", f"{len(run.rows)} rows"))
+    records.append(StageRecord("bench", "done", str(bench_out) + ".md", f"{len(run.rows)} rows",
+                               time.perf_counter() - began))
+    reporter.info(f"bench: done in {records[-1].seconds:.1f} s")
 
     atomic_write_text(out_dir / "pipeline.json", json.dumps([to_plain(r) for r in records], indent=2) + "\n")
-    reporter.table("pipeline", ["stage", "status", "artifact", "detail"],
-                   [[r.stage, r.status, r.artifact, r.detail] for r in records])
+    reporter.table("pipeline", ["stage", "status", "s", "artifact", "detail"],
+                   [[r.stage, r.status, f"{r.seconds:.1f}", r.artifact, r.detail] for r in records])
+    reporter.info(f"pipeline: {len(records)} stages in {time.perf_counter() - started:.0f} s")
     return PipelineResult(out_dir, checkpoint, records, run)
 
 

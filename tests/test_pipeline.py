@@ -4,6 +4,7 @@ changed and one file lost redoes only what that touches and skips the rest, unto
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,11 +33,16 @@ def config(tmp_path_factory) -> PipelineConfig:
 @pytest.fixture(scope="module")
 def first(config, tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline")
-    return out, run_pipeline(config, out)
+    began = time.perf_counter()
+    result = run_pipeline(config, out)
+    return out, result, time.perf_counter() - began
+
+
+UNKEYED = ("data", "bench")  # run every time: no artifact key to skip on
 
 
 def test_pipeline_runs_every_stage(first):
-    out, result = first
+    out, result, wall_seconds = first
     status = {record.stage: record.status for record in result.stages}
     trained = next(r for r in result.stages if r.stage == "train")
     assert float(trained.detail.split()[1].rstrip("%")) > 20.0, trained.detail  # well above 10 % chance
@@ -61,6 +67,9 @@ def test_pipeline_runs_every_stage(first):
             assert any(r.status == "done" for r in records), fmt.name
     recorded = json.loads((out / "pipeline.json").read_text())
     assert [(r["stage"], r["status"]) for r in recorded] == [(r.stage, r.status) for r in result.stages]
+    # every stage says how long it took; stage times are each its own, not running totals
+    assert recorded[0]["stage"] == "data" and all(r["seconds"] > 0 for r in recorded), recorded
+    assert sum(r["seconds"] for r in recorded) <= wall_seconds
     rows = json.loads((out / "bench" / "bench.json").read_text())["rows"]
     assert {r.artifact for r in made} <= {row["artifact"] for row in rows}  # bench saw every made file
 
@@ -69,16 +78,16 @@ def test_a_second_run_redoes_what_changed_or_is_missing_and_leaves_the_rest(conf
     """The cheapest change with dependents: QAT's epochs touch the QAT model and its exports (their
     parent's bytes change) and nothing upstream; a lost export is remade as after an interruption.
     Runs after the test above (file order): it rewrites the folder that test reads."""
-    out, result = first
+    out, result, _ = first
     # stage names repeat across sources ("export onnx fp32" for best and pruned): keyed by artifact
-    made = [Path(r.artifact) for r in result.stages if r.status == "done" and r.stage != "bench"]
+    made = [Path(r.artifact) for r in result.stages if r.status == "done" and r.stage not in UNKEYED]
     lost = out / "export" / "best.fp32.onnx"
     assert lost in made
     lost.unlink()
     before = {path: path.stat().st_mtime_ns for path in made if path.exists()}
 
     second = run_pipeline(replace(config, qat_epochs=config.qat_epochs + 1), out)
-    status = {Path(r.artifact): r.status for r in second.stages if r.stage != "bench"}
+    status = {Path(r.artifact): r.status for r in second.stages if r.stage not in UNKEYED}
     # the QAT model and every export of it ran again: made, or refused by the gate (a new model may
     # fail it), never skipped
     qat = [path for path in status if path.name.startswith("pruned.qat.int8")]
