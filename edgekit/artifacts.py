@@ -199,11 +199,12 @@ def manifest_path(artifact: str | Path) -> Path:
     return artifact.with_name(artifact.name + MANIFEST_SUFFIX)
 
 
-def parent_ref(parent: str | Path | None) -> dict[str, str] | None:
+def parent_ref(parent: str | Path | None, sha256: str | None = None) -> dict[str, str] | None:
+    """The manifest's link to `parent`; `sha256`: the file's hash when the caller has it already."""
     if parent is None:
         return None
     parent = Path(parent)
-    return {"path": str(parent), "sha256": sha256_file(parent)}
+    return {"path": str(parent), "sha256": sha256 or sha256_file(parent)}
 
 
 def current_command() -> str:

@@ -1,12 +1,14 @@
 """`edgekit export`: write a checkpoint as a deployable file, gated on parity with its source.
 
-The flow, the same for every target in the format table: check the target can run here, load
-the data the checkpoint was trained on (for real parity images, and the calibration set for
-int8), export to a temporary path, write the file's self-description into it (class names,
-input layout/shape/dtype, pixel preparation, int8 I/O quantization, edgekit version, source
-sha256: edgekit/formats/metadata.py) so the gate and the hash see the final bytes, compare it
-with the source runner on seeded test images, refuse it beyond tolerance, count what the file
-really holds, then move it into place with a manifest. Nothing here names a format: the table
+The flow, the same for every target in the format table: check the target can run here, read
+the source once (formats/source.py: the exporter, the gate's reference runner, the manifest's
+source sha256 and the data config all come from that one read), load the data the checkpoint
+was trained on (for real parity images, and the calibration set for int8), export to a
+temporary path, write the file's self-description into it (class names, input
+layout/shape/dtype, pixel preparation, int8 I/O quantization, edgekit version, source sha256:
+edgekit/formats/metadata.py) so the gate and the hash see the final bytes, compare it with the
+source runner on seeded test images, refuse it beyond tolerance, count what the file really
+holds, then move it into place with a manifest. Nothing here names a format: the table
 in edgekit.formats does.
 """
 
@@ -19,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .artifacts import Manifest, guard_output, parent_ref, publish, read_manifest, remove_path, staging_path, to_plain
+from .artifacts import Manifest, guard_output, parent_ref, publish, remove_path, staging_path, to_plain
 from .config import CalibrationConfig, DataConfig, ExportOptions, data_config_from_dict
-from .errors import CheckpointError, ConfigError, DependencyError, ParityError, install_hint
-from .formats import FORMATS, SOURCE_FORMAT, export_format, load_source
+from .errors import ConfigError, DependencyError, ParityError, install_hint
+from .formats import FORMATS, SOURCE_FORMAT, SourceFile, export_format
 from .formats.metadata import DeployMetadata, describe_export
 from .report import Reporter, quiet
 from .validate import LAYER_TOLERANCE, ParityReport, check, parity, precision_label, violations
@@ -81,11 +83,9 @@ def _data_config(source_extra: dict[str, Any], options: ExportOptions, explicit:
                       "pass the data options (--source/--data-dir) so export can load real images for the parity gate")
 
 
-def _source_precision(source: Path) -> str:
-    try:
-        label = str(read_manifest(source).get("precision", "fp32"))
-    except CheckpointError:
-        return "fp32"
+def _source_precision(source: SourceFile) -> str:
+    """int8 or fp32, as the source's manifest records it (fp32 where it has none)."""
+    label = str((source.manifest or {}).get("precision", "fp32"))
     return "int8" if "int8" in label else "fp32"
 
 
@@ -129,7 +129,8 @@ def export_artifact(source: Path, target: str, precision: str, out: Path | None 
         read_definition(options.calibration)
     if data_config is not None:
         data_config.validate()
-    checkpoint = load_source(source, precision)
+    loaded = SourceFile.read(source)  # the one read of the source: everything below works from it
+    checkpoint = loaded.checkpoint(precision)
     out = Path(out) if out else default_out_path(source, target, precision)
     writes_folder = fmt.folder
     if out.is_dir() and not (writes_folder and out.name.endswith(fmt.suffix)):
@@ -155,18 +156,18 @@ def export_artifact(source: Path, target: str, precision: str, out: Path | None 
     staging = staging_path(out)
     remove_path(staging)
     debug = None
-    parent = parent_ref(source)
+    parent = parent_ref(source, loaded.sha256)
     try:
-        module.export(source, staging, precision, options, calibration, reporter)
+        module.export(loaded, staging, precision, options, calibration, reporter)
         # Written into the file before the gate and the hash: the gate checks the final bytes.
         metadata = module.write_metadata(staging, describe_export(
             data.classes, checkpoint.spec.mean, checkpoint.spec.std, target, precision, options.dynamic_batch,
             source.name, parent["sha256"]))
-        source_runner = SOURCE_FORMAT.module().load_runner(source, options.threads)
+        source_runner = SOURCE_FORMAT.module().load_runner(loaded, options.threads)
         exported_runner = module.load_runner(staging, options.threads)
         reporter.info(f"parity: {len(images)} seeded test images, {source_runner.name} vs {exported_runner.name}")
         report = parity(source_runner, exported_runner, images, labels, batch_size=PARITY_BATCH)
-        source_precision = _source_precision(source)
+        source_precision = _source_precision(loaded)
         failing = violations(report, target, precision, source_precision)
         debugger = getattr(module, "debug_divergence", None)
         if options.debug_parity and debugger is not None:
@@ -205,7 +206,7 @@ def export_artifact(source: Path, target: str, precision: str, out: Path | None 
             metrics={"parity": report.as_metrics(), "accuracy_parity_images": report.exported_accuracy,
                      "source_accuracy_parity_images": report.source_accuracy, "census": census,
                      "executed_precision": executed},
-            extra={"metadata": metadata.to_dict()} | (extra_fn(staging, source) if extra_fn else {})
+            extra={"metadata": metadata.to_dict()} | (extra_fn(staging, loaded) if extra_fn else {})
             | ({"debug_parity": debug} if debug else {}),
         ))
     finally:

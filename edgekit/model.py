@@ -254,6 +254,13 @@ def read_payload(path: str | Path, expect: str = CHECKPOINT_FORMAT) -> dict[str,
     truncated, not a torch file, another kind of edgekit file (a float checkpoint where an int8
     model is meant, or the reverse), or an edgekit file with an entry missing or of the wrong type.
     A file edgekit wrote is never called "not an edgekit file"."""
+    return check_payload(load_payload(path, expect), path, expect)
+
+
+def load_payload(path: str | Path, expect: str = CHECKPOINT_FORMAT) -> Any:
+    """The one torch.load of an edgekit file, unchecked: read_payload's first half, for a reader that
+    decides from the payload itself which kind of file it holds (edgekit.formats.source). A file
+    that cannot be read at all is refused in the words of the kind `expect` names."""
     path = Path(path)
     kind, maker = _KINDS[expect]
     if not path.exists():
@@ -273,6 +280,12 @@ def read_payload(path: str | Path, expect: str = CHECKPOINT_FORMAT) -> dict[str,
                                   f"copy it again, or re-create it with `{maker}`") from exc
         raise CheckpointError(f"{path} is not a torch file (no .pt written by edgekit starts like it)",
                               f"pass a .pt file written by `{maker}`") from exc
+    return payload
+
+
+def check_payload(payload: Any, path: str | Path, expect: str = CHECKPOINT_FORMAT) -> dict[str, Any]:
+    """A loaded payload checked to be an edgekit file of the kind `expect` names (read_payload's second half)."""
+    kind, maker = _KINDS[expect]
     found = payload.get("format") if isinstance(payload, dict) else None
     if found != expect:
         if found in _KINDS:
@@ -302,8 +315,12 @@ def read_payload(path: str | Path, expect: str = CHECKPOINT_FORMAT) -> dict[str,
 
 def load_checkpoint(path: str | Path, expect: ModelSpec | None = None) -> Checkpoint:
     """Load safely. With `expect`, refuse a checkpoint of another architecture, width or class count."""
+    return checkpoint_from_payload(read_payload(path), path, expect)
+
+
+def checkpoint_from_payload(payload: dict[str, Any], path: str | Path, expect: ModelSpec | None = None) -> Checkpoint:
+    """A checked float-checkpoint payload (read_payload) as a Checkpoint; its tensors are the payload's own."""
     path = Path(path)
-    payload = read_payload(path)
     spec = ModelSpec.from_dict(payload["spec"])
     if expect is not None:
         for name in ("arch", "num_classes", "stage_channels", "block_channels"):

@@ -457,7 +457,8 @@ def is_quantized_artifact(path: str | Path) -> bool:
     return isinstance(payload, dict) and payload.get("format") == QUANTIZED_FORMAT
 
 
-def _recipe(payload: dict[str, Any], path: Path) -> dict[str, Any]:
+def checked_recipe(payload: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The recipe of a checked int8 payload (read_payload), refused in one line when its mode or engine is unknown."""
     recipe = dict(payload["recipe"])
     if recipe.get("mode") not in {m.value for m in QuantMode}:
         raise CheckpointError(f"{path} is an edgekit int8 model whose recipe has no valid 'mode' "
@@ -483,7 +484,7 @@ def artifact_recipe(path: str | Path) -> dict[str, Any] | None:
     """The quantization recipe of an edgekit int8 artifact (mode, backend, ...), None for any other file."""
     if not is_quantized_artifact(path):
         return None
-    return _recipe(read_payload(path, QUANTIZED_FORMAT), Path(path))
+    return checked_recipe(read_payload(path, QUANTIZED_FORMAT), path)
 
 
 def torch_artifact_spec(path: str | Path) -> tuple[ModelSpec, dict[str, Any], bool]:
@@ -496,14 +497,16 @@ def torch_artifact_spec(path: str | Path) -> tuple[ModelSpec, dict[str, Any], bo
     return checkpoint.spec, dict(checkpoint.extra), False
 
 
-def load_quantized(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_quantized(path: str | Path, payload: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild an int8 model by replaying its recipe on a fresh model, then loading its tensors.
 
-    Leaves torch's quantized engine set to the file's (artifact_engine); a runner that shares the
-    process with other engines' files runs under `quantized_engine(...)` per call."""
+    `payload`: the file's checked payload when the caller has read it already (read_payload), so
+    the file is not loaded again. Leaves torch's quantized engine set to the file's
+    (artifact_engine); a runner that shares the process with other engines' files runs under
+    `quantized_engine(...)` per call."""
     path = Path(path)
-    payload = read_payload(path, QUANTIZED_FORMAT)
-    recipe = payload["recipe"] = _recipe(payload, path)
+    payload = read_payload(path, QUANTIZED_FORMAT) if payload is None else payload
+    recipe = payload["recipe"] = checked_recipe(payload, path)
     spec = ModelSpec.from_dict(payload["spec"])
     if not isinstance(recipe.get("keep_float", []), list):
         raise CheckpointError(f"{path}: its recipe's 'keep_float' is not a list of layers", "re-create the file")
@@ -586,15 +589,16 @@ def int8_as_fake_quant(qmodel: nn.Module, spec: ModelSpec, recipe: dict[str, Any
     return wrapped.eval()
 
 
-def dequantized_checkpoint(path: Path) -> Checkpoint:
+def dequantized_checkpoint(path: Path, loaded: tuple[nn.Module, dict[str, Any]] | None = None) -> Checkpoint:
     """An int8 artifact as a float checkpoint: its int8 weights dequantized, BN already folded into them.
 
     For exporters that quantize with their own tools (TFLite's converter, TensorRT's QDQ), so
     their int8 files start from the very weights of the int8 model; their activation ranges come
     from the shared calibration set again. Each BatchNorm becomes an identity that carries the
-    folded bias (weight 1, mean 0, variance 1 - eps).
+    folded bias (weight 1, mean 0, variance 1 - eps). `loaded`: the file's (model, payload) from
+    load_quantized when the caller has it already; the int8 model is only read.
     """
-    qmodel, payload = load_quantized(path)
+    qmodel, payload = loaded if loaded is not None else load_quantized(path)
     recipe = payload["recipe"]
     refuse_dynamic(path, recipe)
     spec = ModelSpec.from_dict(payload["spec"])

@@ -7,7 +7,8 @@ OpenVINO when installed), its parity tolerances per precision, its stock baselin
 would do without edgekit) and its availability check. Format modules are imported lazily
 (TensorFlow, TensorRT and friends are heavy and optional) and offer:
 
-    export(source: Path, out: Path, precision: str, options: ExportOptions, calibration, reporter) -> Path
+    export(source: SourceFile | Path, out: Path, precision: str, options: ExportOptions, calibration, reporter) -> Path
+        # source: the edgekit torch file, read once by the export stage (source.py); a path is read here
     load_runner(path: Path, threads: int | None = None) -> Runner
     census(path: Path) -> dict        # weights and ops counted by dtype, read from the file
     unavailable_reason() -> str | None  # why this machine cannot export/run it, or None
@@ -16,9 +17,12 @@ would do without edgekit) and its availability check. Format modules are importe
     read_metadata(path: Path) -> DeployMetadata | None   # read it back from the file alone
     make_baseline(baseline: StockBaseline, start: Path, out: Path, calibration) -> Path   # if it has baselines
     int8_slowdown_reasons(row: dict) -> list[str]   # optional: why an int8 file of it can run slower
-    manifest_extra(path: Path, source: Path) -> dict   # optional: facts about an export for its manifest
+    manifest_extra(path: Path, source: SourceFile) -> dict   # optional: facts about an export for its manifest
     check_file(path: Path) -> None   # optional: a cheap read that names a damaged file in one line
         # (check_artifact below runs it for every file a user names, before any work)
+
+The source format's load_runner also takes the SourceFile an export has read, so the parity
+gate's reference runs from the same in-memory payload as the exporter.
 
 A runtime module offers load_runner and unavailable_reason. A Runner takes float32 pixels in
 [0, 1], NCHW [N, 3, 32, 32], and returns float32 logits [N, C], whatever the file holds inside;
@@ -40,6 +44,7 @@ import numpy as np
 
 from ..errors import DependencyError, UnsupportedError, install_hint
 from ..timing import predict_batched
+from .source import SourceFile, as_source
 
 if TYPE_CHECKING:
     from ..model import Checkpoint
@@ -251,19 +256,7 @@ def export_format(target: str, precision: str | None = None) -> Format:
     return fmt
 
 
-def load_source(source: Path, precision: str) -> Checkpoint:
-    """The float checkpoint an exporter starts from.
-
-    An edgekit checkpoint (fp32 or pruned) as it is. An int8 artifact (static PTQ or QAT) only
-    for an int8 export, as its dequantized twin: writing it as fp32/fp16 would silently undo
-    the quantization its accuracy was measured with.
-    """
-    from ..model import load_checkpoint
-    from ..qmodel import dequantized_checkpoint, is_quantized_artifact
-
-    if not is_quantized_artifact(source):
-        return load_checkpoint(source)
-    if precision != "int8":
-        raise UnsupportedError(f"{Path(source).name} is an int8 model; a {precision} export of it would be its "
-                               "dequantized copy", "export its float parent (named in its manifest) for fp32/fp16")
-    return dequantized_checkpoint(source)
+def load_source(source: Path | SourceFile, precision: str) -> Checkpoint:
+    """The float checkpoint an exporter starts from (SourceFile.checkpoint): an edgekit checkpoint as
+    it is; an int8 artifact only for an int8 export, as its dequantized twin."""
+    return as_source(source).checkpoint(precision)

@@ -130,16 +130,18 @@ def build_twin(checkpoint: Checkpoint, batch: int | None = None) -> Any:
 
 
 def build_twin_from_file(source: Any, batch: int | None, precision: str = "fp32") -> tuple[Checkpoint, Any]:
-    """Load an edgekit checkpoint (or an int8 artifact, for int8) and build its Keras twin: the
-    common start of the TFLite and SavedModel exporters. A malformed state dict is a CheckpointError."""
+    """The Keras twin of an edgekit checkpoint (or of an int8 artifact, for int8), from its path or
+    the SourceFile an export has read: the common start of the TFLite and SavedModel exporters. A
+    malformed state dict is a CheckpointError."""
     from ..errors import CheckpointError
-    from . import load_source
+    from .source import as_source
 
-    checkpoint = load_source(source, precision)
+    source = as_source(source)
+    checkpoint = source.checkpoint(precision)
     try:
         return checkpoint, build_twin(checkpoint, batch=batch)
     except (KeyError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {source} does not fit its recorded ResNet18 shape ({exc})",
+        raise CheckpointError(f"checkpoint {source.path} does not fit its recorded ResNet18 shape ({exc})",
                               "re-create it with edgekit train/prune/quantize") from exc
 
 

@@ -36,6 +36,7 @@ from ..errors import CheckpointError, ConfigError, missing_dependency
 from ..report import Reporter, quiet
 from ..timing import batch_slices, predict_batched
 from .metadata import DeployMetadata, from_props
+from .source import SourceFile, as_source
 # The format's census and --debug-parity, each in its own module (this one exports and runs):
 from .onnx_census import census, load_file, runtime_census  # noqa: F401
 from .onnx_debug import debug_divergence  # noqa: F401
@@ -158,11 +159,11 @@ class _FrozenFakeQuant:
     """
 
 
-def qdq_grid(source: Path) -> dict[str, Any] | None:
+def qdq_grid(source: Path | SourceFile) -> dict[str, Any] | None:
     """How the QDQ graph of an int8 artifact relates to its torch int8 grid (None: not a static int8 artifact)."""
-    from ..qmodel import artifact_engine, artifact_recipe, describe_engine, is_dynamic
+    from ..qmodel import artifact_engine, describe_engine, is_dynamic
 
-    recipe = artifact_recipe(source)
+    recipe = as_source(source).recipe
     if recipe is None or is_dynamic(recipe):
         return None
     engine = describe_engine(artifact_engine(recipe).value)
@@ -176,7 +177,7 @@ def qdq_grid(source: Path) -> dict[str, Any] | None:
                                "the torch int8 model's own 8-bit grid, written as it is"}
 
 
-def manifest_extra(path: Path, source: Path) -> dict[str, Any]:
+def manifest_extra(path: Path, source: Path | SourceFile) -> dict[str, Any]:
     grid = qdq_grid(source)
     extra: dict[str, Any] = {"qdq_from_int8_artifact": grid} if grid else {}
     if Path(path).suffix == ".onnx" and Path(path).is_file():
@@ -228,29 +229,30 @@ def exportable_fake_quant(module):
     return module.eval()
 
 
-def export(source: Path, out: Path, precision: str, options, calibration=None, reporter: Reporter = quiet) -> Path:
+def export(source: Path | SourceFile, out: Path, precision: str, options, calibration=None,
+           reporter: Reporter = quiet) -> Path:
     """Write `source` as ONNX in `precision`; returns `out`.
 
     An edgekit checkpoint is exported (and for int8, quantized by ONNX Runtime on the calibration
     set); an int8 artifact (static PTQ or QAT) is written as QDQ with its own weights and scales.
     """
-    from ..qmodel import is_quantized_artifact
-    from . import load_source
-
-    if is_quantized_artifact(source) and precision == "int8":
+    source = as_source(source)
+    if source.is_int8 and precision == "int8":
         reporter.info("onnx: QDQ int8 from the int8 model's own weights and scales")
         return export_qdq_onnx(source, out, options.opset, options.batch, options.dynamic_batch)
-    model = load_source(source, precision).build()
+    model = source.checkpoint(precision).build()
     return export_model(model, out, precision, options, calibration, reporter)
 
 
-def export_qdq_onnx(path: Path, out: Path, opset: int = ONNX_OPSET, batch: int = 1, dynamic_batch: bool = False) -> Path:
+def export_qdq_onnx(path: Path | SourceFile, out: Path, opset: int = ONNX_OPSET, batch: int = 1,
+                    dynamic_batch: bool = False) -> Path:
     """QDQ ONNX of an int8 artifact (static PTQ or QAT) with int8 weight initializers."""
     from ..model import ModelSpec
-    from ..qmodel import int8_as_fake_quant, load_quantized, refuse_dynamic
+    from ..qmodel import int8_as_fake_quant, refuse_dynamic
 
-    qmodel, payload = load_quantized(path)
-    refuse_dynamic(path, payload["recipe"])
+    source = as_source(path)
+    qmodel, payload = source.quantized
+    refuse_dynamic(source.path, payload["recipe"])
     twin = int8_as_fake_quant(qmodel, ModelSpec.from_dict(payload["spec"]), payload["recipe"])
     return export_module(twin, out, opset=opset, dynamic_batch=dynamic_batch, batch=batch)
 

@@ -29,6 +29,7 @@ from ..report import Reporter, quiet
 from ..timing import predict_batched
 from .keras_twin import build_twin_from_file, require_tensorflow, runner_input, tensorflow_missing
 from .metadata import SAVEDMODEL_ASSET, SAVEDMODEL_SIGNATURE, DeployMetadata, from_json
+from .source import SourceFile
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "pixels"
@@ -56,15 +57,16 @@ def _atomic_dir(out: Path) -> Any:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def export(source: Path, out: Path, precision: str, options: Any, calibration: Any = None,
+def export(source: Path | SourceFile, out: Path, precision: str, options: Any, calibration: Any = None,
            reporter: Reporter = quiet) -> Path:
-    """Write the SavedModel directory `out` from the edgekit checkpoint `source`; return `out`."""
+    """Write the SavedModel directory `out` from the edgekit checkpoint `source` (a path or the
+    SourceFile an export has read); return `out`."""
     if precision != "fp32":
         raise UnsupportedError(f"the SavedModel target writes fp32 only, not '{precision}'",
                                "use --target tflite for fp16 or int8")
     if getattr(options, "int8_io", False):
         raise ConfigError("--int8-io does not apply to a SavedModel", "drop --int8-io, or export tflite int8")
-    source, out = Path(source), Path(out)
+    out = Path(out)
     tf = _tf()
     batch = None if options.dynamic_batch else int(options.batch)
     _, model = build_twin_from_file(source, batch, precision)

@@ -34,6 +34,7 @@ import numpy as np
 from ..errors import CheckpointError, ConfigError, DependencyError, UnsupportedError
 from ..report import Reporter, quiet
 from . import onnx as onnx_format
+from .source import SourceFile, as_source
 from ..timing import predict_batched
 
 WORKSPACE_BYTES = 1 << 30
@@ -119,7 +120,7 @@ def device_record() -> dict[str, Any]:
             "compute_capability": f"{props.major}.{props.minor}"}
 
 
-def manifest_extra(path: Path, source: Path) -> dict[str, Any]:
+def manifest_extra(path: Path, source: Path | SourceFile) -> dict[str, Any]:
     return {"engine": device_record()}
 
 
@@ -175,20 +176,21 @@ def prepare_onnx(model, out: Path, precision: str, options, calibration=None) ->
     return out
 
 
-def prepare_int8_artifact_onnx(source: Path, out: Path, options) -> Path:
+def prepare_int8_artifact_onnx(source: Path | SourceFile, out: Path, options) -> Path:
     """The ONNX for an int8 artifact (static PTQ or QAT): its own int8 weights and activation ranges
     (made symmetric), Q/DQ placed for TensorRT; nothing is calibrated again. Per-channel weights
     only (what the placement checks and TensorRT's int8 convs are tuned for): an artifact made for
     an ARM CPU engine with per-tensor weights (qnnpack) is refused, naming what to build from."""
-    from ..qmodel import artifact_engine, artifact_recipe, describe_engine, is_dynamic
+    from ..qmodel import artifact_engine, describe_engine, is_dynamic
     from . import QDQ_SUFFIX
     from .onnx import export_qdq_onnx
     from . import tensorrt_qdq
 
-    recipe = artifact_recipe(source) or {}
+    source = as_source(source)
+    recipe = source.recipe or {}
     engine = describe_engine(artifact_engine(recipe).value)
     if not is_dynamic(recipe) and not engine["weight"]["per_channel"]:
-        raise UnsupportedError(f"{Path(source).name} is an int8 model for the {engine['engine']} engine "
+        raise UnsupportedError(f"{source.name} is an int8 model for the {engine['engine']} engine "
                                f"({engine['kernels_for']} CPUs, per-tensor weights); edgekit's TensorRT int8 path "
                                "takes per-channel weights", "build the engine from its float parent (named in its "
                                "manifest), or from `edgekit quantize --backend x86`")
@@ -200,16 +202,14 @@ def prepare_int8_artifact_onnx(source: Path, out: Path, options) -> Path:
         return tensorrt_qdq.place_file(qdq, Path(out), (act["quant_min"], act["quant_max"]))
 
 
-def prepare_source_onnx(source: Path, out: Path, precision: str, options, calibration=None,
+def prepare_source_onnx(source: Path | SourceFile, out: Path, precision: str, options, calibration=None,
                         reporter: Reporter = quiet) -> Path:
     """What `export` hands to TensorRT's ONNX parser, for any edgekit source (runs without TensorRT)."""
-    from ..qmodel import is_quantized_artifact
-    from . import load_source
-
-    if precision == "int8" and is_quantized_artifact(source):
+    source = as_source(source)
+    if precision == "int8" and source.is_int8:
         reporter.info("tensorrt: int8 from the int8 model's own weights and activation ranges (symmetric)")
         return prepare_int8_artifact_onnx(source, out, options)
-    return prepare_onnx(load_source(source, precision).build(), out, precision, options, calibration)
+    return prepare_onnx(source.checkpoint(precision).build(), out, precision, options, calibration)
 
 
 # ---- build --------------------------------------------------------------------------------------
@@ -220,12 +220,13 @@ def _timing_cache_path(out: Path, record: dict[str, Any]) -> Path:
     return out.parent / f"tensorrt-{slug}.timing-cache"
 
 
-def export(source: Path, out: Path, precision: str, options, calibration=None, reporter: Reporter = quiet) -> Path:
+def export(source: Path | SourceFile, out: Path, precision: str, options, calibration=None,
+           reporter: Reporter = quiet) -> Path:
     reason = unavailable_reason()
     if reason:
         raise DependencyError(f"cannot build a TensorRT engine: {reason}", INSTALL_HINT)
     with tempfile.TemporaryDirectory(prefix="edgekit-trt-") as scratch:
-        onnx_path = prepare_source_onnx(Path(source), Path(scratch) / f"model.{precision}.onnx", precision, options,
+        onnx_path = prepare_source_onnx(source, Path(scratch) / f"model.{precision}.onnx", precision, options,
                                         calibration, reporter)
         return build_engine(onnx_path, Path(out), precision, options, reporter)
 

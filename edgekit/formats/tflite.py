@@ -31,6 +31,7 @@ from ..report import Reporter, quiet
 from ..timing import batch_slices, predict_batched
 from .keras_twin import build_twin_from_file, require_tensorflow, runner_input, tensorflow_missing
 from .metadata import TFLITE_METADATA_NAME, DeployMetadata, from_json, quantization
+from .source import SourceFile, as_source
 
 # Chunk size for big predict() calls: the interpreter allocates every activation for the whole
 # batch, and 10,000 CIFAR images at width 1 would need gigabytes.
@@ -67,9 +68,10 @@ def _check_calibration(calibration: Any, spec: Any) -> np.ndarray:
     return images
 
 
-def export(source: Path, out: Path, precision: str, options: Any, calibration: Any = None,
+def export(source: Path | SourceFile, out: Path, precision: str, options: Any, calibration: Any = None,
            reporter: Reporter = quiet) -> Path:
-    """Write `out` (.tflite) from the edgekit checkpoint `source` at `precision`; return `out`.
+    """Write `out` (.tflite) from the edgekit checkpoint `source` (a path or the SourceFile an
+    export has read) at `precision`; return `out`.
 
     An int8 artifact as `source` (int8 only) gives its dequantized weights to the converter,
     which calibrates activations on the same calibration set."""
@@ -78,11 +80,12 @@ def export(source: Path, out: Path, precision: str, options: Any, calibration: A
     export_format("tflite", precision)
     if precision != "int8" and getattr(options, "int8_io", False):
         raise ConfigError("--int8-io needs --precision int8", "drop --int8-io or export int8")
-    source, out = Path(source), Path(out)
+    out = Path(out)
     tf = _require_tensorflow()
     batch = None if options.dynamic_batch else int(options.batch)
     if batch is not None and batch < 1:
         raise ConfigError(f"batch must be at least 1, got {batch}", "pass --batch 1 or --dynamic-batch")
+    source = as_source(source)
     checkpoint, model = build_twin_from_file(source, batch, precision)
     images = _check_calibration(calibration, checkpoint.spec) if precision == "int8" else None
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..model import load_checkpoint
-from ..qmodel import artifact_engine, engine_latency_note, is_quantized_artifact, load_quantized, quantized_engine
+from ..qmodel import artifact_engine, engine_latency_note, quantized_engine
+from .source import SourceFile, as_source
 
 
 def unavailable_reason() -> str | None:
@@ -40,21 +40,24 @@ class TorchRunner:
             return self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).float().numpy()
 
 
-def load_runner(path: Path, threads: int | None = None) -> TorchRunner:
-    if is_quantized_artifact(path):
-        model, payload = load_quantized(path)  # loads (packs its weights) under the file's own engine
+def load_runner(path: Path | SourceFile, threads: int | None = None) -> TorchRunner:
+    """The runner of a torch file; an export passes the SourceFile it has read, so the file is not read again."""
+    source = as_source(path)
+    if source.is_int8:
+        model, payload = source.quantized  # loaded (weights packed) under the file's own engine
         engine = artifact_engine(payload["recipe"]).value
         return TorchRunner(model, threads, name=f"torch-int8 ({engine})", engine=engine)
-    return TorchRunner(load_checkpoint(path).build(), threads)
+    return TorchRunner(source.float_checkpoint.build(), threads)
 
 
 def census(path: Path) -> dict:
     """Weights counted by dtype, read from the file (int8 models are counted after their rebuild)."""
     counts: dict[str, int] = {}
-    if is_quantized_artifact(path):
-        tensors = load_quantized(path)[0].state_dict().values()
+    source = as_source(path)
+    if source.is_int8:
+        tensors = source.quantized[0].state_dict().values()
     else:
-        tensors = load_checkpoint(path).state_dict.values()
+        tensors = source.float_checkpoint.state_dict.values()
     for tensor in tensors:
         if not isinstance(tensor, torch.Tensor):
             continue
