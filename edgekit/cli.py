@@ -304,9 +304,9 @@ def bench(
     if out is None:
         out = Path("benchmarks/results") / f"bench-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     result = run_bench(artifacts or [], config, reporter, directory=directory, out=out)
-    if not any(row["status"] == "ok" for row in result.rows):
+    if not any(row.status == "ok" for row in result.rows):
         # the first reasons, so a bench of one bad file says what is wrong with it in the one line
-        reasons = "; ".join(f"{row.get('artifact')}: {row.get('why')}" for row in result.rows[:2])
+        reasons = "; ".join(f"{row.artifact}: {row.why}" for row in result.rows[:2])
         _fail(EdgekitError(f"no row of the bench ran ({' '.join(reasons.split())})", f"see the notes in {out}.md"))
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import textwrap
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,7 +56,7 @@ def run(artifacts, tmp_path_factory):
 
 
 def rows_by(run, artifact_name, runtime):
-    return [r for r in run.rows if r["artifact"].endswith(artifact_name) and r["runtime"] == runtime]
+    return [r for r in run.rows if r.artifact.endswith(artifact_name) and r.runtime == runtime]
 
 
 def test_bench_writes_every_output_with_a_row_per_artifact_and_runtime(run, artifacts):
@@ -86,21 +89,102 @@ def test_rows_measure_accuracy_agreement_latency_and_size(run, artifacts, bench_
     (ort_row,) = rows_by(run, "model-fp32.onnx", "onnxruntime")
     expected = evaluate(load_checkpoint(checkpoint).build(), tiny_data.test_x[:TEST_LIMIT],
                         tiny_data.test_y[:TEST_LIMIT])["accuracy"]
-    assert torch_row["status"] == "ok" and torch_row["accuracy"] == pytest.approx(expected)
-    assert torch_row["test_images"] == TEST_LIMIT
-    assert torch_row["agreement_root"] == 1.0  # the root against itself
-    assert torch_row["baseline"] == "stock torch eager fp32"
-    assert ort_row["status"] == "ok" and ort_row["agreement_root"] >= 0.95
-    assert ort_row["root"] == str(checkpoint) and ort_row["source"] == str(checkpoint)
-    assert ort_row["params"] == torch_row["params"] > 0 and ort_row["macs"] == torch_row["macs"] > 0
-    assert ort_row["census"]["weights_by_dtype"]
+    assert torch_row.status == "ok" and torch_row.accuracy == pytest.approx(expected)
+    assert torch_row.test_images == TEST_LIMIT
+    assert torch_row.agreement_root == 1.0  # the root against itself
+    assert torch_row.baseline == "stock torch eager fp32"
+    assert ort_row.status == "ok" and ort_row.agreement_root >= 0.95
+    assert ort_row.root == str(checkpoint) and ort_row.source == str(checkpoint)
+    assert ort_row.params == torch_row.params > 0 and ort_row.macs == torch_row.macs > 0
+    assert ort_row.census["weights_by_dtype"]
     for row in (torch_row, ort_row):
-        latency = row["latency_ms"]
-        assert latency["runs"] >= 5
-        assert latency["p50"] <= latency["p90"] <= latency["p99"]
-        assert set(row["throughput"]) == {"1", "2"}
-        assert all(v["images_per_s"] > 0 for v in row["throughput"].values())
-        assert row["size_bytes"] == (checkpoint if row is torch_row else onnx).stat().st_size
+        latency = row.latency_ms
+        assert latency.runs >= 5
+        assert latency.p50 <= latency.p90 <= latency.p99
+        assert set(row.throughput) == {"1", "2"}
+        assert all(v.images_per_s > 0 for v in row.throughput.values())
+        assert row.size_bytes == (checkpoint if row is torch_row else onnx).stat().st_size
+
+
+COMMITTED_RESULT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "bench-cpu.json"
+
+
+def test_row_json_keeps_the_committed_layout(run):
+    """A row's JSON is a file format: the keys (and their order) of the committed bench-cpu.json rows."""
+    from edgekit.bench.row import ROW_FIELDS, BenchRow
+
+    committed = json.loads(COMMITTED_RESULT.read_text())["rows"]
+    layouts: dict[str, set[tuple[str, ...]]] = {}
+    for row in committed:
+        layouts.setdefault(row["status"], set()).add(tuple(row))
+    written = json.loads(run.outputs["json"].read_text())["rows"]
+    assert written == [row.to_json() for row in run.rows]  # the file holds exactly what to_json gives
+    assert {row["status"] for row in written} >= {"ok"}
+    for row in written:
+        assert tuple(row) in layouts[row["status"]], (row["artifact"], row["runtime"], list(row))
+    # no field the committed rows never show, none they show that the dataclass lost
+    assert ROW_FIELDS == {key for row in committed for key in row}
+    for row in committed:  # read back and written again: the same entries, values and order
+        assert list(BenchRow.from_json(row).to_json().items()) == list(row.items())
+
+
+# A runtime module of the kind the format table names (load_runner, unavailable_reason), whose
+# runner has a genuine bug: a lookup of a key it never stored.
+BUGGY_RUNTIME = """
+from edgekit.formats.torch import load_runner as load_torch_runner
+
+
+def unavailable_reason():
+    return None
+
+
+class BuggyRunner:
+    name = "buggy"
+
+    def __init__(self, inner):
+        self.inner, self.scales = inner, {}
+
+    def predict(self, batch):
+        return self.inner.predict(batch) * self.scales["temperature"]
+
+
+def load_runner(path, threads=None):
+    return BuggyRunner(load_torch_runner(path, threads))
+"""
+
+
+def test_a_bug_inside_a_runner_raises_instead_of_becoming_an_error_row(artifacts, tmp_path, monkeypatch):
+    from edgekit.bench.measure import MeasureContext, bench_one
+    from edgekit.formats import SOURCE_FORMAT, Runtime
+    from edgekit.report import quiet
+
+    folder, checkpoint, onnx = artifacts
+    (tmp_path / "edgekit_test_buggy_runtime.py").write_text(BUGGY_RUNTIME)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ctx = MeasureContext(quick_config(batches=(1,)), quiet)
+    with pytest.raises(KeyError, match="temperature"):
+        bench_one(checkpoint, SOURCE_FORMAT, Runtime("buggy", "edgekit_test_buggy_runtime"), ctx, None)
+
+
+def test_a_runtime_package_that_does_not_import_is_unavailable_but_a_broken_edgekit_import_raises(
+        artifacts, tmp_path, monkeypatch):
+    from edgekit.bench.measure import MeasureContext, bench_one
+    from edgekit.formats import SOURCE_FORMAT, Runtime
+    from edgekit.report import quiet
+
+    folder, checkpoint, onnx = artifacts
+    for name, package in (("edgekit_test_absent_runtime", "edgekit_test_package_not_installed"),
+                          ("edgekit_test_broken_runtime", "edgekit.no_such_module")):
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(f"""
+            def unavailable_reason():
+                import {package}
+        """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ctx = MeasureContext(quick_config(batches=(1,)), quiet)
+    row = bench_one(checkpoint, SOURCE_FORMAT, Runtime("absent", "edgekit_test_absent_runtime"), ctx, None)
+    assert row.status == "unavailable" and "'edgekit_test_package_not_installed'" in row.why
+    with pytest.raises(ImportError):  # edgekit's own module missing is a bug in this build, not a missing extra
+        bench_one(checkpoint, SOURCE_FORMAT, Runtime("broken", "edgekit_test_broken_runtime"), ctx, None)
 
 
 def test_missing_and_corrupt_artifacts_become_error_rows_while_the_rest_complete(artifacts, tmp_path):
@@ -112,13 +196,13 @@ def test_missing_and_corrupt_artifacts_become_error_rows_while_the_rest_complete
     corrupt_pt.write_bytes(checkpoint.read_bytes()[:1000])  # truncated zip
     missing = tmp_path / "gone.onnx"
     result = bench([missing, corrupt, corrupt_pt, checkpoint], quick_config(batches=(1,)), out=tmp_path / "r")
-    status = {(r["artifact"].split("/")[-1], r["runtime"]): r for r in result.rows}
-    assert status[("gone.onnx", "onnxruntime")]["status"] == "error"
-    assert "not found" in status[("gone.onnx", "onnxruntime")]["why"]
-    assert status[("corrupt.onnx", "onnxruntime")]["status"] == "error"
-    assert "cannot load" in status[("corrupt.onnx", "onnxruntime")]["why"]
-    assert status[("corrupt.pt", "torch-eager")]["status"] == "error"
-    assert status[("best.pt", "torch-eager")]["status"] == "ok"
+    status = {(r.artifact.split("/")[-1], r.runtime): r for r in result.rows}
+    assert status[("gone.onnx", "onnxruntime")].status == "error"
+    assert "not found" in status[("gone.onnx", "onnxruntime")].why
+    assert status[("corrupt.onnx", "onnxruntime")].status == "error"
+    assert "cannot load" in status[("corrupt.onnx", "onnxruntime")].why
+    assert status[("corrupt.pt", "torch-eager")].status == "error"
+    assert status[("best.pt", "torch-eager")].status == "ok"
     markdown = result.outputs["md"].read_text()
     assert "gone.onnx" in markdown and "corrupt.pt" in markdown  # the notes say why
 
@@ -134,9 +218,9 @@ def test_compare_reports_per_row_deltas(run, tmp_path):
     b = tmp_path / "b.json"
     b.write_text(json.dumps(data))
     deltas = {(d["artifact"], d["runtime"]): d for d in compare(a, b)}
-    original = {(r["artifact"].split("/")[-1], r["runtime"]): r for r in run.rows}
+    original = {(r.artifact.split("/")[-1], r.runtime): r for r in run.rows}
     ort = deltas[("model-fp32.onnx", "onnxruntime")]
-    p50 = original[("model-fp32.onnx", "onnxruntime")]["latency_ms"]["p50"]
+    p50 = original[("model-fp32.onnx", "onnxruntime")].latency_ms.p50
     assert ort["p50_delta_ms"] == pytest.approx(p50) and ort["p50_ratio"] == pytest.approx(2.0)
     assert ort["accuracy_delta_pt"] == pytest.approx(-1.0)
     assert deltas[("extra.pt", "torch-eager")]["status"] == "only in B"
@@ -174,23 +258,23 @@ def test_baselines_are_made_from_the_fp32_onnx_and_the_keras_twin_and_measured(a
     folder, checkpoint, onnx = artifacts
     config = quick_config(batches=(1,), baselines=True, baseline_dir=str(tmp_path / "baselines"))
     result = bench([checkpoint, onnx], config, out=tmp_path / "with-baselines")
-    labels = {r["baseline"]: r for r in result.rows if r["baseline"] and r["runtime"] != "openvino"}
+    labels = {r.baseline: r for r in result.rows if r.baseline and r.runtime != "openvino"}
     s8_label, u8_label = ("stock ORT quantize_static (QDQ, s8 act., 7-bit weights)",
                           "stock ORT quantize_static (QDQ, u8 act., 7-bit weights)")
     assert set(labels) == {"stock torch eager fp32", s8_label, u8_label, "stock TFLite converter (full-integer defaults)"}
     for label, row in labels.items():
-        assert row["status"] == "ok", (label, row["why"])
-        assert row["root"] == str(checkpoint)
-    s8 = read_manifest(labels[s8_label]["artifact"])
-    u8 = read_manifest(labels[u8_label]["artifact"])
-    tfl = read_manifest(labels["stock TFLite converter (full-integer defaults)"]["artifact"])
+        assert row.status == "ok", (label, row.why)
+        assert row.root == str(checkpoint)
+    s8 = read_manifest(labels[s8_label].artifact)
+    u8 = read_manifest(labels[u8_label].artifact)
+    tfl = read_manifest(labels["stock TFLite converter (full-integer defaults)"].artifact)
     assert s8["parent"]["path"] == str(onnx) and tfl["parent"]["path"] == str(checkpoint)
     assert u8["config"]["activation_type"] == "QUInt8"
     # made as edgekit's own int8 files are: 7-bit weights, so no CPU without VNNI computes them wrongly
     from edgekit.formats.onnx import u8s8_pair_bound
 
     assert s8["config"]["reduce_range"] and u8["config"]["reduce_range"]
-    assert u8s8_pair_bound(labels[u8_label]["artifact"])["fits_int16"]
+    assert u8s8_pair_bound(labels[u8_label].artifact)["fits_int16"]
     # Every baseline saw the same calibration images.
     assert s8["extra"]["calibration"]["pixels_sha256"] == tfl["extra"]["calibration"]["pixels_sha256"]
 
@@ -264,9 +348,11 @@ def test_a_root_named_relative_and_recorded_absolute_is_one_root(tmp_path, monke
 
 
 def _row(artifact, p50, test, val, *, root="ref.pt", source="ref.pt", precision="int8", baseline=None):
-    return {"artifact": artifact, "runtime": "onnxruntime", "status": "ok", "latency_ms": {"p50": p50},
-            "accuracy": test, "val_accuracy": val, "root": root, "source": source, "precision": precision,
-            "baseline": baseline}
+    from edgekit.bench.row import BenchRow, Latency
+
+    latency = Latency(p50=p50, p90=p50, p99=p50, mean=p50, std=0.0, min=p50, runs=1, seconds=p50 / 1e3, ci95=[p50, p50])
+    return BenchRow(artifact=artifact, format="onnx", runtime="onnxruntime", status="ok", latency_ms=latency,
+                    accuracy=test, val_accuracy=val, root=root, source=source, precision=precision, baseline=baseline)
 
 
 def test_summary_picks_winners_on_validation_and_reports_them_on_test():
@@ -280,23 +366,23 @@ def test_summary_picks_winners_on_validation_and_reports_them_on_test():
         _row("pruned.int8.onnx", 2.0, 0.880, 0.892, source="pruned.pt"),  # 0.8 down on val: within 1
         _row("ref.int8.onnx", 4.0, 0.899, 0.897),  # 0.3 down on val: within 0.5
         _row("ref.ort-qdq.onnx", 5.0, 0.899, 0.899, baseline="ort-qdq-u8"),
-        _row("broken.onnx", 0.5, 0.99, 0.99) | {"status": "error"},
+        replace(_row("broken.onnx", 0.5, 0.99, 0.99), status="error"),
     ]
     [entry] = summary(rows)
     assert entry["chosen_on"] == "validation"
-    assert entry["best_within_1pt"]["artifact"] == "pruned.int8.onnx"  # though 2 points down on test
-    assert entry["best_within_0.5pt"]["artifact"] == "ref.int8.onnx"
-    assert entry["best_stock_int8"]["artifact"] == "ref.ort-qdq.onnx"
-    assert entry["best_edgekit_unpruned_int8"]["artifact"] == "ref.int8.onnx"
+    assert entry["best_within_1pt"].artifact == "pruned.int8.onnx"  # though 2 points down on test
+    assert entry["best_within_0.5pt"].artifact == "ref.int8.onnx"
+    assert entry["best_stock_int8"].artifact == "ref.ort-qdq.onnx"
+    assert entry["best_edgekit_unpruned_int8"].artifact == "ref.int8.onnx"
     text = "\n".join(summary_lines(rows))
     assert "chosen on the validation split" in text and "test 88.00 %" in text
     assert "5.0x over torch eager fp32, 2.50x over the fastest stock int8" in text  # 10/2 and 5/2
 
     # without a validation accuracy on every candidate, the test split decides, and says so
-    no_val = [dict(r, val_accuracy=None) for r in rows]
+    no_val = [replace(r, val_accuracy=None) for r in rows]
     [entry] = summary(no_val)
     assert entry["chosen_on"].startswith("test")
-    assert entry["best_within_1pt"]["artifact"] == "pruned-hard.int8.onnx"
+    assert entry["best_within_1pt"].artifact == "pruned-hard.int8.onnx"
 
 
 def test_shared_cpu_note_counts_other_work_not_the_bench_itself():

@@ -230,9 +230,10 @@ def test_bench_diff_hook_counts_the_flips_against_the_root(checkpoint, damaged, 
     config = BenchConfig(threads=1, batches=(1,), warmup=1, runs=2, min_seconds=0.0, sweep_seconds=0.0,
                          test_limit=100, eval_batch=50, diff=True)
     run = bench([checkpoint, damaged], config, out=tmp_path / "b")
-    rows = {r["artifact"].split("/")[-1]: r for r in run.rows}
-    assert "diff_root" not in rows["best.pt"]  # the root is not compared with itself
+    rows = {r.artifact.split("/")[-1]: r for r in run.rows}
+    assert rows["best.pt"].diff_root is None  # the root is not compared with itself
+    assert "diff_root" not in rows["best.pt"].to_json()
     expected = diff(checkpoint, damaged, tmp_path / "d", limit=100, gradcam_sample=4).summary
-    line = rows["damaged.pt"]["diff_root"]
+    line = rows["damaged.pt"].diff_root
     assert (line["lost"], line["gained"]) == (expected["parent_right_child_wrong"], expected["parent_wrong_child_right"])
     assert f"{line['flipped']} images flipped" in run.outputs["md"].read_text()

@@ -316,15 +316,15 @@ def test_bench_labels_qnnpack_latency_on_x86(trained, qnnpack_static):
     out, _ = qnnpack_static
     run = bench([out], BenchConfig(threads=1, batches=(1,), warmup=1, runs=3, min_seconds=0.0, sweep_seconds=0.01,
                                    test_limit=64))
-    row = next(r for r in run.rows if r["artifact"] == str(out))
-    assert row["status"] == "ok" and row["runner"] == "torch-int8 (qnnpack)"
-    assert row["test_images"] == 64
+    row = next(r for r in run.rows if r.artifact == str(out))
+    assert row.status == "ok" and row.runner == "torch-int8 (qnnpack)"
+    assert row.test_images == 64
     # the row's accuracy is this file's, under its own engine, on the first 64 test images
     runner = SOURCE_FORMAT.module().load_runner(out, threads=1)
     logits = runner.predict(to_unit_float(data.test_x[:64]).numpy())
-    assert row["accuracy"] == pytest.approx(float((logits.argmax(1) == data.test_y[:64].numpy()).mean()))
+    assert row.accuracy == pytest.approx(float((logits.argmax(1) == data.test_y[:64].numpy()).mean()))
     if host_cpu() == "x86":
-        assert any(n.startswith("x86 via qnnpack: not representative of ARM") for n in row["notes"])
+        assert any(n.startswith("x86 via qnnpack: not representative of ARM") for n in row.notes)
         assert "x86 via qnnpack: not representative of ARM" in markdown_text(run)
 
 

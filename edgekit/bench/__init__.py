@@ -20,15 +20,15 @@ A row that cannot run (missing or corrupt file, runtime not installed, a batch t
 not accept) says why and the rest of the run goes on; when every file named is missing or damaged
 (and no --dir), nothing could run, and the first is refused in one line before any work.
 
-The package, by job: lineage (parent links, discovery), measure (one row: accuracy, agreement,
-latency, throughput), baselines (stock files made in the same run), render (result files,
-summary, notes), compare (two runs, row by row). `bench()` below runs them in that order.
+The package, by job: lineage (parent links, discovery), row (one row, typed, and its JSON
+layout), measure (one row: accuracy, agreement, latency, throughput), baselines (stock files made
+in the same run), render (result files, summary, notes), compare (two runs, row by row). `bench()` below runs them in that order.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from ..artifacts import to_plain
 from ..config import BenchConfig
@@ -40,11 +40,12 @@ from .baselines import STOCK_SOURCE, baseline_label, make_baselines
 from .compare import compare
 from ..lineage import Lineage, discover, format_of_path_or_none, lineage, source_checkpoint
 from .measure import MeasureContext, bench_one, blank_row, environment, load_average, pin_threads
+from .row import BenchRow
 from .render import (BENCH_FORMAT, BenchRun, TABLE_COLUMNS, contention_notes, int8_slowdown_reason, load_run,
                      markdown_text, render, summary, summary_lines, table_rows, write_outputs)
 from .render import annotate as _annotate
 
-__all__ = ["BENCH_FORMAT", "BenchRun", "Lineage", "STOCK_SOURCE", "baseline_label", "bench", "compare",
+__all__ = ["BENCH_FORMAT", "BenchRow", "BenchRun", "Lineage", "STOCK_SOURCE", "baseline_label", "bench", "compare",
            "contention_notes", "discover", "environment", "int8_slowdown_reason", "latency_stats", "lineage",
            "load_run", "make_baselines", "markdown_text", "render", "source_checkpoint", "summary", "summary_lines",
            "write_outputs"]
@@ -83,7 +84,7 @@ def bench(artifacts: Iterable[Path], config: BenchConfig, reporter: Reporter = q
         if key not in seen:
             seen.add(key)
             unique.append(path)
-    skipped: list[dict[str, Any]] = []
+    skipped: list[BenchRow] = []
     if config.baselines:
         made, skipped = make_baselines(unique, config, reporter)
         for path in made:
@@ -102,7 +103,7 @@ def bench(artifacts: Iterable[Path], config: BenchConfig, reporter: Reporter = q
         fmt = format_of_path_or_none(path)
         if fmt is None:
             row = blank_row(path, "?", "?")
-            row["why"] = f"unknown file type (known suffixes: {known_suffixes()})"
+            row.why = f"unknown file type (known suffixes: {known_suffixes()})"
             rows.append(row)
             continue
         jobs += [(path, fmt, runtime) for runtime in fmt.all_runtimes()]
@@ -110,7 +111,7 @@ def bench(artifacts: Iterable[Path], config: BenchConfig, reporter: Reporter = q
         for path, fmt, runtime in jobs:
             row = bench_one(path, fmt, runtime, ctx, baseline_label(path, fmt))
             rows.append(row)
-            progress.advance(1, artifact=path.name, runtime=runtime.name, status=row["status"])
+            progress.advance(1, artifact=path.name, runtime=runtime.name, status=row.status)
     env["load_average_end"] = load_average()
     _annotate(rows, env)
     protocol = {k: v for k, v in to_plain(config).items() if k not in ("data",)}

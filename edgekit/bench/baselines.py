@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from ..artifacts import read_manifest, sha256_file
 from ..config import BenchConfig, DataConfig
@@ -19,6 +18,7 @@ from ..formats import FORMATS, SOURCE_FORMAT, Format
 from ..report import Reporter, quiet
 from ..lineage import Lineage, format_of_path_or_none, lineage, source_checkpoint
 from .measure import MeasureContext, blank_row, why
+from .row import BenchRow
 
 STOCK_SOURCE = "stock torch eager fp32"
 
@@ -64,9 +64,9 @@ def _calibration_for(lin_chain: list[Path], data_config: DataConfig, config: Ben
     return make_calibration(data, data_config, min(DEFAULT_SIZE, len(data.train_y)), seed=config.seed), data
 
 
-def _skip_row(label: str, root: Path, fmt: str, runtime: str, why: str) -> dict[str, Any]:
+def _skip_row(label: str, root: Path, fmt: str, runtime: str, why: str) -> BenchRow:
     row = blank_row(Path(f"{root.stem}-{label.replace(' ', '-')}"), fmt, runtime)
-    row.update(baseline=label, status="skipped", why=why, root=str(root))
+    row.baseline, row.status, row.why, row.root = label, "skipped", why, str(root)
     return row
 
 
@@ -93,11 +93,11 @@ def _unavailable(fmt: Format) -> str | None:
 
 
 def make_baselines(artifacts: list[Path], config: BenchConfig,
-                   reporter: Reporter = quiet) -> tuple[list[Path], list[dict[str, Any]]]:
+                   reporter: Reporter = quiet) -> tuple[list[Path], list[BenchRow]]:
     """For each fp32 root among the artifacts' lineages: the root (torch eager) and each stock
     baseline of the format table. Returns the files to bench and skip rows saying what was not made."""
     made: list[Path] = []
-    skipped: list[dict[str, Any]] = []
+    skipped: list[BenchRow] = []
     lineages = {p: lineage(p) for p in artifacts if p.exists()}
     roots = []
     for lin in lineages.values():

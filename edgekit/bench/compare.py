@@ -8,42 +8,47 @@ from typing import Any
 from ..errors import ConfigError
 from ..report import Reporter, quiet
 from .render import fmt_value, load_run
+from .row import BenchRow
 
 
-def _row_key(row: dict[str, Any]) -> tuple[str, str]:
-    return Path(row["artifact"]).name if row.get("artifact") else "", row.get("runtime") or ""
+def _row_key(row: BenchRow) -> tuple[str, str]:
+    return Path(row.artifact).name, row.runtime
 
 
-def _delta(key: tuple[str, str], ra: dict[str, Any] | None, rb: dict[str, Any] | None) -> dict[str, Any]:
+def _delta(key: tuple[str, str], ra: BenchRow | None, rb: BenchRow | None) -> dict[str, Any]:
     entry: dict[str, Any] = {"artifact": key[0], "runtime": key[1]}
     if ra is None or rb is None:
         entry["status"] = "only in " + ("B" if ra is None else "A")
-    elif ra["status"] != "ok" or rb["status"] != "ok":
-        entry["status"] = f"A {ra['status']}, B {rb['status']}"
-    else:
+    elif ra.status != "ok" or rb.status != "ok" or ra.latency_ms is None or rb.latency_ms is None:
+        entry["status"] = f"A {ra.status}, B {rb.status}"
+    else:  # from_json refuses an ok row without accuracy or latency
         entry["status"] = "ok"
-        la, lb = ra["latency_ms"], rb["latency_ms"]
-        entry["accuracy_delta_pt"] = 100 * (rb["accuracy"] - ra["accuracy"])
-        entry["p50_a_ms"], entry["p50_b_ms"] = la["p50"], lb["p50"]
-        entry["p50_delta_ms"] = lb["p50"] - la["p50"]
-        entry["p50_ratio"] = lb["p50"] / la["p50"] if la["p50"] else None
-        entry["p99_delta_ms"] = lb["p99"] - la["p99"]
+        la, lb = ra.latency_ms, rb.latency_ms
+        entry["accuracy_delta_pt"] = 100 * ((rb.accuracy or 0.0) - (ra.accuracy or 0.0))
+        entry["p50_a_ms"], entry["p50_b_ms"] = la.p50, lb.p50
+        entry["p50_delta_ms"] = lb.p50 - la.p50
+        entry["p50_ratio"] = lb.p50 / la.p50 if la.p50 else None
+        entry["p99_delta_ms"] = lb.p99 - la.p99
         # Mean CIs that do not overlap are the least a reader should ask before believing a change.
-        entry["mean_ci_overlap"] = not (la["ci95"][1] < lb["ci95"][0] or lb["ci95"][1] < la["ci95"][0])
-        entry["size_delta_bytes"] = (rb["size_bytes"] or 0) - (ra["size_bytes"] or 0)
+        entry["mean_ci_overlap"] = not (la.ci95[1] < lb.ci95[0] or lb.ci95[1] < la.ci95[0])
+        entry["size_delta_bytes"] = (rb.size_bytes or 0) - (ra.size_bytes or 0)
     return entry
+
+
+def _rows(data: dict[str, Any], path: Path) -> dict[tuple[str, str], BenchRow]:
+    rows = (BenchRow.from_json(row, str(path)) for row in data["rows"])
+    return {_row_key(row): row for row in rows}
 
 
 def compare(a_path: Path, b_path: Path, reporter: Reporter = quiet) -> list[dict[str, Any]]:
     """Per-row deltas B - A, rows matched by artifact file name and runtime."""
     a, b = load_run(a_path), load_run(b_path)
-    rows_a = {_row_key(r): r for r in a["rows"]}
-    rows_b = {_row_key(r): r for r in b["rows"]}
+    rows_a, rows_b = _rows(a, a_path), _rows(b, b_path)
     result = []
     for key in list(rows_a) + [k for k in rows_b if k not in rows_a]:
         try:
             result.append(_delta(key, rows_a.get(key), rows_b.get(key)))
-        except (KeyError, TypeError, IndexError) as exc:  # a row with an entry removed or edited
+        except TypeError as exc:  # a number edited into text
             raise ConfigError(f"the row for {key[0]} ({key[1]}) in {a_path} or {b_path} is damaged ({exc!r})",
                               "pass .json files written by `edgekit bench`, unedited") from exc
     env_a, env_b = a.get("environment", {}), b.get("environment", {})

@@ -1,5 +1,7 @@
 """Bench measurement: one row per (artifact, runtime): accuracy, agreement, latency, throughput.
 
+A row is a BenchRow (bench/row.py), which also owns its JSON layout.
+
 Timing goes through edgekit.timing (the one latency loop and its percentile rule).
 """
 
@@ -19,12 +21,13 @@ import numpy as np
 
 from ..artifacts import cpu_flags, library_versions, machine_info, read_manifest, to_plain
 from ..config import BenchConfig, DataConfig
-from ..errors import CheckpointError, EdgekitError
+from ..errors import CheckpointError, DependencyError, EdgekitError, install_hint
 from ..flips import diff_summary_line, top1_accuracy
 from ..formats import SOURCE_FORMAT, Format, Runtime, predict_all
 from ..report import Reporter
 from ..timing import latency_stats, time_calls
 from ..lineage import Lineage, data_config_of, lineage, source_checkpoint
+from .row import BenchRow, Latency, Throughput
 
 
 def load_average() -> list[float] | None:
@@ -62,20 +65,20 @@ def environment(threads: int) -> dict[str, Any]:
     }
 
 
-def time_batch1(runner: Any, inputs: np.ndarray, config: BenchConfig) -> dict[str, Any]:
+def time_batch1(runner: Any, inputs: np.ndarray, config: BenchConfig) -> Latency:
     """Warm up, then time single-image calls until both `runs` calls and `min_seconds` have passed."""
     n = len(inputs)
     samples = time_calls(lambda i: runner.predict(inputs[i % n: i % n + 1]), config.runs, config.warmup,
                          config.min_seconds)
-    return latency_stats(samples, config.seed)
+    return Latency(**latency_stats(samples, config.seed))
 
 
-def throughput(runner: Any, inputs: np.ndarray, batch: int, seconds: float) -> dict[str, Any]:
+def throughput(runner: Any, inputs: np.ndarray, batch: int, seconds: float) -> Throughput:
     """Images/s at `batch`: one warm-up call at this shape, then calls for `seconds` (at least 3)."""
     x = np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])), dtype=np.float32)
     times_ms = time_calls(lambda _: runner.predict(x), runs=3, warmup=1, min_seconds=seconds)
-    return {"images_per_s": batch * len(times_ms) / (times_ms.sum() / 1e3),
-            "ms_per_batch_p50": float(np.percentile(times_ms, 50)), "calls": int(len(times_ms))}
+    return Throughput(images_per_s=batch * len(times_ms) / (times_ms.sum() / 1e3),
+                      ms_per_batch_p50=float(np.percentile(times_ms, 50)), calls=int(len(times_ms)))
 
 
 class MeasureContext:
@@ -147,77 +150,104 @@ def why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
 
 
-def blank_row(path: Path, fmt_name: str, runtime: str) -> dict[str, Any]:
-    return {"artifact": str(path), "format": fmt_name, "runtime": runtime, "runner": None, "kind": None,
-            "precision": None, "baseline": None, "status": "error", "why": None, "accuracy": None,
-            "test_images": None, "val_accuracy": None, "val_images": None, "agreement_root": None, "agreement_source": None, "root": None, "source": None,
-            "latency_ms": None, "throughput": {}, "size_bytes": None, "params": None, "macs": None,
-            "census": None, "load_average": load_average(), "notes": []}
+def blank_row(path: Path, fmt_name: str, runtime: str) -> BenchRow:
+    """A row not measured yet (an error until it is), stamped with the load as it starts."""
+    return BenchRow(artifact=str(path), format=fmt_name, runtime=runtime, load_average=load_average())
 
 
-def bench_one(path: Path, fmt: Format, runtime: Runtime, ctx: MeasureContext, baseline: str | None) -> dict[str, Any]:
-    config = ctx.config
+def _missing_package(exc: ImportError) -> str | None:
+    """The third-party package a failed import names; None for edgekit's own modules (a bug, not a missing extra)."""
+    top = (exc.name or "").split(".")[0]
+    return top if top and top != "edgekit" else None
+
+
+def bench_one(path: Path, fmt: Format, runtime: Runtime, ctx: MeasureContext, baseline: str | None) -> BenchRow:
+    """Measure one row. What a user or the machine can cause (a missing or damaged file, a runtime or
+    device not here, data not found: edgekit's typed errors, an unreadable file, an optional package
+    that does not import) ends the row with a one-line reason and the run goes on; anything else is a
+    bug and raises with its traceback."""
     row = blank_row(path, fmt.name, runtime.name)
-    row["baseline"] = baseline
+    row.baseline = baseline
     try:
         if not path.exists():
             raise CheckpointError(f"file not found: {path}", "check the path or re-create the artifact")
-        row["size_bytes"] = size_bytes(path)
+        row.size_bytes = size_bytes(path)
         with contextlib.suppress(EdgekitError):
             manifest = read_manifest(path)
-            row["kind"], row["precision"] = manifest.get("kind"), manifest.get("precision")
-            row["manifest_config"] = manifest.get("config")
+            row.kind, row.precision = manifest.get("kind"), manifest.get("precision")
+            row.manifest_config = manifest.get("config")
         reason = runtime.unavailable()
         if reason is not None:
-            row["status"], row["why"] = "unavailable", reason
+            row.status, row.why = "unavailable", reason
             return row
-        with contextlib.suppress(Exception):
-            row["census"] = fmt.module().census(path)
-        lin = lineage(path)
-        row["notes"] += lin.notes
-        row["root"] = str(lin.root)
-        source = next((p for p in lin.chain if source_checkpoint(p) is not None), None)
-        row["source"] = str(source) if source else None
-        if source is not None:
-            row["params"], row["macs"] = ctx.params_macs(source)
-        data_config = ctx.data_config_for(lin)
-        data, images, labels = ctx.test_set(data_config)
-        runner = runtime.load(path, config.threads)
-        row["runner"] = getattr(runner, "name", runtime.name)
-        row["notes"] += list(getattr(runner, "notes", []))  # e.g. an engine whose kernels are not this CPU's
-        logits, used_batch = predict_all(runner, images, config.eval_batch)
-        if used_batch == 1 and config.eval_batch > 1:
-            row["notes"].append("the file takes one image per call (static batch 1)")
-        predicted = logits.argmax(1)
-        row["accuracy"] = top1_accuracy(logits, labels)
-        row["test_images"] = int(len(labels))
-        row["data"] = data.source
-        val_images, val_labels = ctx.val_set(data_config)
-        if len(val_labels):
-            val_logits, _ = predict_all(runner, val_images, config.eval_batch)
-            row["val_accuracy"] = top1_accuracy(val_logits, val_labels)
-            row["val_images"] = int(len(val_labels))
-        key = json.dumps(to_plain(data_config), sort_keys=True)
-        root_pred = ctx.torch_predictions(lin.root, images, key)
-        if root_pred is not None:
-            row["agreement_root"] = float((predicted == root_pred).mean())
-            if config.diff and lin.root.resolve() != path.resolve():
-                row["diff_root"] = diff_summary_line(root_pred, predicted, labels, list(data.classes))
-                row["notes"].append(f"vs {lin.root.name}: {row['diff_root']['text']}")
-        source_pred = ctx.torch_predictions(source, images, key) if source is not None else None
-        if source_pred is not None:
-            row["agreement_source"] = float((predicted == source_pred).mean())
-        row["latency_ms"] = time_batch1(runner, images, config)
-        for batch in config.batches:
-            try:
-                row["throughput"][str(batch)] = throughput(runner, images, batch, config.sweep_seconds)
-            except Exception as exc:  # a static-shape file refuses other batch sizes
-                row["throughput"][str(batch)] = {"images_per_s": None, "why": why(exc)}
-        row["status"] = "ok"
-    except Exception as exc:  # one broken artifact must not sink the run: its row says why
-        row["status"], row["why"] = "error", why(exc)
-    row["load_average_end"] = load_average()
+        _measure(row, path, fmt, runtime, ctx)
+    except DependencyError as exc:  # a runtime, package or device this machine lacks
+        row.status, row.why = "unavailable", why(exc)
+    except EdgekitError as exc:
+        row.status, row.why = "error", why(exc)
+    except OSError as exc:  # the file or its folder cannot be read (permissions, a dangling link, ...)
+        row.status, row.why = "error", f"cannot read {exc.filename or path}: {exc.strerror or exc}"
+    except ImportError as exc:
+        package = _missing_package(exc)
+        if package is None:
+            raise
+        hint = f" ({install_hint(fmt.extra)})" if fmt.extra else ""
+        row.status, row.why = "unavailable", f"{runtime.name} needs the Python package '{package}', which does not import here{hint}"
+    row.load_average_end = load_average()
     return row
+
+
+def _measure(row: BenchRow, path: Path, fmt: Format, runtime: Runtime, ctx: MeasureContext) -> None:
+    """Fill `row` with accuracy, agreement, latency and throughput; status ok once all are in."""
+    config = ctx.config
+    census_failure = None
+    try:
+        row.census = fmt.module().census(path)
+    except EdgekitError as exc:  # a damaged file: loading it below says so; a file that runs gets a note
+        census_failure = why(exc)
+    lin = lineage(path)
+    row.notes += lin.notes
+    row.root = str(lin.root)
+    source = next((p for p in lin.chain if source_checkpoint(p) is not None), None)
+    row.source = str(source) if source else None
+    if source is not None:
+        row.params, row.macs = ctx.params_macs(source)
+    data_config = ctx.data_config_for(lin)
+    data, images, labels = ctx.test_set(data_config)
+    runner = runtime.load(path, config.threads)
+    row.runner = getattr(runner, "name", runtime.name)
+    row.notes += list(getattr(runner, "notes", []))  # e.g. an engine whose kernels are not this CPU's
+    logits, used_batch = predict_all(runner, images, config.eval_batch)
+    if used_batch == 1 and config.eval_batch > 1:
+        row.notes.append("the file takes one image per call (static batch 1)")
+    predicted = logits.argmax(1)
+    row.accuracy = top1_accuracy(logits, labels)
+    row.test_images = int(len(labels))
+    row.data = data.source
+    val_images, val_labels = ctx.val_set(data_config)
+    if len(val_labels):
+        val_logits, _ = predict_all(runner, val_images, config.eval_batch)
+        row.val_accuracy = top1_accuracy(val_logits, val_labels)
+        row.val_images = int(len(val_labels))
+    key = json.dumps(to_plain(data_config), sort_keys=True)
+    root_pred = ctx.torch_predictions(lin.root, images, key)
+    if root_pred is not None:
+        row.agreement_root = float((predicted == root_pred).mean())
+        if config.diff and lin.root.resolve() != path.resolve():
+            row.diff_root = diff_summary_line(root_pred, predicted, labels, list(data.classes))
+            row.notes.append(f"vs {lin.root.name}: {row.diff_root['text']}")
+    source_pred = ctx.torch_predictions(source, images, key) if source is not None else None
+    if source_pred is not None:
+        row.agreement_source = float((predicted == source_pred).mean())
+    row.latency_ms = time_batch1(runner, images, config)
+    for batch in config.batches:
+        try:
+            row.throughput[str(batch)] = throughput(runner, images, batch, config.sweep_seconds)
+        except EdgekitError as exc:  # e.g. a TensorRT engine whose profile stops below this batch
+            row.throughput[str(batch)] = Throughput(images_per_s=None, why=why(exc))
+    if census_failure is not None:
+        row.notes.append(f"no census of the file: {census_failure}")
+    row.status = "ok"
 
 
 def pin_threads(threads: int) -> None:

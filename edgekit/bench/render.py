@@ -20,13 +20,14 @@ from ..errors import ConfigError
 from ..formats import FORMATS
 from ..report import markdown_table
 from .baselines import STOCK_SOURCE
+from .row import BenchRow, Int8Slowdown
 
 BENCH_FORMAT = "edgekit-bench/1"
 
 
 @dataclass
 class BenchRun:
-    rows: list[dict[str, Any]]
+    rows: list[BenchRow]
     environment: dict[str, Any]
     protocol: dict[str, Any]
     outputs: dict[str, Path] = field(default_factory=dict)
@@ -34,23 +35,23 @@ class BenchRun:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": BENCH_FORMAT, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "environment": self.environment, "protocol": self.protocol, "notes": self.notes, "rows": self.rows}
+                "environment": self.environment, "protocol": self.protocol, "notes": self.notes, "rows": [row.to_json() for row in self.rows]}
 
 
 # ---- notes: int8 slower than fp32, with the reason where known --------------------------------
 
 
-def int8_slowdown_reason(row: dict[str, Any], env: dict[str, Any]) -> str:
+def int8_slowdown_reason(row: BenchRow, env: dict[str, Any]) -> str:
     """Every reason found, the format's own first; a shared CPU is added as a caveat, never in their place."""
     reasons = []
     flags = set(env.get("cpu_flags") or [])
     if not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
         reasons.append("this CPU has no VNNI/AMX int8 dot-product instructions, so int8 convolutions are emulated "
                        "with wider multiplies")
-    fmt = FORMATS.get(row.get("format") or "")
+    fmt = FORMATS.get(row.format)
     with_reasons = getattr(fmt.module(), "int8_slowdown_reasons", None) if fmt is not None else None
     if with_reasons is not None:
-        reasons += with_reasons(row)
+        reasons += with_reasons(runtime=row.runtime, manifest_config=row.manifest_config, census=row.census)
     if contention_notes(env):
         reasons.append("also, the CPU was shared while it ran (see the Shared CPU note): a thread pool that waits "
                        "for a descheduled thread at every op (torch's OpenMP) loses the most; re-run on a quiet "
@@ -58,20 +59,20 @@ def int8_slowdown_reason(row: dict[str, Any], env: dict[str, Any]) -> str:
     return "; ".join(reasons) or "reason not determined from the file and CPU flags"
 
 
-def annotate(rows: list[dict[str, Any]], env: dict[str, Any]) -> None:
+def annotate(rows: list[BenchRow], env: dict[str, Any]) -> None:
     """Compare each int8 row with the fp32 row of the same format and runtime made from the same
     float model (its nearest torch source: the fp32 root, or the pruned checkpoint)."""
-    fp32 = {(r["format"], r["runtime"], r["source"]): r for r in rows
-            if r["status"] == "ok" and (r["precision"] or "").startswith("fp32")}
+    fp32 = {(r.format, r.runtime, r.source): r for r in rows
+            if r.status == "ok" and (r.precision or "").startswith("fp32")}
     for row in rows:
-        if row["status"] != "ok" or "int8" not in (row["precision"] or ""):
+        if row.status != "ok" or row.latency_ms is None or "int8" not in (row.precision or ""):
             continue
-        ref = fp32.get((row["format"], row["runtime"], row["source"]))
-        if ref is None or ref["latency_ms"] is None:
+        ref = fp32.get((row.format, row.runtime, row.source))
+        if ref is None or ref.latency_ms is None:
             continue
-        if row["latency_ms"]["p50"] > ref["latency_ms"]["p50"]:
-            row["int8_slower_than_fp32"] = {"fp32_artifact": ref["artifact"], "fp32_p50_ms": ref["latency_ms"]["p50"],
-                                            "reason": int8_slowdown_reason(row, env)}
+        if row.latency_ms.p50 > ref.latency_ms.p50:
+            row.int8_slower_than_fp32 = Int8Slowdown(fp32_artifact=ref.artifact, fp32_p50_ms=ref.latency_ms.p50,
+                                                     reason=int8_slowdown_reason(row, env))
 
 
 # ---- tables and files --------------------------------------------------------------------------
@@ -85,39 +86,38 @@ def fmt_value(value: float | None, pattern: str) -> str:
     return "" if value is None else format(value, pattern)
 
 
-def _best_throughput(row: dict[str, Any]) -> str:
-    best = [(v["images_per_s"], b) for b, v in row.get("throughput", {}).items() if v.get("images_per_s")]
+def _best_throughput(row: BenchRow) -> str:
+    best = [(v.images_per_s, b) for b, v in row.throughput.items() if v.images_per_s]
     if not best:
         return ""
     value, batch = max(best)
     return f"{value:,.0f} ({batch})"
 
 
-def _label(row: dict[str, Any]) -> str:
-    name = Path(row["artifact"]).name
-    return f"{name} [{row['baseline']}]" if row.get("baseline") else name
+def _label(row: BenchRow) -> str:
+    name = Path(row.artifact).name
+    return f"{name} [{row.baseline}]" if row.baseline else name
 
 
-def _short(row: dict[str, Any], limit: int = 60) -> str:
-    why = row.get("why") or ""
-    return f"{row['status']}: {why[:limit]}{'...' if len(why) > limit else ''}"
+def _short(row: BenchRow, limit: int = 60) -> str:
+    why = row.why or ""
+    return f"{row.status}: {why[:limit]}{'...' if len(why) > limit else ''}"
 
 
-def table_rows(rows: list[dict[str, Any]], markdown: bool = False) -> list[list[Any]]:
+def table_rows(rows: list[BenchRow], markdown: bool = False) -> list[list[Any]]:
     out = []
     for r in rows:
-        lat = r.get("latency_ms") or {}
-        ci = lat.get("ci95")
+        lat = r.latency_ms
         out.append([
-            _label(r), r["runtime"], r.get("precision") or "",
-            fmt_value(r["accuracy"] and 100 * r["accuracy"], ".2f"),
-            fmt_value(r["agreement_root"] and 100 * r["agreement_root"], ".2f"),
-            fmt_value(lat.get("p50"), ".3f"), fmt_value(lat.get("p90"), ".3f"), fmt_value(lat.get("p99"), ".3f"),
-            f"{lat['mean']:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if lat else "",
+            _label(r), r.runtime, r.precision or "",
+            fmt_value(r.accuracy and 100 * r.accuracy, ".2f"),
+            fmt_value(r.agreement_root and 100 * r.agreement_root, ".2f"),
+            fmt_value(lat and lat.p50, ".3f"), fmt_value(lat and lat.p90, ".3f"), fmt_value(lat and lat.p99, ".3f"),
+            f"{lat.mean:.3f} ({lat.ci95[0]:.3f}-{lat.ci95[1]:.3f})" if lat else "",
             _best_throughput(r),
-            fmt_value(r["size_bytes"] and r["size_bytes"] / 1e6, ".3f"),
-            fmt_value(r["macs"] and r["macs"] / 1e6, ".1f"),
-            r["status"] if r["status"] == "ok" else f"{r['status']} (see notes)" if markdown else _short(r),
+            fmt_value(r.size_bytes and r.size_bytes / 1e6, ".3f"),
+            fmt_value(r.macs and r.macs / 1e6, ".1f"),
+            r.status if r.status == "ok" else f"{r.status} (see notes)" if markdown else _short(r),
         ])
     return out
 
@@ -134,13 +134,13 @@ def csv_text(run: BenchRun) -> str:
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS + [f"images_per_s_b{b}" for b in batches])
     for r in run.rows:
-        lat = r.get("latency_ms") or {}
-        values = {**r, "p50_ms": lat.get("p50"), "p90_ms": lat.get("p90"), "p99_ms": lat.get("p99"),
-                  "mean_ms": lat.get("mean"), "mean_ci95_low_ms": (lat.get("ci95") or [None])[0],
-                  "mean_ci95_high_ms": (lat.get("ci95") or [None, None])[1], "timed_runs": lat.get("runs"),
-                  "load_average_1m": (r.get("load_average") or [None])[0]}
-        writer.writerow([values.get(c) for c in CSV_COLUMNS] +
-                        [(r.get("throughput", {}).get(b) or {}).get("images_per_s") for b in batches])
+        lat = r.latency_ms
+        derived = {"p50_ms": lat and lat.p50, "p90_ms": lat and lat.p90, "p99_ms": lat and lat.p99,
+                   "mean_ms": lat and lat.mean, "mean_ci95_low_ms": lat and lat.ci95[0],
+                   "mean_ci95_high_ms": lat and lat.ci95[1], "timed_runs": lat and lat.runs,
+                   "load_average_1m": r.load_average[0] if r.load_average else None}
+        writer.writerow([derived[c] if c in derived else getattr(r, c) for c in CSV_COLUMNS] +
+                        [r.throughput[b].images_per_s if b in r.throughput else None for b in batches])
     return buffer.getvalue()
 
 
@@ -178,9 +178,9 @@ def markdown_text(run: BenchRun, title: str = "edgekit bench") -> str:
              "## Results", "",
              markdown_table(TABLE_COLUMNS, table_rows(run.rows, markdown=True)), ""]
     lines += summary_lines(run.rows)
-    sweep = [[_label(r), r["runtime"]] + [fmt_value((r["throughput"].get(str(b)) or {}).get("images_per_s"), ",.0f")
-                                          for b in protocol.get("batches", [])]
-             for r in run.rows if r["status"] == "ok"]
+    sweep = [[_label(r), r.runtime] + [fmt_value(r.throughput[str(b)].images_per_s if str(b) in r.throughput else None,
+                                                 ",.0f") for b in protocol.get("batches", [])]
+             for r in run.rows if r.status == "ok"]
     if sweep:
         lines += ["## Throughput (images/s) by batch size", "",
                   markdown_table(["artifact", "runtime"] + [f"batch {b}" for b in protocol.get("batches", [])], sweep), ""]
@@ -189,20 +189,20 @@ def markdown_text(run: BenchRun, title: str = "edgekit bench") -> str:
     unavailable: dict[tuple[str, str], list[str]] = {}
     lineage_ends: dict[str, None] = {}
     for r in run.rows:
-        slow = r.get("int8_slower_than_fp32")
-        if slow:
-            notes.append(f"- **{_label(r)}** ({r['runtime']}) is int8 but slower than fp32 "
-                         f"{Path(slow['fp32_artifact']).name} ({r['latency_ms']['p50']:.3f} ms vs "
-                         f"{slow['fp32_p50_ms']:.3f} ms p50): {slow['reason']}.")
-        if r["status"] == "unavailable":
-            unavailable.setdefault((r["runtime"], r["why"]), []).append(Path(r["artifact"]).name)
-        elif r["status"] != "ok":
-            notes.append(f"- **{_label(r)}** ({r['runtime']}): {r['status']}: {r['why']}")
-        for note in r.get("notes") or []:
+        slow = r.int8_slower_than_fp32
+        if slow and r.latency_ms:
+            notes.append(f"- **{_label(r)}** ({r.runtime}) is int8 but slower than fp32 "
+                         f"{Path(slow.fp32_artifact).name} ({r.latency_ms.p50:.3f} ms vs "
+                         f"{slow.fp32_p50_ms:.3f} ms p50): {slow.reason}.")
+        if r.status == "unavailable":
+            unavailable.setdefault((r.runtime, r.why or ""), []).append(Path(r.artifact).name)
+        elif r.status != "ok":
+            notes.append(f"- **{_label(r)}** ({r.runtime}): {r.status}: {r.why}")
+        for note in r.notes:
             if "lineage stops there" in note:  # the same for every row of a lineage: said once below
                 lineage_ends.setdefault(note, None)
                 continue
-            notes.append(f"- {_label(r)} ({r['runtime']}): {note}")
+            notes.append(f"- {_label(r)} ({r.runtime}): {note}")
     notes += [f"- every row of that lineage: {note}" for note in lineage_ends]
     for (runtime, why), names in unavailable.items():
         notes.append(f"- **{runtime}** did not run ({', '.join(names)}): {why}")
@@ -215,45 +215,55 @@ def markdown_text(run: BenchRun, title: str = "edgekit bench") -> str:
 WINNER_MARGINS_PT = (1.0, 0.5)  # "fastest within N points of fp32", each reported
 
 
-def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _p50(row: BenchRow) -> float:
+    assert row.latency_ms is not None, "only measured rows are ranked"
+    return row.latency_ms.p50
+
+
+def summary(rows: list[BenchRow]) -> list[dict[str, Any]]:
     """Per fp32 root: the fastest artifact within 1 (and 0.5) points of its accuracy, against the stock paths.
 
     Winners are chosen on the validation split when every candidate row has it, and reported on
     the test split, so the test split never picks what it then scores."""
-    ok = [r for r in rows if r["status"] == "ok" and r.get("latency_ms") and r.get("accuracy") is not None]
+    ok = [r for r in rows if r.status == "ok" and r.latency_ms and r.accuracy is not None]
     out = []
-    for root_row in [r for r in ok if r.get("baseline") == STOCK_SOURCE]:
-        family = [r for r in ok if r["root"] == root_row["root"]]
-        ours = [r for r in family if not r.get("baseline")]
-        split_key = "val_accuracy" if all(r.get("val_accuracy") is not None for r in [root_row, *ours]) else "accuracy"
-        stock_int8 = [r for r in family if r.get("baseline") and "int8" in (r.get("precision") or "")]
-        unpruned_int8 = [r for r in ours if "int8" in (r.get("precision") or "") and r["source"] == root_row["root"]]
+    for root_row in [r for r in ok if r.baseline == STOCK_SOURCE]:
+        family = [r for r in ok if r.root == root_row.root]
+        ours = [r for r in family if not r.baseline]
+        on_validation = all(r.val_accuracy is not None for r in [root_row, *ours])
+        stock_int8 = [r for r in family if r.baseline and "int8" in (r.precision or "")]
+        unpruned_int8 = [r for r in ours if "int8" in (r.precision or "") and r.source == root_row.root]
 
-        def fastest(candidates):
-            return min(candidates, key=lambda r: r["latency_ms"]["p50"]) if candidates else None
+        def scored(r: BenchRow) -> float:
+            value = r.val_accuracy if on_validation else r.accuracy
+            assert value is not None, "ok rows carry the split they are chosen on"
+            return value
 
-        def within(points: float):
+        def fastest(candidates: list[BenchRow]) -> BenchRow | None:
+            return min(candidates, key=_p50) if candidates else None
+
+        def within(points: float) -> list[BenchRow]:
             # Inclusive: accuracies are counts over a split, so compare with a tolerance far below
             # one image rather than trust float rounding at exactly the margin.
-            return [r for r in ours if r[split_key] >= root_row[split_key] - points / 100 - 1e-9]
+            return [r for r in ours if scored(r) >= scored(root_row) - points / 100 - 1e-9]
 
-        out.append({"root": root_row["root"], "fp32_accuracy": root_row["accuracy"],
-                    "fp32_val_accuracy": root_row.get("val_accuracy"),
-                    "chosen_on": "validation" if split_key == "val_accuracy" else "test (no validation split measured)",
-                    "torch_eager_p50_ms": root_row["latency_ms"]["p50"],
+        out.append({"root": root_row.root, "fp32_accuracy": root_row.accuracy,
+                    "fp32_val_accuracy": root_row.val_accuracy,
+                    "chosen_on": "validation" if on_validation else "test (no validation split measured)",
+                    "torch_eager_p50_ms": _p50(root_row),
                     "best_within_1pt": fastest(within(1.0)), "best_within_0.5pt": fastest(within(0.5)),
                     "best_stock_int8": fastest(stock_int8), "best_edgekit_unpruned_int8": fastest(unpruned_int8)})
     return out
 
 
-def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
+def summary_lines(rows: list[BenchRow]) -> list[str]:
     lines = []
     for entry in summary(rows):
-        def describe(r):
-            if not r:
+        def describe(r: BenchRow | None) -> str:
+            if r is None:
                 return "none measured"
-            val = f", val {100 * r['val_accuracy']:.2f} %" if r.get("val_accuracy") is not None else ""
-            return f"{_label(r)} on {r['runtime']}: {r['latency_ms']['p50']:.3f} ms p50, test {100 * r['accuracy']:.2f} %{val}"
+            val = f", val {100 * r.val_accuracy:.2f} %" if r.val_accuracy is not None else ""
+            return f"{_label(r)} on {r.runtime}: {_p50(r):.3f} ms p50, test {100 * (r.accuracy or 0.0):.2f} %{val}"
 
         stock, ours = entry["best_stock_int8"], entry["best_edgekit_unpruned_int8"]
         lines += [f"## Summary for {Path(entry['root']).name} (fp32 test accuracy {100 * entry['fp32_accuracy']:.2f} %, "
@@ -263,14 +273,14 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
             best = entry[f"best_within_{points:g}pt"]
             lines.append(f"- fastest edgekit artifact within {points:g} point of fp32: {describe(best)}")
             if best:
-                lines.append(f"  - speed-up at batch 1: {entry['torch_eager_p50_ms'] / best['latency_ms']['p50']:.1f}x over "
-                             "torch eager fp32" + (f", {stock['latency_ms']['p50'] / best['latency_ms']['p50']:.2f}x over "
+                lines.append(f"  - speed-up at batch 1: {entry['torch_eager_p50_ms'] / _p50(best):.1f}x over "
+                             "torch eager fp32" + (f", {_p50(stock) / _p50(best):.2f}x over "
                                                    "the fastest stock int8" if stock else ""))
         lines += [f"- fastest stock int8 (ORT quantize_static / TFLite converter defaults): {describe(stock)}",
                   f"- fastest edgekit int8 of the unpruned model: {describe(ours)}"]
         if ours and stock:
             lines.append(f"- edgekit unpruned int8 vs fastest stock int8: "
-                         f"{stock['latency_ms']['p50'] / ours['latency_ms']['p50']:.2f}x (above 1 = edgekit faster)")
+                         f"{_p50(stock) / _p50(ours):.2f}x (above 1 = edgekit faster)")
         lines.append("")
     return lines
 
@@ -310,7 +320,8 @@ def contention_notes(env: dict[str, Any]) -> list[str]:
 def render(json_path: Path, out: Path | None = None) -> dict[str, Path]:
     """Re-write the CSV, Markdown and PNG (and the JSON) from a bench JSON, e.g. after a report change."""
     data = load_run(json_path)
-    run = BenchRun(data["rows"], data["environment"], data["protocol"], notes=data.get("notes", []))
+    rows = [BenchRow.from_json(row, str(json_path)) for row in data["rows"]]
+    run = BenchRun(rows, data["environment"], data["protocol"], notes=data.get("notes", []))
     target = Path(out) if out else Path(json_path).with_suffix("")
     return write_outputs(run, target)
 
@@ -325,12 +336,12 @@ def write_outputs(run: BenchRun, out: Path) -> dict[str, Path]:
     atomic_write_text(paths["json"], json.dumps(to_plain(run.to_dict()), indent=2) + "\n")
     atomic_write_text(paths["csv"], csv_text(run))
     atomic_write_text(paths["md"], markdown_text(run, f"edgekit bench: {out.name}"))
-    points = [{"label": f"{Path(r['artifact']).name} ({r['runtime']})" + (" [stock]" if r.get("baseline") else ""), "latency_ms": r["latency_ms"]["p50"],
-               "accuracy": r["accuracy"], "size_bytes": r["size_bytes"], "baseline": bool(r.get("baseline"))}
-              for r in run.rows if r["status"] == "ok" and r.get("latency_ms")]
+    points = [{"label": f"{Path(r.artifact).name} ({r.runtime})" + (" [stock]" if r.baseline else ""), "latency_ms": _p50(r),
+               "accuracy": r.accuracy, "size_bytes": r.size_bytes, "baseline": bool(r.baseline)}
+              for r in run.rows if r.status == "ok" and r.latency_ms]
     plot_pareto(points, paths["png"], title=f"accuracy vs batch-1 p50 latency ({run.environment.get('threads')} threads, "
                                             f"{run.environment.get('cpu')})")
-    ok = sum(r["status"] == "ok" for r in run.rows)
+    ok = sum(r.status == "ok" for r in run.rows)
     metrics = {"rows": len(run.rows), "ok": ok, "failed": len(run.rows) - ok}
     write_report_manifests(paths, Manifest(kind="bench", format="json", precision="n/a", config=run.protocol,
                                            seed=run.protocol.get("seed"), metrics=metrics,

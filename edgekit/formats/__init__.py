@@ -16,7 +16,8 @@ would do without edgekit) and its availability check. Format modules are importe
         # the record from the file's own I/O and store it with the format's mechanism (metadata.py)
     read_metadata(path: Path) -> DeployMetadata | None   # read it back from the file alone
     make_baseline(baseline: StockBaseline, start: Path, out: Path, calibration) -> Path   # if it has baselines
-    int8_slowdown_reasons(row: dict) -> list[str]   # optional: why an int8 file of it can run slower
+    int8_slowdown_reasons(runtime: str, manifest_config: dict | None, census: dict | None) -> list[str]
+        # optional: why an int8 file of it can run slower, from a bench row's runtime, manifest config and census
     manifest_extra(path: Path, source: SourceFile) -> dict   # optional: facts about an export for its manifest
     check_file(path: Path) -> None   # optional: a cheap read that names a damaged file in one line
         # (check_artifact below runs it for every file a user names, before any work)

@@ -356,20 +356,21 @@ def make_baseline(baseline, start: Path, out: Path, calibration) -> Path:
     return out
 
 
-def int8_slowdown_reasons(row: dict[str, Any]) -> list[str]:
+def int8_slowdown_reasons(runtime: str, manifest_config: dict[str, Any] | None,
+                          census: dict[str, Any] | None) -> list[str]:
     """Why an int8 ONNX file can run slower than its fp32 one, read from its manifest and census."""
     import json
 
     reasons = []
-    activation = json.dumps(row.get("manifest_config") or {}).lower()
-    if row.get("runtime") == "onnxruntime" and '"activation_type": "qint8' in activation:
+    activation = json.dumps(manifest_config or {}).lower()
+    if runtime == "onnxruntime" and '"activation_type": "qint8' in activation:
         reasons.append("ONNX Runtime's x86 int8 convolutions are fastest with uint8 activations (u8s8); int8 "
                        "activations take a slower path")
-    runtime = (row.get("census") or {}).get("runtime")
-    if isinstance(runtime, dict) and "float_conv_gemm" in runtime:
-        total = runtime.get("integer_conv_gemm", 0) + runtime["float_conv_gemm"]
-        if total and runtime["float_conv_gemm"] / total > 0.2:
-            reasons.append(f"{runtime['float_conv_gemm'] / total:.0%} of convolutions/Gemms run in float after "
+    executed = (census or {}).get("runtime")
+    if isinstance(executed, dict) and "float_conv_gemm" in executed:
+        total = executed.get("integer_conv_gemm", 0) + executed["float_conv_gemm"]
+        if total and executed["float_conv_gemm"] / total > 0.2:
+            reasons.append(f"{executed['float_conv_gemm'] / total:.0%} of convolutions/Gemms run in float after "
                            "ONNX Runtime's fusions, so Quantize/Dequantize pairs add work")
     return reasons
 

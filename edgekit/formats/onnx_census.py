@@ -100,7 +100,13 @@ def runtime_census(path: Path) -> dict[str, Any]:
         # adds (machine-specific and not serializable as plain ONNX ops).
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         so.optimized_model_filepath = str(optimized)
-        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        try:
+            ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types for a graph it cannot load
+            from ..errors import CheckpointError
+
+            raise CheckpointError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:200]}",
+                                  "re-export the file with `edgekit export --target onnx`") from exc
         model = onnx.load(str(optimized))
     graph = model.graph
     sizes = {init.name: (int(np.prod(init.dims)) if init.dims else 1, init.data_type) for init in graph.initializer}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import install_hint
+from ..errors import CheckpointError, install_hint
 
 
 def unavailable_reason() -> str | None:
@@ -28,7 +28,12 @@ class OpenVinoRunner:
 
         core = ov.Core()
         config = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
-        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        try:
+            self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        except Exception as exc:  # OpenVINO raises plain RuntimeErrors for a file it cannot read
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise CheckpointError(f"OpenVINO cannot load {path}: {first_line}",
+                                  "re-export the file with `edgekit export --target onnx`") from exc
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self.compiled(np.ascontiguousarray(batch, dtype=np.float32))[0], dtype=np.float32)

@@ -153,9 +153,10 @@ def make_baseline(baseline: Any, start: Path, out: Path, calibration: Any) -> Pa
     return out
 
 
-def int8_slowdown_reasons(row: dict[str, Any]) -> list[str]:
+def int8_slowdown_reasons(runtime: str, manifest_config: dict[str, Any] | None,
+                          census: dict[str, Any] | None) -> list[str]:
     """Why an int8 TFLite file can run slower than its fp32 one: ops left in float, from its census."""
-    census = row.get("census") or {}
+    census = census or {}
     ops, float_ops = census.get("ops_by_type"), census.get("float_ops")
     if not isinstance(ops, dict) or not isinstance(float_ops, dict):
         return []
