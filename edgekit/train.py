@@ -16,11 +16,10 @@ import torch
 from torch import nn
 
 from . import distributed
-from .artifacts import (Manifest, atomic_write_text, guard_output, parent_ref, publish, remove_path, run_lock,
-                        staging_path, to_plain)
+from .artifacts import (Manifest, atomic_write_text, guard_folder, guard_output, keep_unless_forced, parent_ref,
+                        publish, remove_path, run_lock, staging_path, to_plain)
 from .config import DataConfig, TrainConfig
 from .data import DataSplits
-from .errors import OutputError
 from .formats import SOURCE_FORMAT
 from .measure import evaluate
 from .model import ResNet18, save_checkpoint
@@ -91,18 +90,14 @@ def train_model(model: ResNet18, data: DataSplits, config: TrainConfig, out_dir:
 
 def check_run_dir(out_dir: Path, resume: bool, force: bool) -> None:
     """Refuse to start a fresh run over a finished or interrupted one unless told (--resume or --force)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"--out {out_dir} is a file, not a folder", "pass a folder for the run")
+    guard_folder(out_dir)
     if distributed.from_env().is_main:  # its write probe is a write: rank 0's alone under torchrun
         guard_output(out_dir / "best.pt", "checkpoint", force=force or resume)
-    if resume or force:
+    if resume:
         return
-    if (out_dir / "best.pt").exists():
-        raise OutputError(f"{out_dir} holds a finished run (best.pt); a new run would replace it",
-                          "pass another --out, or --force to replace it")
-    if (out_dir / "last.pt").exists():
-        raise OutputError(f"{out_dir} holds an interrupted run (last.pt); a new run would replace it",
-                          "pass --resume to continue it, --force to start over, or another --out")
+    keep_unless_forced(out_dir / "best.pt", f"{out_dir} holds a finished run (best.pt)", force)
+    keep_unless_forced(out_dir / "last.pt", f"{out_dir} holds an interrupted run (last.pt)", force,
+                       ways=("pass --resume to continue it",))
 
 
 def _train(job: TrainJob, world: distributed.World) -> TrainResult:
