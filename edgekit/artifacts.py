@@ -275,7 +275,10 @@ def update_manifest_metrics(artifact: str | Path, metrics: dict[str, Any]) -> No
 # ---- guarding outputs ----------------------------------------------------------------------------
 # edgekit replaces a path only when it is an earlier edgekit output of the same kind (it has a
 # manifest saying so) or the user said --force; it never replaces the input of the same command,
-# and never deletes a folder it did not make.
+# and never deletes a folder it did not make. Every command asks here (guard_output for a file or
+# SavedModel, guard_folder for a folder, keep_unless_forced for what a folder holds), so these
+# rules and the one "edgekit will not replace it" refusal live in one place
+# (tests/test_output_guard.py holds the other modules to that).
 
 
 def _same_path(a: Path, b: Path) -> bool:
@@ -333,15 +336,45 @@ def guard_output(out: str | Path, kind: str, sources: tuple = (), force: bool = 
         recorded = None
         with contextlib.suppress(Exception):
             recorded = json.loads(manifest_path(out).read_text()).get("kind")
-        if recorded is None and (not force or out.is_dir()):
-            # Even --force does not delete a folder edgekit did not make.
-            raise OutputError(f"{out} exists and is not an edgekit output (no manifest beside it); edgekit will not "
-                              "replace it", "choose another --out" + ("" if out.is_dir() else ", or pass --force to replace it"))
-        if recorded is not None and recorded != kind and not force:
-            raise OutputError(f"{out} is an edgekit {recorded}, not a {kind}; edgekit will not replace it",
-                              "choose another --out, or pass --force to replace it")
+        if recorded is None:
+            keep_unless_forced(out, f"{out} exists and is not an edgekit output (no manifest beside it)", force,
+                               forceable=not out.is_dir())
+        elif recorded != kind:
+            keep_unless_forced(out, f"{out} is an edgekit {recorded}, not a {kind}", force)
     check_writable_dir(out.parent, create=False)
     return out
+
+
+def guard_folder(folder: str | Path, option: str = "--out", sources: tuple = (), marker: str | None = None,
+                 made: str = "output") -> Path:
+    """Refuse a folder output that is a file. With `marker`, the folder is replaced whole: refused too
+    when a source of the command is inside it, or when it holds files but not `marker` (edgekit did not
+    make it: an edgekit `made` has that file)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{option} {folder} is an existing file, not a folder", f"choose another {option}")
+    if marker is None or not folder.is_dir():
+        return folder
+    for source in sources:
+        if source is not None and Path(source).resolve().is_relative_to(folder.resolve()):
+            raise OutputError(f"the source {source} is inside the {made} folder {folder}: replacing the folder "
+                              "would delete it", f"choose another {option}")
+    if any(folder.iterdir()) and not (folder / marker).is_file():
+        keep_unless_forced(folder, f"{folder} exists and is not an edgekit {made} (no {marker} in it)", False,
+                           option=option, ways=("empty that folder",), forceable=False)
+    return folder
+
+
+def keep_unless_forced(path: Path, what: str, force: bool, *, option: str = "--out", ways: tuple[str, ...] = (),
+                       forceable: bool = True) -> None:
+    """The one refusal of an output that is there: if `path` exists, say `what` it is and that edgekit
+    will not replace it, unless --force says to. Not `forceable`: --force does not either (a folder
+    edgekit did not make is never deleted). `ways`: what else the user may do, besides another `option`."""
+    if not (path.exists() or path.is_symlink()) or (force and forceable):
+        return
+    choices = [*ways, f"choose another {option}"] + (["pass --force to replace it"] if forceable else [])
+    hint = ", ".join(choices[:-1]) + (", or " if len(choices) > 1 else "") + choices[-1]
+    raise OutputError(f"{what}; edgekit will not replace it", hint)
 
 
 def staging_path(out: str | Path) -> Path:

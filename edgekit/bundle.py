@@ -20,9 +20,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artifacts import apply_umask, replace_path
+from .artifacts import apply_umask, guard_folder, replace_path
 from .config import DataConfig, ExportOptions
-from .errors import DependencyError, OutputError, UnsupportedError
+from .errors import DependencyError, UnsupportedError
 from .export import ExportResult, default_out_path, export_artifact
 from .formats import FORMATS, export_format, export_targets
 from .formats.metadata import edgekit_version
@@ -58,19 +58,6 @@ def example_scripts(target: str) -> list[Path]:
     return scripts
 
 
-def guard_bundle(bundle: Path, source: Path) -> None:
-    """Refuse a bundle folder whose replacing would destroy what edgekit did not make."""
-    if bundle.exists() and not bundle.is_dir():
-        raise OutputError(f"the bundle folder {bundle} is an existing file", "choose another --bundle")
-    if bundle.is_dir():
-        if source.resolve().is_relative_to(bundle.resolve()):
-            raise OutputError(f"the source {source} is inside the bundle folder {bundle}: replacing the folder "
-                              "would delete it", "choose another --bundle")
-        if any(bundle.iterdir()) and not (bundle / MARKER).is_file():
-            raise OutputError(f"{bundle} exists and is not an edgekit bundle (no {MARKER} in it); edgekit will not "
-                              "replace it", "choose another --bundle, or empty that folder")
-
-
 def _install_line(script: Path) -> str:
     doc = ast.get_docstring(ast.parse(script.read_text())) or ""
     return next((line.strip() for line in doc.splitlines() if line.strip().startswith("pip install")), "")
@@ -102,7 +89,7 @@ def export_bundle(source: Path, target: str, precision: str, bundle: Path, optio
                   reporter: Reporter = quiet, data_config: DataConfig | None = None) -> BundleResult:
     source, bundle = Path(source), Path(bundle)
     scripts = example_scripts(target)
-    guard_bundle(bundle, source)
+    guard_folder(bundle, "--bundle", sources=(source,), marker=MARKER, made="bundle")
     bundle.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.", suffix=".tmp", dir=bundle.parent))
     try:

@@ -1,16 +1,23 @@
-"""The training state in last.pt (what --resume restores) and the check that a resumed run matches it."""
+"""The training state in last.pt (what every epoch's end writes and --resume restores), how far a run
+got, and the check that a resumed run matches the interrupted one."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from .artifacts import atomic_torch_save, to_plain
 from .config import DataConfig, TrainConfig
 from .data import DataSplits
 from .errors import CheckpointError, ConfigError
+from .report import Reporter
+
+if TYPE_CHECKING:
+    from .train_loop import Run
 
 TRAIN_STATE_FORMAT = "edgekit-train-state/1"
 
@@ -38,22 +45,74 @@ def check_resume_config(state: dict[str, Any], run_config: dict[str, Any], confi
                           "resume with the same options, or start a fresh run in another --out")
 
 
-def save_train_state(path: Path, model, optimizer, scheduler, scaler, averager, generator, epoch, history,
-                     best_val, best_epoch, best_state, config_hash, run_config, processes: int = 1) -> None:
-    """Everything a resumed run needs to continue bit for bit (written by rank 0 only; every rank reads it)."""
-    state = {
-        "format": TRAIN_STATE_FORMAT, "epoch": epoch, "config_hash": config_hash, "run_config": run_config,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "ema": None,  # the EMA's AveragedModel; SWA's under "swa"
-        "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-        "history": history, "best_val": best_val, "best_epoch": best_epoch, "best_model": best_state,
-        "processes": processes,
-    }
-    if averager.key is not None:
-        state[averager.key] = averager.state_dict()
-    atomic_torch_save(state, path)
+@dataclass
+class Progress:
+    """How far a run got: its epochs' records and the best of them so far."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val: float = -1.0
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None  # the kept weights, on the CPU
+    epochs_done: int = 0
+
+    def add(self, record: dict[str, Any], kept: nn.Module) -> None:
+        """The record of the epoch just finished; `kept` (the model or its EMA) is its best if it beats the others."""
+        self.history.append(record)
+        self.epochs_done = record["epoch"]
+        if record["val_accuracy"] > self.best_val:
+            self.best_val, self.best_epoch = record["val_accuracy"], record["epoch"]
+            self.best_state = {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}
+
+
+@dataclass(frozen=True)
+class StateFile:
+    """A run's last.pt (`path` None without an --out folder), with the settings a resumed run must share."""
+    path: Path | None
+    run_config: dict[str, Any]
+    config_hash: str
+
+    def save(self, run: Run, progress: Progress) -> None:
+        """Everything a resumed run needs to continue bit for bit (written by rank 0 only; every rank reads it)."""
+        if self.path is None or not run.world.is_main:
+            return
+        state = {
+            "format": TRAIN_STATE_FORMAT, "epoch": progress.epochs_done, "config_hash": self.config_hash,
+            "run_config": self.run_config,
+            "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+            "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+            "ema": None,  # the EMA's AveragedModel; SWA's under "swa"
+            "generator": run.generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "history": progress.history, "best_val": progress.best_val, "best_epoch": progress.best_epoch,
+            "best_model": progress.best_state, "processes": run.world.size,
+        }
+        if run.averager.key is not None:
+            state[run.averager.key] = run.averager.state_dict()
+        atomic_torch_save(state, self.path)
+
+    def resume(self, run: Run, reporter: Reporter) -> Progress:
+        """Load the interrupted run's state into `run` (on every rank: optimizer, RNG and generator states
+        included) and return how far it got."""
+        if self.path is None or not self.path.exists():
+            raise CheckpointError(f"nothing to resume: {self.path} does not exist",
+                                  "start without --resume, or point --out at the interrupted run")
+        state = load_train_state(self.path)
+        check_resume_config(state, self.run_config, self.config_hash)
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        if run.scaler is not None and state.get("scaler"):
+            run.scaler.load_state_dict(state["scaler"])
+        if run.averager.key is not None:
+            run.averager.load_state_dict(state.get(run.averager.key))
+        run.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        progress = Progress(history=state["history"], best_val=state["best_val"], best_epoch=state["best_epoch"],
+                            best_state=state["best_model"], epochs_done=state["epoch"])
+        reporter.info(f"train: resumed from {self.path} after epoch {progress.epochs_done}")
+        if state.get("processes", 1) != run.world.size:  # BatchNorm sees another slice size from here on
+            reporter.info(f"train: the interrupted run had {state.get('processes', 1)} process(es), this one "
+                          f"{run.world.size}")
+        return progress
 
 
 def load_train_state(path: Path) -> dict[str, Any]:

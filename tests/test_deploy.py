@@ -386,12 +386,12 @@ def test_an_onnx_bundle_replaces_its_earlier_self_and_carries_both_runners(sourc
 
 
 def test_bundle_errors_are_typed():
-    from edgekit.bundle import example_scripts, guard_bundle
+    from edgekit.bundle import example_scripts, export_bundle
 
     with pytest.raises(UnsupportedError):
         example_scripts("savedmodel")
-    with pytest.raises(OutputError, match="inside the bundle"):
-        guard_bundle(Path(__file__).parent, Path(__file__))
+    with pytest.raises(OutputError, match="inside the bundle"):  # refused before any export
+        export_bundle(Path(__file__), "onnx", "fp32", Path(__file__).parent)
 
 
 def test_a_failed_bundle_leaves_the_old_one_and_no_staging(source, tmp_path, monkeypatch):

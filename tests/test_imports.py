@@ -24,9 +24,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "edgekit"
 LAYERS = {
     "edgekit.cli": 6,
     "edgekit.pipeline": 5,
-    **{f"edgekit.{stage}": 4 for stage in ("train", "train_state", "prune", "quantize", "calibrate", "export", "bench",
-                                           "validate", "diagnose", "gradcam", "bundle", "evaluate",
-                                           "finetune", "own_model")},
+    **{f"edgekit.{stage}": 4 for stage in ("train", "train_loop", "train_state", "prune", "quantize", "calibrate",
+                                           "export", "bench", "validate", "diagnose", "gradcam", "bundle",
+                                           "evaluate", "finetune", "own_model")},
     "edgekit.formats": 3,
     "edgekit.lineage": 3,  # parent links up to the root: reads the format table, no stage
     "edgekit.describe": 3,  # what a file holds, what this machine runs: reads the format table, no stage
@@ -43,9 +43,9 @@ LAYERS = {
 
 # A stage's own modules, split off for size or by topic, are part of that stage.
 # own_model is the export stage for a module of a user's own (its gate is validate's).
-STAGE_PARTS = {"edgekit.train_state": "edgekit.train", "edgekit.validate": "edgekit.export",
-               "edgekit.own_model": "edgekit.export",
-               "edgekit.bundle": "edgekit.export", "edgekit.gradcam": "edgekit.diagnose"}
+STAGE_PARTS = {"edgekit.train_loop": "edgekit.train", "edgekit.train_state": "edgekit.train",
+               "edgekit.validate": "edgekit.export", "edgekit.bundle": "edgekit.export",
+               "edgekit.own_model": "edgekit.export", "edgekit.gradcam": "edgekit.diagnose"}
 # Running another stage as a step of one's own: its entry points, not its helpers.
 ENTRY_POINTS = {"edgekit.train": {"train_model"}, "edgekit.prune": {"prune_checkpoint"},
                 "edgekit.quantize": {"quantize_checkpoint"},
