@@ -59,6 +59,8 @@ def _fail(error: EdgekitError):
 
 
 ForceOption = typer.Option(False, "--force", help="replace an existing output that edgekit would otherwise keep")
+TensorboardOption = typer.Option(None, "--tensorboard",
+                                 help=f"write TensorBoard scalars here ({install_hint('tensorboard')})")
 
 
 app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -120,7 +122,7 @@ def train(
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch"),
     seed: int = typer.Option(TrainConfig.seed),
     resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out"),
-    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help=f"write TensorBoard scalars here ({install_hint('tensorboard')})"),
+    tensorboard: Optional[Path] = TensorboardOption,
     force: bool = typer.Option(False, "--force", help="replace a finished or interrupted run in --out"),
 ) -> None:
     """Train ResNet18 (CUDA when there is a GPU, CPU otherwise); writes best.pt + manifest, metrics, plots.
@@ -364,7 +366,7 @@ def prune(
     out: Path = typer.Option(Path("artifacts/pruned.pt")),
     threads: int = typer.Option(PruneConfig.threads, help="threads for the latency measurement"),
     seed: int = typer.Option(PruneConfig.seed),
-    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help=f"write TensorBoard scalars here ({install_hint('tensorboard')})"),
+    tensorboard: Optional[Path] = TensorboardOption,
     force: bool = ForceOption,
 ) -> None:
     """Structured channel pruning with fine-tuning; reports params, MACs, size and CPU latency.
@@ -416,7 +418,7 @@ def quantize(
     out: Path = typer.Option(Path("artifacts/int8.pt")),
     threads: int = typer.Option(QuantizeConfig.threads, help="threads for the latency measurement"),
     seed: int = typer.Option(QuantizeConfig.seed),
-    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help=f"write TensorBoard scalars here ({install_hint('tensorboard')})"),
+    tensorboard: Optional[Path] = TensorboardOption,
     force: bool = ForceOption,
 ) -> None:
     """int8 quantization: dynamic (fc only), static PTQ (calibrated) or QAT; writes int8 .pt + manifest.
