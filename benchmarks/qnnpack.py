@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edgekit.artifacts import atomic_write_text, library_versions, machine_info, read_manifest, sha256_file  # noqa: E402
-from edgekit.qmodel import engine_latency_note, host_cpu  # noqa: E402
+from edgekit.qengine import engine_latency_note, host_cpu  # noqa: E402
 from edgekit.report import markdown_table  # noqa: E402
 
 ENGINES = ("qnnpack", "fbgemm")

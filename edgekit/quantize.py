@@ -35,10 +35,10 @@ from .formats import QDQ_FORMAT, QDQ_SUFFIX, SOURCE_FORMAT
 from .model import ResNet18, count_macs, load_checkpoint
 from .measure import accuracy, compare_latency
 from .observers import RangeSearchObserver
-from .qmodel import (Island, QuantResNet, _aoq, _mark_islands, activation_range, convert, describe_engine,
-                     dynamic_quantize, engine_latency_note, engine_of, int8_census, layer_names, prepare_static, qat_qconfig, quantizable,
-                     save_quantized, set_backend)
-from .qmodel import static_qconfig as _qconfig_with
+from .qengine import _aoq, activation_range, describe_engine, engine_latency_note, engine_of, qat_qconfig, set_backend
+from .qengine import static_qconfig as _qconfig_with
+from .qmodel import (Island, QuantResNet, _mark_islands, convert, dynamic_quantize, int8_census, layer_names,
+                     prepare_static, quantizable, save_quantized)
 from .report import Reporter, quiet
 
 METHODS = (CalibMethod.minmax, CalibMethod.percentile, CalibMethod.entropy, CalibMethod.mse)

@@ -31,6 +31,7 @@ LAYERS = {
     "edgekit.lineage": 3,  # parent links up to the root: reads the format table, no stage
     "edgekit.describe": 3,  # what a file holds, what this machine runs: reads the format table, no stage
     "edgekit.qmodel": 2,
+    "edgekit.qengine": 2,  # the quantized engines and their qconfigs, which qmodel builds on
     "edgekit.observers": 2,  # the range-search observer of the int8 model code
     "edgekit.model": 2,
     "edgekit.measure": 2,  # accuracy and latency of a torch model

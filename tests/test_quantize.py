@@ -189,7 +189,7 @@ def _stub_codes(qmodel, images):
 def test_qnnpack_activation_range_and_weight_scheme_against_fbgemm():
     """torch's own qconfigs for each engine: qnnpack full 8-bit activations, fbgemm (and x86) 7-bit."""
     from edgekit.config import QuantBackend
-    from edgekit.qmodel import activation_range, describe_engine, qat_qconfig
+    from edgekit.qengine import activation_range, describe_engine, qat_qconfig
     from edgekit.quantize import activation_observer
 
     for backend, quant_max, reduce_range, per_channel in ((QuantBackend.qnnpack, 255, False, False),
@@ -222,7 +222,8 @@ def qnnpack_static(trained, tmp_path_factory):
 
 def test_qnnpack_static_ptq_is_per_tensor_full_range_and_reloads_under_its_engine(trained, qnnpack_static, tmp_path):
     from edgekit.formats import SOURCE_FORMAT
-    from edgekit.qmodel import host_cpu, int8_as_fake_quant
+    from edgekit.qengine import host_cpu
+    from edgekit.qmodel import int8_as_fake_quant
 
     source, cal, data = trained
     out, result = qnnpack_static
@@ -310,7 +311,7 @@ def test_bench_labels_qnnpack_latency_on_x86(trained, qnnpack_static):
     from edgekit.bench import bench, markdown_text
     from edgekit.config import BenchConfig
     from edgekit.formats import SOURCE_FORMAT
-    from edgekit.qmodel import host_cpu
+    from edgekit.qengine import host_cpu
 
     _, _, data = trained
     out, _ = qnnpack_static
@@ -342,7 +343,7 @@ def test_tensorrt_refuses_a_qnnpack_artifact_in_one_line(qnnpack_static, tmp_pat
 
 
 def test_qnnpack_qat_is_per_tensor_full_range(trained, tmp_path):
-    from edgekit.qmodel import _aoq
+    from edgekit.qengine import _aoq
     from edgekit.quantize import prepare_qat_from_ptq
 
     source, cal, data = trained
@@ -367,7 +368,7 @@ def test_qnnpack_qat_is_per_tensor_full_range(trained, tmp_path):
 
 def test_a_bad_backend_is_one_line_with_the_choices(trained, tmp_path):
     from edgekit.errors import UnsupportedError
-    from edgekit.qmodel import set_backend
+    from edgekit.qengine import set_backend
 
     source, cal, data = trained
     with pytest.raises(ConfigError) as bad:

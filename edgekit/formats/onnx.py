@@ -161,7 +161,8 @@ class _FrozenFakeQuant:
 
 def qdq_grid(source: Path | SourceFile) -> dict[str, Any] | None:
     """How the QDQ graph of an int8 artifact relates to its torch int8 grid (None: not a static int8 artifact)."""
-    from ..qmodel import artifact_engine, describe_engine, is_dynamic
+    from ..qengine import artifact_engine, describe_engine
+    from ..qmodel import is_dynamic
 
     recipe = as_source(source).recipe
     if recipe is None or is_dynamic(recipe):

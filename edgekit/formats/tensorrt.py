@@ -181,7 +181,8 @@ def prepare_int8_artifact_onnx(source: Path | SourceFile, out: Path, options) ->
     (made symmetric), Q/DQ placed for TensorRT; nothing is calibrated again. Per-channel weights
     only (what the placement checks and TensorRT's int8 convs are tuned for): an artifact made for
     an ARM CPU engine with per-tensor weights (qnnpack) is refused, naming what to build from."""
-    from ..qmodel import artifact_engine, describe_engine, is_dynamic
+    from ..qengine import artifact_engine, describe_engine
+    from ..qmodel import is_dynamic
     from . import QDQ_SUFFIX
     from .onnx import export_qdq_onnx
     from . import tensorrt_qdq

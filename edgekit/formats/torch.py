@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..qmodel import artifact_engine, engine_latency_note, quantized_engine
+from ..qengine import artifact_engine, engine_latency_note, quantized_engine
 from .source import SourceFile, as_source
 
 
