@@ -42,8 +42,8 @@ def quick_pipeline_config() -> PipelineConfig:
         prune=PruneConfig(finetune_epochs=1, finetune_lr=0.01, batch_size=128),
         calibration_size=128, static_method=CalibMethod.minmax, qat_epochs=1,
         # A demo's bench shows the table, not a publishable figure: short timing windows keep the
-        # ~30 rows at about a second each (benchmarks/results/quick-demo-cpu-*.md has the stage times).
-        bench=BenchConfig(batches=(1, 8), runs=20, min_seconds=0.2, sweep_seconds=0.2, warmup=5),
+        # ~30 rows at about half a second each (benchmarks/results/quick-demo-cpu-*.md has the stage times).
+        bench=BenchConfig(batches=(1, 8), runs=10, min_seconds=0.1, sweep_seconds=0.1, warmup=5),
     )
 
 
