@@ -138,6 +138,17 @@ class QuantizeResult:
 # ---- the stage --------------------------------------------------------------------------------
 
 
+@dataclass
+class Int8Build:
+    """What one build step made: its model and its share of the recipe, metrics and note (each
+    dict in the order the manifest lists it)."""
+    model: nn.Module
+    recipe: dict[str, Any]
+    note: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    prepared: nn.Module | None = None  # static PTQ's calibrated model, where QAT starts from
+
+
 def _accuracies(model: nn.Module, data: DataSplits) -> dict[str, float]:
     return {"val_accuracy": accuracy(model, data), "test_accuracy": accuracy(model, data, "test")}
 
@@ -157,6 +168,19 @@ def sensitivity_analysis(model: ResNet18, cal: CalibrationSet, data: DataSplits,
     rows.sort(key=lambda r: r["drop"], reverse=True)
     return rows
 
+
+def _ranked_sensitivity(model: ResNet18, cal: CalibrationSet, data: DataSplits, config: QuantizeConfig,
+                        method: CalibMethod, reporter: Reporter) -> list[dict[str, Any]]:
+    """The per-layer sensitivity ranking, shown as a table, where --sensitivity or --keep-float asks for it."""
+    if not (config.sensitivity or config.keep_float):
+        return []
+    rows = sensitivity_analysis(model, cal, data, CalibMethod.minmax if method is CalibMethod.auto else method,
+                                config, reporter)
+    reporter.table("per-layer sensitivity (only this layer int8)", ["layer", "val accuracy", "drop (pt)"],
+                   [[r["layer"], f"{r['val_accuracy']:.2%}", round(100 * r["drop"], 2)] for r in rows])
+    return rows
+
+
 def _export_side_qdq(artifact: Path, config: QuantizeConfig, data: DataSplits, reporter: Reporter,
                      force: bool = False) -> Path | None:
     """The QDQ ONNX beside an int8 artifact, written by `edgekit export` like every other file:
@@ -174,15 +198,13 @@ def _export_side_qdq(artifact: Path, config: QuantizeConfig, data: DataSplits, r
         return None
 
 
-def _dynamic_int8(model: ResNet18, recipe: dict[str, Any]) -> tuple[nn.Module, str]:
-    """Dynamic int8 (fc only); fills `recipe`, returns (int8 model, note)."""
-    qmodel = dynamic_quantize(model)
+def _dynamic_int8(model: ResNet18) -> Int8Build:
+    """Dynamic int8: torch's dynamic kernels cover only the final Linear."""
     note = ("dynamic int8: torch has dynamic kernels only for Linear/RNN layers, so in ResNet18 only the final "
             "Linear (fc) is int8; all 20 convolutions stay fp32 (expect no speed-up and almost no size change)")
-    recipe["quantized_layers"] = ["fc"]
-    recipe["activation"] = "dynamic per-batch (fc input only)"
-    recipe["weight"] = "qint8 per-tensor (fc)"
-    return qmodel, note
+    return Int8Build(dynamic_quantize(model), {"quantized_layers": ["fc"],
+                                               "activation": "dynamic per-batch (fc input only)",
+                                               "weight": "qint8 per-tensor (fc)"}, note)
 
 
 def _weight_grid(engine: dict[str, Any]) -> str:
@@ -191,23 +213,14 @@ def _weight_grid(engine: dict[str, Any]) -> str:
 
 
 def _static_int8(model: ResNet18, cal: CalibrationSet, data: DataSplits, config: QuantizeConfig, method: CalibMethod,
-                 backend: str, engine: dict[str, Any], recipe: dict[str, Any], metrics: dict[str, Any],
-                 reporter: Reporter) -> tuple[nn.Module, nn.Module, list[dict[str, Any]]]:
-    """Static PTQ: the sensitivity ranking (and the layers kept float), then each candidate method
-    calibrated and the best on validation kept. Fills `recipe` and the PTQ metrics; returns
-    (int8 model, its prepared model for QAT to start from, the sensitivity rows)."""
+                 backend: str, engine: dict[str, Any], keep_float: list[str], reporter: Reporter) -> Int8Build:
+    """Static PTQ, `keep_float` layers left float: each candidate method calibrated and the best on
+    validation kept, with its PTQ accuracies and its prepared model (for QAT to start from)."""
     candidates = list(METHODS) if method is CalibMethod.auto else [method]
-    sensitivity: list[dict[str, Any]] = []
-    if config.sensitivity or config.keep_float:
-        sens_method = CalibMethod.minmax if method is CalibMethod.auto else method
-        sensitivity = sensitivity_analysis(model, cal, data, sens_method, config, reporter)
-        recipe["keep_float"] = [row["layer"] for row in sensitivity[: config.keep_float]]
-        reporter.table("per-layer sensitivity (only this layer int8)", ["layer", "val accuracy", "drop (pt)"],
-                       [[r["layer"], f"{r['val_accuracy']:.2%}", round(100 * r["drop"], 2)] for r in sensitivity])
     tried = []
     best = None
     for candidate in candidates:
-        prepared = prepare_static(model, static_qconfig(candidate, config), recipe["keep_float"], backend=backend)
+        prepared = prepare_static(model, static_qconfig(candidate, config), keep_float, backend=backend)
         calibrate(prepared, cal)
         qmodel_c = convert(prepared)
         val = accuracy(qmodel_c, data)
@@ -215,28 +228,29 @@ def _static_int8(model: ResNet18, cal: CalibrationSet, data: DataSplits, config:
         reporter.info(f"quantize: static {candidate.value}: val {val:.2%}")
         if best is None or val > best[0]:
             best = (val, candidate, prepared, qmodel_c)
-    _, chosen, ptq_prepared, qmodel = best
+    val, chosen, ptq_prepared, qmodel = best
     act = engine["activation"]
-    recipe.update({"method": chosen.value, "methods_tried": tried, "engine": engine,
-                   "weight": f"{_weight_grid(engine)}, min/max",
-                   "activation": f"{act['dtype']} per-tensor affine, "
-                                 f"{'reduce_range ' if act['reduce_range'] else ''}"
-                                 f"({act['quant_min']}..{act['quant_max']}, {act['bits']}-bit), {chosen.value}",
-                   "fused": ", ".join(engine["fusions"]),
-                   "float_layers": ["normalize (x*scale+shift on the input)"] + recipe["keep_float"]})
-    metrics["ptq_val_accuracy"], metrics["ptq_test_accuracy"] = best[0], accuracy(qmodel, data, "test")
-    return qmodel, ptq_prepared, sensitivity
+    recipe = {"method": chosen.value, "methods_tried": tried, "engine": engine,
+              "weight": f"{_weight_grid(engine)}, min/max",
+              "activation": f"{act['dtype']} per-tensor affine, "
+                            f"{'reduce_range ' if act['reduce_range'] else ''}"
+                            f"({act['quant_min']}..{act['quant_max']}, {act['bits']}-bit), {chosen.value}",
+              "fused": ", ".join(engine["fusions"]),
+              "float_layers": ["normalize (x*scale+shift on the input)"] + keep_float}
+    note = (f"static PTQ ({backend}): {'per-channel' if engine['weight']['per_channel'] else 'per-tensor'} "
+            f"int8 weights, {act['bits']}-bit activations calibrated on the calibration set")
+    metrics = {"ptq_val_accuracy": val, "ptq_test_accuracy": accuracy(qmodel, data, "test")}
+    return Int8Build(qmodel, recipe, note, metrics, prepared=ptq_prepared)
 
 
 def _qat_int8(model: ResNet18, ptq_prepared: nn.Module, data: DataSplits, config: QuantizeConfig, backend: str,
-              engine: dict[str, Any], recipe: dict[str, Any], metrics: dict[str, Any], reporter: Reporter,
-              convert_it: bool = True) -> nn.Module:
-    """QAT from the PTQ ranges, observers and BN frozen for the last epochs, then converted (with
-    `convert_it`; else the fine-tuned fake-quant model: a torchrun rank other than 0). Fills
-    `recipe` and the fake-quant metrics; returns the int8 model."""
+              engine: dict[str, Any], keep_float: list[str], reporter: Reporter, convert_it: bool = True) -> Int8Build:
+    """QAT from the PTQ ranges, observers and BN frozen for the last epochs, then converted, with
+    the fake-quant accuracies and the QAT recipe. Without `convert_it` (a torchrun rank other
+    than 0) only the fine-tuned fake-quant model, nothing measured."""
     from .train import train_model
 
-    qat = prepare_qat_from_ptq(model, ptq_prepared, recipe["keep_float"], backend)
+    qat = prepare_qat_from_ptq(model, ptq_prepared, keep_float, backend)
     plan = FinetuneConfig.of_qat(config)
     train_model(qat, data, plan.train_config(plan.cycles[0]), reporter=reporter)
     # Observers and BN statistics frozen from here: the last epochs fit the weights to fixed
@@ -245,48 +259,65 @@ def _qat_int8(model: ResNet18, ptq_prepared: nn.Module, data: DataSplits, config
     for epochs in plan.cycles[1:]:
         train_model(qat, data, plan.train_config(epochs), reporter=reporter)
     if not convert_it:
-        return qat
+        return Int8Build(qat, {}, "")
     qat.eval()
     fake = _accuracies(qat, data)
-    metrics["qat_fake_quant_val_accuracy"] = fake["val_accuracy"]
-    metrics["qat_fake_quant_test_accuracy"] = fake["test_accuracy"]
     qmodel = convert(qat)
     fold_float_islands(qmodel)
     act = engine["activation"]
-    recipe.update({"qat_epochs": config.qat_epochs, "qat_lr": config.qat_lr,
-                   "qat_freeze_epoch": plan.cycles[0],
-                   "qat_fake_quant": f"non-fused FakeQuantize, weights {_weight_grid(engine)}, "
-                                     f"activations {act['dtype']} {act['quant_min']}..{act['quant_max']}, "
-                                     "started from the PTQ ranges"})
-    return qmodel
+    recipe = {"qat_epochs": config.qat_epochs, "qat_lr": config.qat_lr, "qat_freeze_epoch": plan.cycles[0],
+              "qat_fake_quant": f"non-fused FakeQuantize, weights {_weight_grid(engine)}, "
+                                f"activations {act['dtype']} {act['quant_min']}..{act['quant_max']}, "
+                                "started from the PTQ ranges"}
+    metrics = {"qat_fake_quant_val_accuracy": fake["val_accuracy"],
+               "qat_fake_quant_test_accuracy": fake["test_accuracy"]}
+    return Int8Build(qmodel, recipe, "QAT: fake-quant accuracy and converted int8 accuracy side by side in metrics",
+                     metrics)
+
+
+def _int8_measurements(model: ResNet18, qmodel: nn.Module, fp32: dict[str, float], data: DataSplits,
+                       config: QuantizeConfig, backend: str) -> dict[str, Any]:
+    """The int8 model's accuracies and their drop from fp32, its latency beside fp32's, its int8
+    tensors counted, and the MACs."""
+    int8 = _accuracies(qmodel, data)
+    # fp32 and int8 timed in alternating rounds: drift on a shared CPU lands on both alike.
+    latency = compare_latency({"fp32": model, "int8": qmodel}, config.threads, config.latency_runs)
+    latency_note = engine_latency_note(backend)  # qnnpack timed on x86 is not ARM's latency
+    return {**int8,
+            "accuracy_drop_val_pt": 100 * (fp32["val_accuracy"] - int8["val_accuracy"]),
+            "accuracy_drop_test_pt": 100 * (fp32["test_accuracy"] - int8["test_accuracy"]),
+            "fp32_latency_ms": latency["fp32"]["p50_ms"], "latency": latency["int8"],
+            "latency_ms": latency["int8"]["p50_ms"],
+            **({"latency_note": latency_note} if latency_note else {}),
+            "census": int8_census(qmodel), "macs": count_macs(model)}
 
 
 def _write_int8(out: Path, source: Path, qmodel: nn.Module, model: ResNet18, classes: list[str],
-                config: QuantizeConfig, metrics: dict[str, Any], extra: dict[str, Any]) -> None:
-    """The int8 file and its manifest, staged beside `out` and published together (or neither)."""
-    recipe, note, sensitivity = extra["recipe"], extra["note"], extra["sensitivity"]
+                config: QuantizeConfig, metrics: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """The int8 file and its manifest, staged beside `out` and published together (or neither).
+    Returns the metrics as the manifest has them: `metrics` and the two file sizes."""
     staged = staging_path(out)
     remove_path(staged)
     try:
-        save_quantized(staged, qmodel, model.spec, classes, recipe, extra)
-        metrics["file_bytes"] = staged.stat().st_size
-        metrics["parent_file_bytes"] = source.stat().st_size
-        precision = "int8" if metrics["census"]["qint8_tensors"] > 1 else "fp32 + int8 fc"
+        save_quantized(staged, qmodel, model.spec, classes, extra["recipe"], extra)
+        written = {**metrics, "file_bytes": staged.stat().st_size, "parent_file_bytes": source.stat().st_size}
+        precision = "int8" if written["census"]["qint8_tensors"] > 1 else "fp32 + int8 fc"
         publish(staged, out, Manifest(kind="quantized", format=SOURCE_FORMAT.name, precision=precision,
                                       parent=parent_ref(source), config={"quantize": config}, seed=config.seed,
-                                      metrics=metrics,
-                                      extra={"recipe": recipe, "note": note, "calibration": extra.get("calibration"),
-                                             "sensitivity": sensitivity}))
+                                      metrics=written,
+                                      extra={"recipe": extra["recipe"], "note": extra["note"],
+                                             "calibration": extra.get("calibration"),
+                                             "sensitivity": extra["sensitivity"]}))
     finally:
         remove_path(staged)
+    return written
 
 
-def _summary_rows(mode: QuantMode, backend: str, recipe: dict[str, Any], fp32: dict[str, float],
-                  fp32_latency: dict[str, Any], metrics: dict[str, Any], source: Path,
-                  config: QuantizeConfig) -> list[list[Any]]:
+def _summary_rows(mode: QuantMode, backend: str, recipe: dict[str, Any], metrics: dict[str, Any],
+                  threads: int) -> list[list[Any]]:
     latency_note = metrics.get("latency_note")
     rows = [["mode", mode.value], ["engine", backend], ["method", recipe.get("method", "-")],
-            ["fp32 val / test", f"{fp32['val_accuracy']:.2%} / {fp32['test_accuracy']:.2%}"]]
+            ["fp32 val / test", f"{metrics['fp32_val_accuracy']:.2%} / {metrics['fp32_test_accuracy']:.2%}"]]
     if "ptq_val_accuracy" in metrics:
         rows.append(["PTQ int8 val / test", f"{metrics['ptq_val_accuracy']:.2%} / {metrics['ptq_test_accuracy']:.2%}"])
     if "qat_fake_quant_val_accuracy" in metrics:
@@ -294,9 +325,9 @@ def _summary_rows(mode: QuantMode, backend: str, recipe: dict[str, Any], fp32: d
                                                   f"{metrics['qat_fake_quant_test_accuracy']:.2%}"])
     rows += [["int8 val / test", f"{metrics['val_accuracy']:.2%} / {metrics['test_accuracy']:.2%}"],
              ["qint8 tensors", metrics["census"]["qint8_tensors"]],
-             ["file (bytes)", f"{source.stat().st_size:,} -> {metrics['file_bytes']:,}"],
-             [f"CPU latency p50 batch 1, {config.threads} thread(s) (ms)" + (f" [{latency_note}]" if latency_note else ""),
-              f"{fp32_latency['p50_ms']:.3f} -> {metrics['latency_ms']:.3f}"]]
+             ["file (bytes)", f"{metrics['parent_file_bytes']:,} -> {metrics['file_bytes']:,}"],
+             [f"CPU latency p50 batch 1, {threads} thread(s) (ms)" + (f" [{latency_note}]" if latency_note else ""),
+              f"{metrics['fp32_latency_ms']:.3f} -> {metrics['latency_ms']:.3f}"]]
     return rows
 
 
@@ -340,51 +371,38 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
     set_backend(backend)
     torch.manual_seed(config.seed)
     fp32 = _accuracies(model, data)
-    metrics: dict[str, Any] = {"fp32_" + k: v for k, v in fp32.items()}
+    fp32_metrics = {"fp32_" + k: v for k, v in fp32.items()}
     engine = describe_engine(backend)
-    recipe: dict[str, Any] = {"mode": mode.value, "backend": backend, "keep_float": []}
-    extra: dict[str, Any] = {"parent": parent_ref(source), "data_config": checkpoint.extra.get("data_config"),
-                             "data": data.describe()}
+    calibration: dict[str, Any] | None = None
     sensitivity: list[dict[str, Any]] = []
-    onnx_path = None
+    keep_float: list[str] = []
 
     if mode is QuantMode.dynamic:
-        qmodel, note = _dynamic_int8(model, recipe)
+        build = _dynamic_int8(model)
     else:
         cal = load_calibration(config.calibration, data, model.spec)
-        extra["calibration"] = cal.manifest_ref()
-        qmodel, ptq_prepared, sensitivity = _static_int8(model, cal, data, config, method, backend, engine, recipe,
-                                                         metrics, reporter)
+        calibration = cal.manifest_ref()
+        sensitivity = _ranked_sensitivity(model, cal, data, config, method, reporter)
+        keep_float = [row["layer"] for row in sensitivity[: config.keep_float]]
+        build = _static_int8(model, cal, data, config, method, backend, engine, keep_float, reporter)
         if mode is QuantMode.qat:
-            qmodel = _qat_int8(model, ptq_prepared, data, config, backend, engine, recipe, metrics, reporter,
-                               convert_it=world.is_main)
+            qat = _qat_int8(model, build.prepared, data, config, backend, engine, keep_float, reporter,
+                            convert_it=world.is_main)
             if not world.is_main:
-                return QuantizeResult(artifact=out, model=qmodel, metrics=metrics)
-            note = "QAT: fake-quant accuracy and converted int8 accuracy side by side in metrics"
-        else:
-            note = (f"static PTQ ({backend}): {'per-channel' if engine['weight']['per_channel'] else 'per-tensor'} "
-                    f"int8 weights, {engine['activation']['bits']}-bit activations calibrated on the calibration set")
-    int8 = _accuracies(qmodel, data)
-    metrics.update(int8)
-    metrics["accuracy_drop_val_pt"] = 100 * (fp32["val_accuracy"] - int8["val_accuracy"])
-    metrics["accuracy_drop_test_pt"] = 100 * (fp32["test_accuracy"] - int8["test_accuracy"])
-    # fp32 and int8 timed in alternating rounds: drift on a shared CPU lands on both alike.
-    latency = compare_latency({"fp32": model, "int8": qmodel}, config.threads, config.latency_runs)
-    metrics["fp32_latency_ms"] = latency["fp32"]["p50_ms"]
-    metrics["latency"] = latency["int8"]
-    metrics["latency_ms"] = metrics["latency"]["p50_ms"]
-    latency_note = engine_latency_note(backend)  # qnnpack timed on x86 is not ARM's latency
-    if latency_note:
-        metrics["latency_note"] = latency_note
-    census = int8_census(qmodel)
-    metrics["census"] = census
-    metrics["macs"] = count_macs(model)
-    extra.update({"recipe": recipe, "note": note, "sensitivity": sensitivity})
-    _write_int8(out, source, qmodel, model, data.classes, config, metrics, extra)
+                return QuantizeResult(artifact=out, model=qat.model, metrics={**fp32_metrics, **build.metrics})
+            build = Int8Build(qat.model, {**build.recipe, **qat.recipe}, qat.note, {**build.metrics, **qat.metrics})
+
+    recipe = {"mode": mode.value, "backend": backend, "keep_float": keep_float, **build.recipe}
+    metrics = {**fp32_metrics, **build.metrics, **_int8_measurements(model, build.model, fp32, data, config, backend)}
+    extra = {"parent": parent_ref(source), "data_config": checkpoint.extra.get("data_config"),
+             "data": data.describe(), **({"calibration": calibration} if calibration is not None else {}),
+             "recipe": recipe, "note": build.note, "sensitivity": sensitivity}
+    metrics = _write_int8(out, source, build.model, model, data.classes, config, metrics, extra)
     # The QDQ ONNX reads the published int8 file, so it comes after it.
+    onnx_path = None
     if mode is not QuantMode.dynamic and config.export_onnx:
         onnx_path = _export_side_qdq(out, config, data, reporter, force)
     reporter.table(f"quantize: {out.name}", ["", "value"],
-                   _summary_rows(mode, backend, recipe, fp32, latency["fp32"], metrics, source, config))
-    reporter.info(f"quantize: {note}")
-    return QuantizeResult(artifact=out, model=qmodel, metrics=metrics, onnx=onnx_path, sensitivity=sensitivity)
+                   _summary_rows(mode, backend, recipe, metrics, config.threads))
+    reporter.info(f"quantize: {build.note}")
+    return QuantizeResult(artifact=out, model=build.model, metrics=metrics, onnx=onnx_path, sensitivity=sensitivity)
