@@ -4,7 +4,7 @@ The result JSON is a file format (edgekit-bench/1), so `BenchRow.to_json` is the
 becomes JSON and writes the keys a row always had, in their order. Five entries are written only
 once there is something to say (RECORDED_WHEN_MEASURED): a row that never reached the measurement
 (a runtime not installed, a baseline not made) has no data, no load at its end, and so on.
-`BenchRow.from_json` reads a row back for `edgekit bench --render` and `--compare`.
+`BenchRow.from_json` reads a row back for `edgekit bench --compare` and `bench.render.render`.
 tests/test_bench.py holds the keys against the committed benchmarks/results/bench-cpu.json.
 """
 
