@@ -17,8 +17,9 @@ Each result passes the parity gate (`validate.parity`/`check`, the format table'
 against your module on your images, or the run raises ParityError and writes nothing: files
 are staged, gated and benchmarked first, and published with their manifests only when all pass.
 Agreement, logit error and cosine need no labels; with `labels` the accuracy drop is gated too.
-The gate runs on the images you pass, which also calibrate int8: pass held-out images for an
-unbiased figure. Each ONNX file's manifest names its parent as the sha256 of the module's
+The first `calibration_images` of your images calibrate int8 and the gate runs on the rest, so
+int8 is judged on images it was not calibrated on; pass no more than that many and the gate
+runs on all of them, calibration images included (the report says which: `gate_held_out`). Each ONNX file's manifest names its parent as the sha256 of the module's
 state_dict (there is no parent file). The files carry no deploy record (formats/metadata.py):
 edgekit does not know your classes or preprocessing.
 
@@ -67,7 +68,7 @@ class OwnModelConfig:
     dynamic_int8: bool = True  # also torch dynamic int8 of the nn.Linear layers (kept in memory)
     prune: bool = False  # True is refused: pruning needs a known architecture
     opset: int = ONNX_OPSET
-    calibration_images: int = 256  # the first this many images calibrate static int8
+    calibration_images: int = 256  # the first this many images calibrate static int8; the gate runs on the rest
     bench_batch: int = 16  # timed beside batch 1
     bench_runs: int = 30  # timed calls per file and batch
     bench_warmup: int = 3
@@ -254,6 +255,9 @@ def optimize_module(module: nn.Module, example: torch.Tensor, images: np.ndarray
               "state_dict_sha256": state_dict_sha256(module)}
     shape = tuple(int(d) for d in example.shape[1:])
     calibration = images[:config.calibration_images]
+    held_out = len(images) > len(calibration)  # else the gate reuses the calibration images, and says so
+    gate_images = images[len(calibration):] if held_out else images
+    gate_labels = None if labels is None else (np.asarray(labels)[len(calibration):] if held_out else labels)
     staged = {p: staging_path(path) for p, path in outputs.items()}
     fp32_stage = staging_path(out / f"{config.name}.trace{MODULE_FORMAT.suffix}")
     produced: list[Produced] = []
@@ -276,17 +280,17 @@ def optimize_module(module: nn.Module, example: torch.Tensor, images: np.ndarray
                     shutil.copyfile(fp32_stage, path)
                 runner = onnx.load_runner(path, config.threads)
                 label = f"{MODULE_FORMAT.name} {precision}"
-                report = _gate(source, runner, images, labels, MODULE_FORMAT.name, precision)
+                report = _gate(source, runner, gate_images, gate_labels, MODULE_FORMAT.name, precision)
                 census = onnx.census(path)
                 produced.append(Produced(label, precision_label(census), report, census, size_bytes(path),
                                          outputs[precision]))
                 runners[label] = runner
                 reporter.info(f"{label}: agreement {report.top1_agreement:.2%}, max |logit error| {report.max_abs:.3g}")
             if config.dynamic_int8:
-                _dynamic_int8(module, source, images, labels, result, produced, runners, config, reporter)
+                _dynamic_int8(module, source, gate_images, gate_labels, result, produced, runners, config, reporter)
             result.bench = bench(runners, produced, module, images, config)
         result.produced = produced
-        _publish(result, outputs, staged, parent, config, shape, classes, len(calibration))
+        _publish(result, outputs, staged, parent, config, shape, classes, len(calibration), held_out)
     finally:
         for path in [fp32_stage, *staged.values()]:
             remove_path(path)
@@ -351,10 +355,10 @@ def bench(runners: dict[str, Any], produced: list[Produced], module: nn.Module, 
 
 
 def _publish(result: OwnModelResult, outputs: dict[str, Path], staged: dict[str, Path], parent: dict[str, str],
-             config: OwnModelConfig, shape: tuple[int, ...], classes: int, calibrated: int) -> None:
+             config: OwnModelConfig, shape: tuple[int, ...], classes: int, calibrated: int, held_out: bool) -> None:
     """Every gated file to its place with a manifest, then the run's report (rows and gates) beside them."""
     common = {"own_model": asdict(config), "input_shape": list(shape), "classes": classes,
-              "dynamic_batch": True, "parity_batch": PARITY_BATCH}
+              "dynamic_batch": True, "parity_batch": PARITY_BATCH, "gate_held_out": held_out}
     for precision, out in outputs.items():
         item = result.get(f"{MODULE_FORMAT.name} {precision}")
         item.manifest = publish(staged[precision], out, Manifest(

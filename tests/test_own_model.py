@@ -27,6 +27,7 @@ from edgekit.validate import precision_label
 README = Path(__file__).resolve().parents[1] / "README.md"
 SHAPES = [0, 5, 6, 8]  # disk, horizontal stripes, vertical stripes, checker: edgekit.data.SYNTHETIC_CLASSES
 SIDE = 24
+CALIBRATION = 128  # the first images calibrate int8; the gate runs on the 256 after them
 BENCH_BATCH = 8
 ONNX = MODULE_FORMAT.name
 
@@ -66,7 +67,7 @@ def trained():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    test_x, test_y = shapes_set(256, seed=2)
+    test_x, test_y = shapes_set(256 + CALIBRATION, seed=2)
     return model, test_x.numpy(), test_y.numpy()
 
 
@@ -76,7 +77,8 @@ def result(trained, tmp_path_factory):
     out = tmp_path_factory.mktemp("own")
     model.train()  # the user's mode, to be given back
     run = optimize_module(model, torch.from_numpy(images[:2]), images, out,
-                          OwnModelConfig(name="small", bench_runs=5, bench_warmup=1, bench_batch=BENCH_BATCH),
+                          OwnModelConfig(name="small", bench_runs=5, bench_warmup=1, bench_batch=BENCH_BATCH,
+                                         calibration_images=CALIBRATION),
                           labels=labels)
     return run, model, out
 
@@ -149,6 +151,7 @@ def test_every_file_has_a_manifest_naming_the_module(result):
         assert "onnxruntime" in manifest["versions"]
     report = json.loads(run.report_path.read_text())
     assert len(report["bench"]) == len(run.bench)
+    assert report["config"]["gate_held_out"]  # gated on the 256 images after the calibration ones
     assert read_manifest(run.report_path)["sha256"] == sha256_file(run.report_path)
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no staging left behind
 
