@@ -17,6 +17,10 @@ measured under a training job's load. Writes benchmarks/results/compress-cpu.jso
 Controls: a child that was fine-tuned (pruning, QAT) is read against its parent put through the
 same fine-tune (`edgekit control`), so what extra training alone gains is not credited to
 compression. Children without a fine-tune (PTQ, dynamic) are read against the parent itself.
+A control depends only on the parent and the fine-tune, not on what was pruned: to try another
+--target-macs with the same fine-tune in a new --out-dir, link the earlier pruned.control.pt into
+it (`ln OLD/pruned.control.pt NEW/`) and it is kept instead of trained again
+(edgekit.finetune.control_mismatch says why one does not fit).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from edgekit.artifacts import (atomic_write_text, library_versions, machine_info
 from edgekit.config import (CalibMethod, PruneConfig, QuantizeConfig, QuantMode,  # noqa: E402
                             data_config_from_dict)
 from edgekit.data import load_data  # noqa: E402
-from edgekit.finetune import control_checkpoint, default_output, plan_of  # noqa: E402
+from edgekit.finetune import control_checkpoint, control_mismatch, default_output, plan_of  # noqa: E402
 from edgekit.formats import FORMATS  # noqa: E402
 from edgekit.measure import accuracy, compare_latency  # noqa: E402
 from edgekit.model import load_checkpoint  # noqa: E402
@@ -73,16 +77,18 @@ def kept(step: Step, source: Path, out: Path) -> bool:
     SystemExit when something else is in the way."""
     if not out.exists():
         return False
+    if step.section == "finetune":  # a control: made for this child or another one fine-tuned alike
+        why = control_mismatch(out, source, step.config)
+        if why is None:
+            return True
+        sys.exit(f"error: {out} is already there but is not this step's artifact ({why}); remove it or pass "
+                 "another --out-dir")
     manifest = read_manifest(out)
     parent = (manifest.get("parent") or {}).get("sha256")
     recorded = recipe((manifest.get("config") or {}).get(step.section) or {})
     wanted = recipe(step.config)
     differs = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
-    if step.section == "finetune":  # a control: its parent is the child's parent, its child this step's source
-        parent_ok = (manifest.get("extra") or {}).get("child", {}).get("sha256") == sha256_file(source)
-    else:
-        parent_ok = parent == sha256_file(source)
-    if parent_ok and not differs:
+    if parent == sha256_file(source) and not differs:
         return True
     why = f"recipe differs in {', '.join(differs)}" if differs else f"made from another file than {source}"
     sys.exit(f"error: {out} is already there but is not this step's artifact ({why}); remove it or pass "

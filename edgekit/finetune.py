@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from .artifacts import (Manifest, guard_output, parent_ref, publish, read_manifest, remove_path, sha256_file,
-                        staging_path)
+                        staging_path, to_plain)
 from .config import DataConfig, FinetuneConfig, PruneConfig, QuantizeConfig, QuantMode
 from .data import DataSplits, load_data_for_checkpoint
 from .errors import CheckpointError, ConfigError
@@ -76,6 +76,28 @@ def plan_of(child: Path, manifest: dict[str, Any]) -> FinetuneConfig:
     raise ConfigError(f"{child} was not fine-tuned (its manifest says kind '{manifest.get('kind', '?')}', no "
                       "training), so it needs no control", "pass a file made by `edgekit prune` with --finetune-epochs > 0 or by "
                       "`edgekit quantize --mode qat`")
+
+
+# Where a run's scalars went is not part of how it trained.
+NOT_PLAN = {"tensorboard"}
+
+
+def control_mismatch(control: Path, child: Path, plan: FinetuneConfig) -> str | None:
+    """Why `control` is not a control for `child` fine-tuned by `plan`, or None when it is.
+
+    A control is the child's parent put through the child's fine-tune; it does not depend on what
+    was pruned or quantized. So one made for another child of the same parent with the same plan
+    (another pruning target, say) serves this child too, and a second full fine-tune is not needed."""
+    manifest = read_manifest(control)
+    if manifest.get("kind") != "control":
+        return f"{control.name} is not a control (its manifest says kind '{manifest.get('kind', '?')}')"
+    parent = (read_manifest(child).get("parent") or {}).get("sha256")
+    if (manifest.get("parent") or {}).get("sha256") != parent:
+        return f"{control.name} was fine-tuned from another parent than {child.name}'s"
+    recorded = (manifest.get("config") or {}).get("finetune") or {}
+    wanted = to_plain(plan)
+    differs = sorted(k for k in (set(recorded) | set(wanted)) - NOT_PLAN if recorded.get(k) != wanted.get(k))
+    return f"{control.name} was fine-tuned differently ({', '.join(differs)})" if differs else None
 
 
 def _from_plain(cls, values: dict[str, Any]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -13,7 +14,7 @@ from edgekit.artifacts import manifest_path, read_manifest, sha256_file
 from edgekit.config import FinetuneConfig, PruneConfig, QuantizeConfig
 from edgekit.data import DataSplits
 from edgekit.errors import CheckpointError, ConfigError
-from edgekit.finetune import control_checkpoint, default_output, plan_of
+from edgekit.finetune import control_checkpoint, control_mismatch, default_output, plan_of
 from edgekit.model import load_checkpoint
 from edgekit.prune import prune_checkpoint
 
@@ -96,3 +97,20 @@ def test_control_refuses_a_parent_that_changed(parent_and_data, pruned_child, tm
     with pytest.raises(CheckpointError, match="is missing"):
         control_checkpoint(moved, tmp_path / "c.pt", data=data)
     assert not (tmp_path / "c.pt").exists()
+
+
+def test_one_control_serves_every_child_fine_tuned_alike(parent_and_data, pruned_child, tmp_path):
+    """A control is the parent fine-tuned by the child's plan: a child pruned to another width with
+    the same fine-tune can use it; one fine-tuned otherwise, or a file that is no control, cannot."""
+    parent, data = parent_and_data
+    child, config = pruned_child
+    control = default_output(child)
+    if not control.exists():
+        control_checkpoint(child, data=data)
+    other = tmp_path / "pruned-harder.pt"
+    prune_checkpoint(parent, dataclasses.replace(config, ratio=0.3), other, data=data)
+    assert sha256_file(other) != sha256_file(child)
+    assert control_mismatch(control, other, plan_of(other, read_manifest(other))) is None
+    slower = dataclasses.replace(plan_of(other, read_manifest(other)), lr=0.001)
+    assert control_mismatch(control, other, slower) == f"{control.name} was fine-tuned differently (lr)"
+    assert "is not a control" in control_mismatch(child, other, slower)
