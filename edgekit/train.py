@@ -25,9 +25,9 @@ from .measure import evaluate
 from .model import ResNet18, save_checkpoint
 from .report import Reporter, quiet
 # The recipe's public names stay importable from the stage's entry module.
-from .train_loop import (cpu_has_native_bf16, distillation_loss, evaluate_epoch, keep_average,  # noqa: F401
-                         lr_factor, release, resolve_device, set_up, start_stepping, train_epoch)
-from .train_state import Progress, StateFile, run_config_of
+from .train_loop import (Progress, cpu_has_native_bf16, distillation_loss, evaluate_epoch,  # noqa: F401
+                         keep_average, lr_factor, release, resolve_device, set_up, start_stepping, train_epoch)
+from .train_state import StateFile, run_config_of
 
 
 @dataclass

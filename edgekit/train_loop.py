@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,25 @@ from .data import DataSplits, augment, batches, to_unit_float
 from .errors import ConfigError, DataError, DependencyError
 from .measure import evaluate
 from .report import Reporter
-from .train_state import Progress
+
+
+@dataclass
+class Progress:
+    """How far a run got: its epochs' records and the best of them so far."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val: float = -1.0
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None  # the kept weights, on the CPU
+    epochs_done: int = 0
+
+    def add(self, record: dict[str, Any], kept: nn.Module) -> None:
+        """The record of the epoch just finished; `kept` (the model or its EMA) is its best if it beats the others."""
+        self.history.append(record)
+        self.epochs_done = record["epoch"]
+        if record["val_accuracy"] > self.best_val:
+            self.best_val, self.best_epoch = record["val_accuracy"], record["epoch"]
+            self.best_state = {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}
+
 
 # ---- the recipe -----------------------------------------------------------------------------------
 

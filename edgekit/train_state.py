@@ -1,14 +1,13 @@
-"""The training state in last.pt (what every epoch's end writes and --resume restores), how far a run
-got, and the check that a resumed run matches the interrupted one."""
+"""The training state in last.pt (what every epoch's end writes and --resume restores) and the check
+that a resumed run matches the interrupted one. How far a run got (Progress) is the loop's, in train_loop."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from torch import nn
 
 from .artifacts import atomic_torch_save, to_plain
 from .config import DataConfig, TrainConfig
@@ -16,8 +15,7 @@ from .data import DataSplits
 from .errors import CheckpointError, ConfigError
 from .report import Reporter
 
-if TYPE_CHECKING:
-    from .train_loop import Run
+from .train_loop import Progress, Run
 
 TRAIN_STATE_FORMAT = "edgekit-train-state/1"
 
@@ -43,24 +41,6 @@ def check_resume_config(state: dict[str, Any], run_config: dict[str, Any], confi
     if mismatched:
         raise ConfigError(f"--resume with a different config than the interrupted run: {', '.join(mismatched)}",
                           "resume with the same options, or start a fresh run in another --out")
-
-
-@dataclass
-class Progress:
-    """How far a run got: its epochs' records and the best of them so far."""
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_val: float = -1.0
-    best_epoch: int = 0
-    best_state: dict[str, torch.Tensor] | None = None  # the kept weights, on the CPU
-    epochs_done: int = 0
-
-    def add(self, record: dict[str, Any], kept: nn.Module) -> None:
-        """The record of the epoch just finished; `kept` (the model or its EMA) is its best if it beats the others."""
-        self.history.append(record)
-        self.epochs_done = record["epoch"]
-        if record["val_accuracy"] > self.best_val:
-            self.best_val, self.best_epoch = record["val_accuracy"], record["epoch"]
-            self.best_state = {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}
 
 
 @dataclass(frozen=True)
