@@ -62,7 +62,8 @@ def accuracy(model: nn.Module, data: DataSplits, split: str = "val") -> float:
 
 
 @contextlib.contextmanager
-def _threads(threads: int):
+def torch_threads(threads: int):
+    """torch's intra-op threads set to `threads` for the block, the previous count after."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -79,7 +80,7 @@ def compare_latency(models: dict[str, nn.Module], threads: int = 1, runs: int = 
     x = torch.rand(batch, *input_shape, generator=torch.Generator().manual_seed(0))
     for model in models.values():
         model.eval()
-    with _threads(threads), torch.inference_mode():
+    with torch_threads(threads), torch.inference_mode():
         samples = time_interleaved({name: (lambda _, m=model: m(x)) for name, model in models.items()},
                                    runs, warmup, rounds)
     result = {}

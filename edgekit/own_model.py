@@ -48,6 +48,7 @@ from .artifacts import (Manifest, atomic_write_text, guard_output, publish, remo
 from .config import ONNX_OPSET, check_range
 from .errors import CalibrationError, DependencyError, ParityError, UnsupportedError, install_hint
 from .formats import MODULE_FORMAT, SOURCE_FORMAT, export_format
+from .measure import torch_threads
 from .report import Reporter, quiet
 from .timing import percentiles, time_interleaved
 from .validate import ParityReport, check, parity, precision_label
@@ -195,16 +196,6 @@ def _eval(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
-@contextlib.contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def state_dict_sha256(module: nn.Module) -> str:
     """sha256 over the module's state_dict names, dtypes, shapes and bytes: the parent of its exports."""
     digest = hashlib.sha256()
@@ -265,7 +256,7 @@ def optimize_module(module: nn.Module, example: torch.Tensor, images: np.ndarray
     result = OwnModelResult(produced=[], bench=[], source_sha256=parent["state_dict_sha256"], report_path=report_path)
     onnx = MODULE_FORMAT.module()
     try:
-        with _eval(module), _torch_threads(config.threads):
+        with _eval(module), torch_threads(config.threads):
             source = TorchRunner(module, name=f"{SOURCE_FORMAT.name} fp32 (your module)")
             runners[f"{SOURCE_FORMAT.name} fp32"] = source
             reporter.info(f"{MODULE_FORMAT.name}: tracing {type(module).__name__} at [N, {', '.join(map(str, shape))}]")
