@@ -18,7 +18,7 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from .config import (Averaging, BenchConfig, CalibMethod, CalibrationConfig, DataConfig, DataSource, Device,
+from .config import (Arch, Averaging, BenchConfig, CalibMethod, CalibrationConfig, DataConfig, DataSource, Device,
                      DiagnoseOptions, EvalConfig, ExportOptions, Importance, Optimizer, PruneConfig, QuantBackend,
                      QuantizeConfig, QuantMode, Schedule, Split, TrainConfig, Tta)
 from .errors import EdgekitError, install_hint
@@ -96,6 +96,7 @@ def train(
     epochs: int = typer.Option(TrainConfig.epochs),
     batch_size: int = typer.Option(TrainConfig.batch_size),
     lr: float = typer.Option(TrainConfig.lr, help="peak learning rate"),
+    arch: Arch = typer.Option(TrainConfig.arch, help="network: resnet18 or mobilenet_v2 (CIFAR variants)"),
     width: float = typer.Option(TrainConfig.width, help="width multiplier (1.0 = 11.2M parameters)"),
     optimizer: Optimizer = typer.Option(TrainConfig.optimizer),
     schedule: Schedule = typer.Option(TrainConfig.schedule),
@@ -139,7 +140,7 @@ def train(
 
     reporter = _reporter()
     data_config = _data_config(source, data_dir, val_size, train_per_class, seed)
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, width=width, optimizer=optimizer,
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, arch=arch, width=width, optimizer=optimizer,
                          schedule=schedule, label_smoothing=label_smoothing, cutout=cutout,
                          decay_norm_and_bias=decay_norm_and_bias, averaging=averaging, swa_start=swa_start,
                          swa_lr=swa_lr, accumulate=accumulate, sync_bn=sync_bn,
@@ -160,7 +161,7 @@ def train(
     distributed.setup(resolve_device(device).type)
     with distributed.main_first():  # rank 0 writes the decoded-image cache, the others read it
         data = load_data(data_config, reporter)
-    model = build_model(ModelSpec.from_width(width, data.num_classes), seed=seed)
+    model = build_model(ModelSpec.from_width(width, data.num_classes, arch=arch), seed=seed)
     try:
         train_model(model, data, config, out, reporter, resume=resume, data_config=data_config, force=force)
     except KeyboardInterrupt:
@@ -239,6 +240,7 @@ def pipeline(
     data_dir: Optional[Path] = DataDirOption,
     out: Path = typer.Option(Path("artifacts/pipeline")),
     epochs: Optional[int] = typer.Option(None, help="override the profile's epochs"),
+    arch: Optional[Arch] = typer.Option(None, help="override the profile's network (resnet18, mobilenet_v2)"),
     width: Optional[float] = typer.Option(None, help="override the profile's width multiplier"),
     device: Device = typer.Option(Device.auto),
 ) -> None:
@@ -253,6 +255,8 @@ def pipeline(
     config = quick_pipeline_config() if quick else PipelineConfig(data=_data_config(source, data_dir), train=TrainConfig())
     if epochs is not None:
         config.train.epochs = epochs
+    if arch is not None:
+        config.train.arch = arch
     if width is not None:
         config.train.width = width
     config.train.device = device

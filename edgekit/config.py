@@ -51,6 +51,13 @@ class Tta(str, Enum):
     flip_translate = "flip-translate"  # and both mirrored again after a 1-px shift up-left and down-right (6)
 
 
+class Arch(str, Enum):
+    """The networks edgekit builds from a ModelSpec (edgekit.spec says what their channel counts mean)."""
+
+    resnet18 = "resnet18"
+    mobilenet_v2 = "mobilenet_v2"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -159,6 +166,7 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     device: Device = Device.auto
+    arch: Arch = Arch.resnet18
     width: float = 1.0
     seed: int = 0
     eval_batch_size: int = 1024

@@ -1,13 +1,14 @@
-"""CIFAR ResNet18 and its checkpoints.
+"""CIFAR ResNet18, the model builder for every architecture, and checkpoints.
 
-The CIFAR variant (He et al. 2016, as in kuangliu/pytorch-cifar): a 3x3 stride-1 stem and no
+build_model makes the network a ModelSpec names (ResNet18 here, MobileNetV2 in edgekit.mobilenet).
+ResNet18 is the CIFAR variant (He et al. 2016, as in kuangliu/pytorch-cifar): a 3x3 stride-1 stem and no
 max-pool, because 32x32 inputs cannot afford the ImageNet stem's 4x downsampling. At width 1
 it has 11,173,962 parameters.
 
-Every channel count lives in a `ModelSpec` (plain data), so a pruned model is rebuilt from its
-recorded channel counts and its state dict: nothing is unpickled. Channels joined by residual
-additions must agree, so a stage has one output width shared by all of its blocks (and the
-stem shares stage 1's), and each block has its own inner width.
+Every channel count lives in a `ModelSpec` (plain data, edgekit.spec), so a pruned model is rebuilt
+from its recorded channel counts and its state dict: nothing is unpickled. Channels joined by
+residual additions must agree, so a stage has one output width shared by all of its blocks (and
+the stem shares stage 1's), and each block has its own inner width.
 
 The model takes pixels scaled to [0, 1] and normalizes inside (`Normalize`), so the
 normalization constants travel with the weights into every exported format, and an int8
@@ -16,8 +17,7 @@ input maps exactly onto 8-bit pixels.
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,89 +26,13 @@ from torch import nn
 
 from .artifacts import atomic_torch_save
 from .errors import CheckpointError
+from .mobilenet import InvertedResidual, MobileNetV2
+# The spec and the shared layers live in edgekit.spec; named here too, where every stage imports them from.
+from .spec import (ARCHITECTURES, BASE_STAGE_CHANNELS, BLOCKS_PER_STAGE, CIFAR10_MEAN, CIFAR10_STD,  # noqa: F401
+                   INPUT_SIZE, Add, ModelSpec, Normalize, scaled_channels)
 
 CHECKPOINT_FORMAT = "edgekit-checkpoint/1"
 QUANTIZED_FORMAT = "edgekit-quantized/1"  # written by edgekit.qmodel; named here so every loader can tell the two apart
-BASE_STAGE_CHANNELS = (64, 128, 256, 512)
-BLOCKS_PER_STAGE = 2
-INPUT_SIZE = 32  # CIFAR images, height = width
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-
-
-def scaled_channels(base: int, width: float, multiple: int = 8) -> int:
-    return max(multiple, int(math.ceil(base * width / multiple)) * multiple)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to rebuild the network's shape: plain data, stored in checkpoints."""
-
-    arch: str = "resnet18"
-    num_classes: int = 10
-    stage_channels: tuple[int, ...] = BASE_STAGE_CHANNELS
-    block_channels: tuple[int, ...] = tuple(c for c in BASE_STAGE_CHANNELS for _ in range(BLOCKS_PER_STAGE))
-    mean: tuple[float, ...] = CIFAR10_MEAN
-    std: tuple[float, ...] = CIFAR10_STD
-    width: float = 1.0
-
-    @classmethod
-    def from_width(cls, width: float = 1.0, num_classes: int = 10,
-                   mean: tuple[float, ...] = CIFAR10_MEAN, std: tuple[float, ...] = CIFAR10_STD) -> "ModelSpec":
-        if width <= 0:
-            from .errors import ConfigError
-
-            raise ConfigError(f"width multiplier must be positive, got {width}", "use e.g. --width 1.0 or 0.25")
-        stages = tuple(scaled_channels(c, width) if width != 1.0 else c for c in BASE_STAGE_CHANNELS)
-        return cls(num_classes=num_classes, stage_channels=stages,
-                   block_channels=tuple(c for c in stages for _ in range(BLOCKS_PER_STAGE)),
-                   mean=tuple(mean), std=tuple(std), width=width)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
-        known = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
-    def check(self) -> None:
-        """A shape build_model can make (ValueError otherwise): for specs read from files."""
-        counts = (*self.stage_channels, *self.block_channels, self.num_classes)
-        if (len(self.stage_channels) != len(BASE_STAGE_CHANNELS)
-                or len(self.block_channels) != len(BASE_STAGE_CHANNELS) * BLOCKS_PER_STAGE
-                or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in counts)
-                or len(self.mean) != 3 or len(self.std) != 3):
-            raise ValueError(f"stage_channels {self.stage_channels}, block_channels {self.block_channels}, "
-                             f"num_classes {self.num_classes}")
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """One image as the network takes it, CHW (CIFAR's 32x32; mean/std say how many channels)."""
-        return (len(self.mean), INPUT_SIZE, INPUT_SIZE)
-
-    @property
-    def is_pruned(self) -> bool:
-        return self != ModelSpec.from_width(self.width, self.num_classes, self.mean, self.std)
-
-
-class Normalize(nn.Module):
-    """(x - mean) / std as one per-channel affine op that every exporter maps to Mul+Add."""
-
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        super().__init__()
-        self.register_buffer("scale", 1.0 / torch.tensor(std).view(1, -1, 1, 1))
-        self.register_buffer("shift", -torch.tensor(mean).view(1, -1, 1, 1) / torch.tensor(std).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.shift
-
-
-class Add(nn.Module):
-    """The residual add as a module, so quantization can observe and replace it."""
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return a + b
 
 
 class BasicBlock(nn.Module):
@@ -139,7 +63,7 @@ class ResNet18(nn.Module):
         super().__init__()
         spec = spec or ModelSpec()
         if spec.arch != "resnet18":
-            raise CheckpointError(f"unknown architecture '{spec.arch}'", "edgekit builds resnet18 only")
+            raise CheckpointError(f"a {spec.arch} spec cannot build ResNet18", "build it with edgekit.model.build_model")
         if len(spec.stage_channels) != 4 or len(spec.block_channels) != 4 * BLOCKS_PER_STAGE:
             raise CheckpointError("model spec has the wrong number of stages or blocks",
                                   "the file was damaged or edited, or made for another model: re-create it")
@@ -189,11 +113,20 @@ class ResNet18(nn.Module):
         return self
 
 
-def build_model(spec: ModelSpec | None = None, seed: int | None = None) -> ResNet18:
-    """A fresh model; with `seed`, its initial weights are that seed's (runs reproduce from the seed alone)."""
+Classifier = ResNet18 | MobileNetV2  # what build_model makes: a network edgekit rebuilds from its ModelSpec
+_BUILDERS = {"resnet18": ResNet18, "mobilenet_v2": MobileNetV2}
+
+
+def build_model(spec: ModelSpec | None = None, seed: int | None = None) -> Classifier:
+    """A fresh model of the spec's architecture; with `seed`, its initial weights are that seed's
+    (runs reproduce from the seed alone)."""
+    spec = spec or ModelSpec()
+    if spec.arch not in _BUILDERS:
+        raise CheckpointError(f"unknown architecture '{spec.arch}'",
+                              f"edgekit builds {', '.join(ARCHITECTURES)}: the file was made by something else")
     if seed is not None:
         torch.manual_seed(seed)
-    return ResNet18(spec)
+    return _BUILDERS[spec.arch](spec)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -223,7 +156,7 @@ class Checkpoint:
     classes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # plain data: history, metrics, training state
 
-    def build(self) -> ResNet18:
+    def build(self) -> Classifier:
         model = build_model(self.spec)
         try:
             model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()})
@@ -233,7 +166,7 @@ class Checkpoint:
         return model.eval()
 
 
-def save_checkpoint(path: str | Path, model: ResNet18, classes: list[str], extra: dict[str, Any] | None = None,
+def save_checkpoint(path: str | Path, model: Classifier, classes: list[str], extra: dict[str, Any] | None = None,
                     half: bool = False) -> Path:
     state = {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().clone()
              for k, v in model.state_dict().items()}

@@ -131,7 +131,7 @@ def run_pipeline(config: PipelineConfig, out_dir: Path, reporter: Reporter = qui
 
     checkpoint = out_dir / "train" / "best.pt"
     stage("train", checkpoint, {"train": config.train, "data": config.data}, None,
-          lambda: f"test {train_model(build_model(ModelSpec.from_width(config.train.width, data.num_classes), config.train.seed), data, config.train, checkpoint.parent, reporter, data_config=config.data, force=True).test_accuracy:.2%}")
+          lambda: f"test {train_model(build_model(ModelSpec.from_width(config.train.width, data.num_classes, arch=config.train.arch), config.train.seed), data, config.train, checkpoint.parent, reporter, data_config=config.data, force=True).test_accuracy:.2%}")
 
     calibration = out_dir / "calibration.json"
     stage("calibrate", calibration, {"size": config.calibration_size, "data": config.data}, None,

@@ -34,6 +34,8 @@ LAYERS = {
     "edgekit.qengine": 2,  # the quantized engines and their qconfigs, which qmodel builds on
     "edgekit.observers": 2,  # the range-search observer of the int8 model code
     "edgekit.model": 2,
+    "edgekit.mobilenet": 2,  # the second network model.build_model makes
+    "edgekit.spec": 2,  # ModelSpec and the layers both networks share
     "edgekit.measure": 2,  # accuracy and latency of a torch model
     **{f"edgekit.{base}": 1 for base in ("artifacts", "config", "errors", "report", "data", "timing",
                                          "flips", "diagnose_plots", "tensorboard_log",

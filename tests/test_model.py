@@ -51,3 +51,52 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     garbage.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="is not a torch file"):
         load_checkpoint(garbage)
+
+
+# ---- MobileNetV2 -----------------------------------------------------------------------------
+
+
+def test_mobilenet_v2_is_the_cifar_variant_with_its_published_shape():
+    model = build_model(ModelSpec.from_width(1.0, arch="mobilenet_v2"))
+    # torchvision's MobileNetV2 has 2,236,682 parameters at 10 classes; the CIFAR form differs only in strides
+    assert count_parameters(model) == 2_236_682
+    assert count_macs(model) < count_macs(build_model(ModelSpec())) / 5  # several times cheaper than ResNet18
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    depthwise = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert len(depthwise) == 17 and all(m.groups == m.in_channels == m.out_channels for m in depthwise)
+    assert sum(isinstance(m, torch.nn.ReLU6) for m in model.modules()) == 2 + 16 + 17  # stem, head, expand, depthwise
+
+
+def test_mobilenet_v2_width_fuse_and_checkpoint_round_trip(tmp_path):
+    spec = ModelSpec.from_width(0.25, arch="mobilenet_v2")
+    assert spec.stage_channels[-1] == 1280  # as torchvision, the head never narrows below 1280
+    assert not spec.is_pruned
+    model = build_model(spec, seed=0).train()
+    for _ in range(3):
+        model(torch.rand(16, 3, 32, 32))
+    model.eval()
+    x = torch.rand(4, 3, 32, 32)
+    path = save_checkpoint(tmp_path / "m.pt", model, [str(i) for i in range(10)])
+    loaded = load_checkpoint(path)
+    assert loaded.spec.arch == "mobilenet_v2" and type(loaded.build()).__name__ == "MobileNetV2"
+    reference = model(x)
+    assert torch.equal(loaded.build()(x), reference)
+    assert torch.allclose(loaded.build().fuse_model()(x), reference, atol=1e-5)
+
+    with pytest.raises(CheckpointError, match="arch=mobilenet_v2"):
+        load_checkpoint(path, expect=ModelSpec.from_width(0.25))  # a ResNet18 cannot take MobileNetV2 weights
+
+
+def test_mobilenet_v2_spec_refuses_shapes_it_cannot_build():
+    spec = ModelSpec.from_width(0.25, arch="mobilenet_v2")
+    with pytest.raises(ValueError, match="stem"):
+        ModelSpec.from_dict({**spec.to_dict(), "block_channels": [spec.stage_channels[0] + 8, *spec.block_channels[1:]]}).check()
+    with pytest.raises(ValueError, match="stage_channels"):
+        ModelSpec.from_dict({**spec.to_dict(), "stage_channels": list(spec.stage_channels[:4])}).check()
+    with pytest.raises(ValueError, match="unknown architecture"):
+        ModelSpec.from_dict({**spec.to_dict(), "arch": "vgg16"}).check()
+    with pytest.raises(ConfigError, match="--arch"):
+        ModelSpec.from_width(1.0, arch="vgg16")
+    pruned = ModelSpec.from_dict({**spec.to_dict(), "block_channels": [spec.block_channels[0], 40, *spec.block_channels[2:]]})
+    pruned.check()
+    assert pruned.is_pruned and build_model(pruned).layer2[0].conv2.groups == 40

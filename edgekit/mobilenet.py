@@ -1,0 +1,103 @@
+"""CIFAR MobileNetV2, built from a ModelSpec (see edgekit.spec for what its channel counts mean).
+
+Sandler et al. 2018, in the CIFAR form of kuangliu/pytorch-cifar: a 3x3 stride-1 stem and stride 1
+in the second stage. One difference from that repository: a block adds its input back only where
+the shapes already agree (stride 1, same width), as in the paper and torchvision, with no 1x1
+projection shortcut where the width changes, so every residual is the plain add that int8 and
+pruning handle as a coupling.
+
+Names follow edgekit's ResNet18 where the part is the same (normalize, conv1/bn1/relu stem,
+layer1..layer7 stages, avgpool/flatten/fc), so stages that look up `fc` or a last stage by name
+treat both alike. ReLU6 stays ReLU6: torch has no fused Conv-BN-ReLU6, and swapping it for ReLU
+changes what a trained model computes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+from .spec import MOBILENET_V2_STAGES, Add, ModelSpec, Normalize, mobilenet_v2_block_inputs
+
+
+class InvertedResidual(nn.Module):
+    """1x1 expand (absent at expansion 1) -> 3x3 depthwise -> 1x1 linear projection, + input when shapes agree."""
+
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, stride: int, expand: bool) -> None:
+        super().__init__()
+        self.expand = expand
+        if expand:
+            self.conv1 = nn.Conv2d(in_channels, hidden_channels, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(hidden_channels)
+            self.relu1 = nn.ReLU6(inplace=True)
+        self.conv2 = nn.Conv2d(hidden_channels, hidden_channels, 3, stride, 1, groups=hidden_channels, bias=False)
+        self.bn2 = nn.BatchNorm2d(hidden_channels)
+        self.relu2 = nn.ReLU6(inplace=True)
+        self.conv3 = nn.Conv2d(hidden_channels, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.use_residual = stride == 1 and in_channels == out_channels
+        if self.use_residual:
+            self.add = Add()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x))) if self.expand else x
+        out = self.bn3(self.conv3(self.relu2(self.bn2(self.conv2(out)))))
+        return self.add(out, x) if self.use_residual else out
+
+    def fusion_groups(self) -> list[list[str]]:
+        """conv+BN pairs torch can fold (no Conv-BN-ReLU6 fuser exists, so ReLU6 stays its own op)."""
+        return ([["conv1", "bn1"]] if self.expand else []) + [["conv2", "bn2"], ["conv3", "bn3"]]
+
+
+class MobileNetV2(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        if spec.arch != "mobilenet_v2":
+            raise CheckpointError(f"a {spec.arch} spec cannot build MobileNetV2", "build it with edgekit.model.build_model")
+        try:
+            spec.check()
+        except ValueError as exc:
+            raise CheckpointError(f"model spec does not describe a MobileNetV2 ({exc})",
+                                  "the file was damaged or edited, or made for another model: re-create it") from exc
+        self.spec = spec
+        self.normalize = Normalize(spec.mean, spec.std)
+        stem, *stage_widths, head = spec.stage_channels
+        self.conv1 = nn.Conv2d(3, stem, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        self.relu = nn.ReLU6(inplace=True)
+        inputs = iter(mobilenet_v2_block_inputs(spec.stage_channels))
+        hidden = iter(spec.block_channels)
+        for stage, ((expansion, _, blocks, stride), out_channels) in enumerate(zip(MOBILENET_V2_STAGES, stage_widths)):
+            layer = [InvertedResidual(next(inputs), next(hidden), out_channels, stride if index == 0 else 1,
+                                      expand=expansion != 1) for index in range(blocks)]
+            setattr(self, f"layer{stage + 1}", nn.Sequential(*layer))
+        self.conv2 = nn.Conv2d(stage_widths[-1], head, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(head)
+        self.relu2 = nn.ReLU6(inplace=True)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.fc = nn.Linear(head, spec.num_classes)
+
+    @property
+    def stages(self) -> list[nn.Sequential]:
+        return [getattr(self, f"layer{index + 1}") for index in range(len(MOBILENET_V2_STAGES))]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(self.normalize(x))))
+        for stage in self.stages:
+            x = stage(x)
+        x = self.relu2(self.bn2(self.conv2(x)))
+        return self.fc(self.flatten(self.avgpool(x)))
+
+    def fuse_model(self) -> "MobileNetV2":
+        """Fold conv+BN in place for inference or eager-mode quantization. Needs eval mode."""
+        from torch.ao.quantization import fuse_modules
+
+        if self.training:
+            raise RuntimeError("fuse_model() folds BN statistics and must run in eval mode")
+        fuse_modules(self, [["conv1", "bn1"], ["conv2", "bn2"]], inplace=True)
+        for module in self.modules():
+            if isinstance(module, InvertedResidual):
+                fuse_modules(module, module.fusion_groups(), inplace=True)
+        return self
