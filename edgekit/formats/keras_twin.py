@@ -1,4 +1,5 @@
-"""A Keras twin of edgekit's ResNet18, built from a checkpoint's ModelSpec, torch weights copied in.
+"""A Keras twin of edgekit's networks (ResNet18, MobileNetV2), built from a checkpoint's ModelSpec,
+torch weights copied in.
 
 Why a twin, and not a converter (this is the paragraph the README quotes):
 
@@ -8,16 +9,23 @@ Why a twin, and not a converter (this is the paragraph the README quotes):
     weights are copied in (conv OIHW -> HWIO, BatchNorm folded into the conv in float64, the
     model's Normalize kept as the first layer). It runs NHWC throughout, which is TFLite's native
     layout, so the converted file has no Transpose ops, and its fp32 .tflite matches torch
-    to about 1e-7 max-abs on the logits (tests hold it to 1e-4, pruned shapes included). TensorFlow's own converter then writes fp32, fp16 and full-integer int8
-    files with every op, residual adds included, in int8. The alternatives were tried and
-    rejected: onnx2tf pins older numpy/onnx than edgekit needs and downloads calibration data
-    from the internet by default; litert-torch (ai-edge-torch) pulls in jax, and its int8
-    output left the residual adds in float. The cost of the twin is that it only knows
-    edgekit's ResNet18: a new architecture needs its own twin (about 60 lines here).
+    to about 1e-7 (ResNet18) to 1e-5 (MobileNetV2) max-abs on the logits (tests hold both to
+    1e-4, pruned shapes included). TensorFlow's own converter then writes fp32, fp16 and
+    full-integer int8 files with every op, residual adds and depthwise convs included, in int8.
+    The alternatives were tried and rejected: onnx2tf pins older numpy/onnx than edgekit needs
+    and downloads calibration data from the internet by default; litert-torch (ai-edge-torch)
+    pulls in jax, and its int8 output left the residual adds in float. The cost of the twin is
+    that it knows only the architectures it has a builder for (`_FEATURES`): a new one needs
+    its own (30 to 40 lines here).
 
 Padding: torch pads a 3x3 stride-2 convolution by one pixel on every side; Keras 'same' pads
-an even input only at the bottom/right. So stride-2 convolutions get an explicit
-ZeroPadding2D(1) and 'valid' padding. Stride-1 'same' is already symmetric.
+an even input only at the bottom/right. So stride-2 convolutions, depthwise ones too, get an
+explicit ZeroPadding2D(1) and 'valid' padding. Stride-1 'same' is already symmetric.
+
+MobileNetV2: a depthwise conv is a DepthwiseConv2D (torch keeps it as a grouped Conv2d whose
+weight is [C, 1, kH, kW]), so TFLite writes DEPTHWISE_CONV_2D with per-channel int8 weights.
+ReLU6 is ReLU(max_value=6), which lowers to tf.nn.relu6 and is fused into the conv before it
+(a clip would leave MINIMUM/MAXIMUM ops behind).
 
 TensorFlow is imported inside the functions: importing this module costs nothing.
 """
