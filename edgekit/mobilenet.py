@@ -55,6 +55,12 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
+    # Grad-CAM's default layer (edgekit.gradcam): the head's ReLU6, the last rectified map (4x4) and the one
+    # the classifier averages. Not layer7: its output is a linear bottleneck (signed, no activation) that the
+    # head's 1x1 conv still mixes before the classifier sees it. torchvision's MobileNetV2 is read the same
+    # way (its features[-1], the head conv + BN + ReLU6).
+    gradcam_layer = "relu2"
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         if spec.arch != "mobilenet_v2":

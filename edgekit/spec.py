@@ -88,6 +88,9 @@ def _mobilenet_v2_widths(width: float) -> tuple[tuple[int, ...], tuple[int, ...]
 
 
 _WIDTHS = {"resnet18": _resnet18_widths, "mobilenet_v2": _mobilenet_v2_widths}
+# What `stage_channels` lists, in a few words (for `edgekit info`; the module doc says more).
+STAGE_CHANNELS_MEANING = {"resnet18": "stages 1-4; the stem shares stage 1's",
+                          "mobilenet_v2": "stem, stages 1-7, 1x1 head"}
 _SHAPE_LENGTHS = {"resnet18": (len(BASE_STAGE_CHANNELS), len(BASE_STAGE_CHANNELS) * BLOCKS_PER_STAGE),
                   "mobilenet_v2": (len(MOBILENET_V2_STAGES) + 2, sum(b for _, _, b, _ in MOBILENET_V2_STAGES))}
 
