@@ -27,11 +27,14 @@ def describe_artifact(artifact: Path) -> tuple[list[list[Any]], list[str]]:
     if fmt is SOURCE_FORMAT:
         from .model import build_model, count_macs, count_parameters
         from .qmodel import torch_artifact_spec
+        from .spec import STAGE_CHANNELS_MEANING
 
         spec, _, int8 = torch_artifact_spec(artifact)
         model = build_model(spec)  # the architecture: an int8 file has the same shapes, its weights int8
-        rows += [["parameters", count_parameters(model)], ["MACs (batch 1)", count_macs(model)],
-                 ["stage channels", list(spec.stage_channels)], ["int8 model", "yes" if int8 else "no"]]
+        rows += [["architecture", f"{spec.arch}, width {spec.width:g}" + (" (pruned)" if spec.is_pruned else "")],
+                 ["parameters", count_parameters(model)], ["MACs (batch 1)", count_macs(model)],
+                 [f"stage channels ({STAGE_CHANNELS_MEANING[spec.arch]})", list(spec.stage_channels)],
+                 ["int8 model", "yes" if int8 else "no"]]
     rows.append(["census", json.dumps(fmt.module().census(artifact))])
     read_metadata = getattr(fmt.module(), "read_metadata", None)  # exported formats describe themselves
     if read_metadata is not None:

@@ -110,10 +110,15 @@ def _flip_records(comparison: Comparison, indices: np.ndarray) -> list[dict[str,
     return records
 
 
+def _default_layers(parent: str, child: str) -> str:
+    """How diff.json names the layers used when --layer is not given: each model's own default."""
+    return f"{parent} (default)" if parent == child else f"{parent} / {child} (parent / child defaults)"
+
+
 def _gradcam_comparison(parent: Path, child: Path, images: np.ndarray, comparison: Comparison, flipped: np.ndarray,
                         sample: int, seed: int, layer: str | None, show: int) -> tuple[dict[str, Any], dict | None]:
     """Grad-CAM of both models: maps on the shown flipped images and map correlation on a seeded sample."""
-    from .gradcam import gradcam, map_correlation, torch_model_for
+    from .gradcam import gradcam, layer_name, map_correlation, torch_model_for
 
     parent_model, parent_kind = torch_model_for(parent)
     child_model, child_kind = torch_model_for(child)
@@ -128,7 +133,8 @@ def _gradcam_comparison(parent: Path, child: Path, images: np.ndarray, compariso
     finite = correlation[np.isfinite(correlation)]
     quartiles = np.percentile(finite, [25, 50, 75]) if len(finite) else [math.nan] * 3
     info = {"available": True, "parent_model": parent_kind, "child_model": child_kind,
-            "layer": layer or "layer4 (default)", "sample_images": int(len(chosen)), "sample_seed": seed,
+            "layer": layer or _default_layers(layer_name(parent_model, None), layer_name(child_model, None)),
+            "sample_images": int(len(chosen)), "sample_seed": seed,
             "target": "the true class", "correlation_median": float(quartiles[1]),
             "correlation_q25": float(quartiles[0]), "correlation_q75": float(quartiles[2]),
             "correlation_iqr": float(quartiles[2] - quartiles[0]),
@@ -273,7 +279,7 @@ def explain(checkpoint: Path, out: Path, images_count: int = DiagnoseOptions.ima
             seed: int = DiagnoseOptions.seed, max_mistakes: int = 32, reporter: Reporter = quiet) -> dict[str, Any]:
     """Grad-CAM overlays of chosen (or seeded random) images and the most confident mistakes."""
     from . import diagnose_plots as plots
-    from .gradcam import gradcam, resolve_layer, torch_model_for
+    from .gradcam import gradcam, layer_name, torch_model_for
 
     checkpoint, out = Path(checkpoint), Path(out)
     _check_before_work(DiagnoseOptions(limit=limit, seed=seed, images=images_count, indices=tuple(indices or ())),
@@ -281,7 +287,7 @@ def explain(checkpoint: Path, out: Path, images_count: int = DiagnoseOptions.ima
     model, kind = torch_model_for(checkpoint)
     if model is None:
         raise ConfigError(f"cannot explain {checkpoint.name}: {kind}", _explain_instead(checkpoint))
-    resolve_layer(model, layer)  # a bad --layer fails before any data is loaded
+    cam_layer = layer_name(model, layer)  # a bad --layer fails before any data is loaded
     splits, images, labels, _ = load_split(checkpoint, split, data, limit, reporter)
     classes = list(splits.classes)
     if indices:
@@ -297,7 +303,7 @@ def explain(checkpoint: Path, out: Path, images_count: int = DiagnoseOptions.ima
     logits = predict_all(TorchRunner(model), images, 256)[0]
     probabilities = softmax(logits)
     predicted = logits.argmax(1)
-    maps = gradcam(model, images[chosen], predicted[chosen], layer)
+    maps = gradcam(model, images[chosen], predicted[chosen], cam_layer)
     wrong = np.flatnonzero(predicted != labels)
     wrong = wrong[np.argsort(-probabilities[wrong].max(1), kind="stable")]
 
@@ -308,13 +314,13 @@ def explain(checkpoint: Path, out: Path, images_count: int = DiagnoseOptions.ima
     paths = {"json": out / "explain.json", "md": out / "explain.md", "gradcam": out / "gradcam.png",
              "mistakes": out / "misclassified.png"}
     plots.gradcam_overlays(images[chosen], maps, [title(i) for i in chosen], paths["gradcam"],
-                           title=f"Grad-CAM of {checkpoint.name} ({layer or 'layer4'}), map for the predicted class")
+                           title=f"Grad-CAM of {checkpoint.name} ({cam_layer}), map for the predicted class")
     shown = wrong[:max_mistakes]
     plots.image_grid(images[shown], [title(i) for i in shown], paths["mistakes"],
                      title=f"most confident mistakes ({len(wrong)} of {len(labels)} {split} images wrong; "
                            f"{len(shown)} shown)")
     accuracy = top1_accuracy(logits, labels)
-    payload = {"checkpoint": str(checkpoint), "model": kind, "layer": layer or "layer4", "split": split,
+    payload = {"checkpoint": str(checkpoint), "model": kind, "layer": cam_layer, "split": split,
                "data": splits.describe(), "accuracy": accuracy, "images": [
                    {"index": int(i), "true": classes[labels[i]], "predicted": classes[predicted[i]],
                     "confidence": float(probabilities[i].max())} for i in chosen],

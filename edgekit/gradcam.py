@@ -2,9 +2,10 @@
 
 A map says where in the image the evidence for one class came from: the activations of a
 layer, weighted per channel by the spatial mean of the class score's gradient, summed over
-channels, ReLU'd, upsampled to the input and scaled to [0, 1]. The default layer is the last
-conv stage (`layer4`, 4x4 cells at 32x32 input: coarse, but the stage whose channels the
-classifier reads directly); any module with a spatial output can be named instead.
+channels, ReLU'd, upsampled to the input and scaled to [0, 1]. The default layer is the one the
+network names as its `gradcam_layer`: the last rectified feature map, the one the classifier
+averages and reads directly (ResNet18's `layer4`, MobileNetV2's head `relu2`; 4x4 cells at 32x32
+input, coarse). Any module with a spatial output can be named instead.
 
 Torch-runnable artifacts are fp32 and pruned checkpoints, and static/QAT int8 models through
 their dequantized float twin (`quantize.dequantized_checkpoint`: the int8 weights, BN folded,
@@ -23,7 +24,6 @@ from torch import nn
 from .errors import ConfigError, EdgekitError
 from .timing import batch_slices
 
-DEFAULT_LAYER = "layer4"
 
 
 def torch_model_for(path: Path) -> tuple[nn.Module | None, str]:
@@ -64,13 +64,21 @@ def spatial_layers(model: nn.Module, size: int = 32) -> list[str]:
     return names
 
 
-def resolve_layer(model: nn.Module, layer: str | None) -> nn.Module:
-    name = layer or DEFAULT_LAYER
+def layer_name(model: nn.Module, layer: str | None) -> str:
+    """`layer`, or the model's own default (its `gradcam_layer`), checked to have a spatial output."""
     valid = spatial_layers(model)
+    name = layer or getattr(model, "gradcam_layer", None)
+    if name is None:
+        raise ConfigError(f"{type(model).__name__} names no default Grad-CAM layer", "pass --layer, one of: "
+                          + ", ".join(valid))
     if name not in valid:
         raise ConfigError(f"--layer '{name}' is not a module with a spatial output in this model",
                           "valid names: " + ", ".join(valid))
-    return model.get_submodule(name)
+    return name
+
+
+def resolve_layer(model: nn.Module, layer: str | None) -> nn.Module:
+    return model.get_submodule(layer_name(model, layer))
 
 
 def gradcam(model: nn.Module, images: np.ndarray | torch.Tensor, targets: np.ndarray | torch.Tensor,
@@ -78,8 +86,9 @@ def gradcam(model: nn.Module, images: np.ndarray | torch.Tensor, targets: np.nda
     """Grad-CAM maps [N, H, W] in [0, 1] for each image's target class (a map with no positive
     evidence anywhere is all zeros). `upsample=False` keeps the layer's own resolution."""
     module = resolve_layer(model, layer)
-    # In-place ReLUs would overwrite the captured activation (and its autograd version) after the hook.
-    inplace = [m for m in model.modules() if isinstance(m, nn.ReLU) and m.inplace]
+    # In-place activations (ReLU, ReLU6) would overwrite the captured activation (and its autograd
+    # version) after the hook.
+    inplace = [m for m in model.modules() if isinstance(m, (nn.ReLU, nn.Hardtanh)) and m.inplace]
     for m in inplace:
         m.inplace = False
     captured: dict[str, torch.Tensor] = {}

@@ -79,7 +79,7 @@ def source_checkpoint(path: Path):
         checkpoint.build()
         return checkpoint
     except (EdgekitError, RuntimeError, KeyError, TypeError, ValueError):
-        return None  # e.g. a torch int8 checkpoint: not buildable as the fp32 ResNet18
+        return None  # e.g. a torch int8 checkpoint: not buildable as a float network
 
 
 def data_config_of(lin: Lineage) -> DataConfig:

@@ -4,7 +4,8 @@ Sandler et al. 2018, in the CIFAR form of kuangliu/pytorch-cifar: a 3x3 stride-1
 in the second stage. One difference from that repository: a block adds its input back only where
 the shapes already agree (stride 1, same width), as in the paper and torchvision, with no 1x1
 projection shortcut where the width changes, so every residual is the plain add that int8 and
-pruning handle as a coupling.
+pruning handle as a coupling. Which blocks those are is read from the unpruned widths
+(`spec.mobilenet_v2_residual`), so a pruned model keeps its parent's adds.
 
 Names follow edgekit's ResNet18 where the part is the same (normalize, conv1/bn1/relu stem,
 layer1..layer7 stages, avgpool/flatten/fc), so stages that look up `fc` or a last stage by name
@@ -14,17 +15,20 @@ changes what a trained model computes.
 
 from __future__ import annotations
 
+from itertools import islice
+
 import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .spec import MOBILENET_V2_STAGES, Add, ModelSpec, Normalize, mobilenet_v2_block_inputs
+from .spec import MOBILENET_V2_STAGES, Add, ModelSpec, Normalize, mobilenet_v2_blocks, mobilenet_v2_residual
 
 
 class InvertedResidual(nn.Module):
-    """1x1 expand (absent at expansion 1) -> 3x3 depthwise -> 1x1 linear projection, + input when shapes agree."""
+    """1x1 expand (absent at expansion 1) -> 3x3 depthwise -> 1x1 linear projection, + input if `residual`."""
 
-    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, stride: int, expand: bool) -> None:
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, stride: int, expand: bool,
+                 residual: bool) -> None:
         super().__init__()
         self.expand = expand
         if expand:
@@ -36,7 +40,7 @@ class InvertedResidual(nn.Module):
         self.relu2 = nn.ReLU6(inplace=True)
         self.conv3 = nn.Conv2d(hidden_channels, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
-        self.use_residual = stride == 1 and in_channels == out_channels
+        self.use_residual = residual
         if self.use_residual:
             self.add = Add()
 
@@ -51,6 +55,12 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
+    # Grad-CAM's default layer (edgekit.gradcam): the head's ReLU6, the last rectified map (4x4) and the one
+    # the classifier averages. Not layer7: its output is a linear bottleneck (signed, no activation) that the
+    # head's 1x1 conv still mixes before the classifier sees it. torchvision's MobileNetV2 is read the same
+    # way (its features[-1], the head conv + BN + ReLU6).
+    gradcam_layer = "relu2"
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         if spec.arch != "mobilenet_v2":
@@ -66,11 +76,12 @@ class MobileNetV2(nn.Module):
         self.conv1 = nn.Conv2d(3, stem, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
         self.relu = nn.ReLU6(inplace=True)
-        inputs = iter(mobilenet_v2_block_inputs(spec.stage_channels))
-        hidden = iter(spec.block_channels)
-        for stage, ((expansion, _, blocks, stride), out_channels) in enumerate(zip(MOBILENET_V2_STAGES, stage_widths)):
-            layer = [InvertedResidual(next(inputs), next(hidden), out_channels, stride if index == 0 else 1,
-                                      expand=expansion != 1) for index in range(blocks)]
+        shapes = iter(zip(mobilenet_v2_blocks(spec.stage_channels), spec.block_channels,
+                          mobilenet_v2_residual(spec.width)))
+        for stage, (expansion, _, blocks, _) in enumerate(MOBILENET_V2_STAGES):
+            layer = [InvertedResidual(in_channels, hidden, out_channels, stride, expand=expansion != 1,
+                                      residual=residual)
+                     for (in_channels, out_channels, stride), hidden, residual in islice(shapes, blocks)]
             setattr(self, f"layer{stage + 1}", nn.Sequential(*layer))
         self.conv2 = nn.Conv2d(stage_widths[-1], head, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(head)

@@ -59,6 +59,9 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
+    # Grad-CAM's default layer (edgekit.gradcam): the last stage, whose rectified 4x4 map the classifier averages
+    gradcam_layer = "layer4"
+
     def __init__(self, spec: ModelSpec | None = None) -> None:
         super().__init__()
         spec = spec or ModelSpec()

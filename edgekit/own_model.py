@@ -8,8 +8,8 @@
 - static int8 as ONNX Runtime's QDQ quantizer over your images (`formats.onnx.quantize_qdq`:
   per-channel int8 weights on 7 bits, uint8 activations). This is the generic static int8
   route: it needs no knowledge of the layers, only the graph. edgekit's own static int8
-  (torch PTQ/QAT with range search, `edgekit quantize`) rebuilds ResNet18's blocks and does not
-  apply here;
+  (torch PTQ/QAT with range search, `edgekit quantize`) rebuilds edgekit's own networks block by
+  block and does not apply here;
 - torch dynamic int8 (`qmodel.dynamic_quantize`): only nn.Linear has dynamic kernels, so every
   convolution stays fp32; the counted precision says so (a CNN is mostly "fp32").
 
@@ -23,10 +23,11 @@ runs on all of them, calibration images included (the report says which: `gate_h
 state_dict (there is no parent file). The files carry no deploy record (formats/metadata.py):
 edgekit does not know your classes or preprocessing.
 
-What needs a known architecture (edgekit's ResNet18, built from a ModelSpec) is refused in one
-line before any work: TFLite and SavedModel (a Keras twin of ResNet18), TensorRT (its int8 Q/DQ
-placement by ResNet18's layer names), and pruning (its spec names ResNet18's layers). Export
-ONNX here and convert that file with the runtime's own tools instead.
+What needs a known architecture (edgekit's architectures: ResNet18, MobileNetV2, built from a
+ModelSpec) is refused in one line before any work: TFLite and SavedModel (a Keras twin of the
+network), TensorRT (its engines are built from an edgekit checkpoint or int8 file), and pruning
+(the pruned network is rebuilt from a ModelSpec's channel counts). Export ONNX here and convert
+that file with the runtime's own tools instead.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from .report import Reporter, quiet
 from .timing import percentiles, time_interleaved
 from .validate import ParityReport, check, parity, precision_label
 
-KNOWN_ARCHITECTURE = "edgekit's ResNet18, built from a ModelSpec"
+KNOWN_ARCHITECTURE = "edgekit's architectures: ResNet18, MobileNetV2, built from a ModelSpec"
 CONVERT_INSTEAD = (f"export {MODULE_FORMAT.name} with this API and convert that file with the runtime's own tools "
                    "(e.g. onnx2tf for TFLite, trtexec for TensorRT)")
 PARITY_BATCH = 64  # images per call in the gate: the files have a batch axis of any size
@@ -134,7 +135,7 @@ class OwnModelResult:
 
 
 def needs_known_architecture(what: str) -> UnsupportedError:
-    """The one refusal of a stage that only edgekit's ResNet18 supports."""
+    """The one refusal of a stage that only edgekit's own architectures support."""
     return UnsupportedError(f"{what} needs a known architecture ({KNOWN_ARCHITECTURE}); "
                             "a module of your own is not supported there", CONVERT_INSTEAD)
 
@@ -143,9 +144,9 @@ def check_request(config: OwnModelConfig) -> None:
     """Refuse what this API cannot do for an unknown module, each in one line."""
     config.validate()
     if config.prune:
-        raise UnsupportedError(f"pruning needs a known architecture ({KNOWN_ARCHITECTURE}): its spec names "
-                               "ResNet18's layers", "prune your module with torch-pruning yourself, then pass the "
-                               "pruned module here")
+        raise UnsupportedError(f"pruning needs a known architecture ({KNOWN_ARCHITECTURE}): the pruned network "
+                               "is rebuilt from its ModelSpec's channel counts", "prune your module with "
+                               "torch-pruning yourself, then pass the pruned module here")
     for target in config.targets:
         fmt = export_format(target)
         if fmt is not MODULE_FORMAT:

@@ -4,19 +4,21 @@ Why structured: removing whole channels shrinks every dense conv, so an ordinary
 runs fewer MACs. Zeroing single weights (`unstructured=True`) changes nothing for a dense
 kernel; it is offered for comparison and reported as "no dense speed-up".
 
-Why Torch-Pruning: its dependency graph knows that the stem, every block's second conv and
-every downsample in a stage feed the same residual additions, so it prunes those channels
-together; a hand-written pruner would have to re-derive that coupling.
+Why Torch-Pruning: its dependency graph knows which channels must go together, and prunes them
+together: in ResNet18 the stem, every block's second conv and every downsample of a stage feed
+the same residual additions; in MobileNetV2 a stage's projection convs feed its additions, and a
+depthwise conv's channels are its expand conv's (the stem's, in the first block), so a depthwise
+conv keeps groups == channels. A hand-written pruner would have to re-derive that coupling.
 
 The flow, per step (`steps` rounds): prune (ratio or MAC target, importance by L1/L2 weight
 magnitude, BN scale or Taylor; uniform or global; channel counts rounded to `round_to`) ->
 BN recalibration -> fine-tune with `train.train_model` (short, small lr, distilling from the
 unpruned model) -> BN recalibration (kept only if it does not lower validation accuracy).
 
-No pickle: the pruned network's conv widths are read back into a plain `ModelSpec`
-(`stage_channels`: one per stage, shared by the residual-coupled convs; `block_channels`: each
-block's inner width), a fresh `ResNet18(spec)` loads the pruned state dict, its outputs are
-checked against the pruned module's, and it is saved with `save_checkpoint`.
+No pickle: the pruned network's conv widths are read back into a plain `ModelSpec` of its
+architecture (`spec_of`, one reader per architecture: see edgekit.spec for what the widths mean),
+a fresh network of that spec (`build_model`) loads the pruned state dict, its outputs are checked
+against the pruned module's, and it is saved with `save_checkpoint`.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ from .errors import ConfigError, missing_dependency
 from .formats import SOURCE_FORMAT
 from .finetune import finetune_model
 from .measure import accuracy, compare_latency, recalibrate_bn
-from .model import ModelSpec, ResNet18, count_macs, count_parameters, load_checkpoint, save_checkpoint
+from .mobilenet import MobileNetV2
+from .model import (Classifier, ModelSpec, ResNet18, build_model, count_macs, count_parameters, load_checkpoint,
+                    save_checkpoint)
 from .report import Reporter, quiet
 
 
@@ -63,31 +67,68 @@ def model_stats(model: nn.Module, path: Path | None = None) -> dict[str, Any]:
 # ---- spec <-> pruned module -------------------------------------------------------------------
 
 
-def spec_of(model: ResNet18, base: ModelSpec) -> ModelSpec:
-    """Read the (pruned) conv widths back into a plain ModelSpec."""
+def _coupling_bug(what: str) -> RuntimeError:
+    # A bug (Torch-Pruning's dependency graph or ours), not a user error: a plain exception keeps
+    # its traceback for the report.
+    return RuntimeError(f"pruning left {what} (a Torch-Pruning dependency bug; --importance l1 avoids it); "
+                        "please report it with this traceback")
+
+
+def _stage_width(stage: nn.Sequential, last_conv: str) -> int:
+    """The one output width of a stage's residual-coupled blocks."""
+    widths = {getattr(block, last_conv).out_channels for block in stage}
+    if len(widths) != 1:
+        raise _coupling_bug("residual-coupled convs with different widths")
+    return widths.pop()
+
+
+def _resnet18_widths(model: ResNet18) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Four stage widths (the stem shares stage 1's) and each BasicBlock's inner width."""
     stages = [model.layer1, model.layer2, model.layer3, model.layer4]
-    stage_channels = []
-    block_channels = []
-    for stage in stages:
-        widths = {block.conv2.out_channels for block in stage}
-        if len(widths) != 1:
-            # A bug (Torch-Pruning's dependency graph or ours), not a user error: a plain exception
-            # keeps its traceback for the report.
-            raise RuntimeError("pruning left residual-coupled convs with different widths (a Torch-Pruning "
-                               "dependency bug; --importance l1 avoids it); please report it with this traceback")
-        stage_channels.append(widths.pop())
-        block_channels += [block.conv1.out_channels for block in stage]
+    stage_channels = tuple(_stage_width(stage, "conv2") for stage in stages)
     if model.conv1.out_channels != stage_channels[0]:
         raise RuntimeError("pruned stem width differs from stage 1: an edgekit bug, please report it with this "
                            "traceback")
-    return dataclasses.replace(base, stage_channels=tuple(stage_channels), block_channels=tuple(block_channels))
+    return stage_channels, tuple(block.conv1.out_channels for stage in stages for block in stage)
+
+
+def _mobilenet_v2_widths(model: MobileNetV2) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Stem, seven stage widths and head; each block's expanded width, read at its depthwise conv.
+
+    Torch-Pruning couples a depthwise conv's channels with the expand conv (or, in the first block,
+    the stem) that feeds it; a depthwise conv left with groups != channels would be a grouped conv
+    the rebuilt network cannot express, so it is refused here rather than at load time."""
+    blocks = [block for stage in model.stages for block in stage]
+    for block in blocks:
+        dw = block.conv2
+        if not dw.groups == dw.in_channels == dw.out_channels or (block.expand and block.conv1.out_channels != dw.in_channels):
+            raise _coupling_bug(f"a depthwise conv with {dw.in_channels} -> {dw.out_channels} channels in "
+                                f"{dw.groups} groups")
+    stage_channels = (model.conv1.out_channels, *(_stage_width(stage, "conv3") for stage in model.stages),
+                      model.conv2.out_channels)
+    return stage_channels, tuple(block.conv2.out_channels for block in blocks)
+
+
+# What a pruned network's widths read back as, per architecture (edgekit.spec says what they mean).
+_WIDTH_READERS = {"resnet18": _resnet18_widths, "mobilenet_v2": _mobilenet_v2_widths}
+
+
+def spec_of(model: Classifier, base: ModelSpec) -> ModelSpec:
+    """Read the (pruned) conv widths back into a plain ModelSpec of the base's architecture."""
+    stage_channels, block_channels = _WIDTH_READERS[base.arch](model)
+    spec = dataclasses.replace(base, stage_channels=stage_channels, block_channels=block_channels)
+    try:
+        spec.check()
+    except ValueError as exc:
+        raise _coupling_bug(f"widths the architecture cannot take ({exc})") from exc
+    return spec
 
 
 @torch.no_grad()
-def rebuild(model: ResNet18, base: ModelSpec) -> tuple[ResNet18, float]:
-    """A fresh ResNet18 from the pruned widths, loaded with the pruned weights; max output diff."""
+def rebuild(model: Classifier, base: ModelSpec) -> tuple[Classifier, float]:
+    """A fresh network from the pruned widths, loaded with the pruned weights; max output diff."""
     spec = spec_of(model, base)
-    fresh = ResNet18(spec)
+    fresh = build_model(spec)
     fresh.load_state_dict(model.state_dict())
     fresh.eval()
     model.eval()
@@ -148,7 +189,7 @@ def validate_config(config: PruneConfig) -> None:
                           "e.g. --distill 0.5 (half the fine-tune loss from the unpruned model) or 0 (labels only)")
 
 
-def _finetune(model: ResNet18, data: DataSplits, config: PruneConfig, reporter: Reporter,
+def _finetune(model: Classifier, data: DataSplits, config: PruneConfig, reporter: Reporter,
               teacher: nn.Module | None = None) -> dict[str, Any]:
     """One step's fine-tune: a cycle of the recipe `edgekit control` repeats on the parent."""
     plan = FinetuneConfig.of_prune(config)
@@ -157,8 +198,8 @@ def _finetune(model: ResNet18, data: DataSplits, config: PruneConfig, reporter: 
     return finetune_model(model, data, plan, reporter, teacher)
 
 
-def prune_model(model: ResNet18, data: DataSplits, config: PruneConfig, reporter: Reporter = quiet,
-                teacher: nn.Module | None = None) -> tuple[ResNet18, list[dict[str, Any]]]:
+def prune_model(model: Classifier, data: DataSplits, config: PruneConfig, reporter: Reporter = quiet,
+                teacher: nn.Module | None = None) -> tuple[Classifier, list[dict[str, Any]]]:
     """Prune `model` in place (structured, Torch-Pruning) with fine-tuning; return it and the history.
 
     `teacher` (the unpruned model) is distilled from during fine-tuning when `config.distill_alpha > 0`."""
@@ -213,8 +254,8 @@ def prune_model(model: ResNet18, data: DataSplits, config: PruneConfig, reporter
     return model.eval(), history
 
 
-def unstructured_prune(model: ResNet18, data: DataSplits, config: PruneConfig, reporter: Reporter = quiet
-                       ) -> tuple[ResNet18, list[dict[str, Any]]]:
+def unstructured_prune(model: Classifier, data: DataSplits, config: PruneConfig, reporter: Reporter = quiet
+                       ) -> tuple[Classifier, list[dict[str, Any]]]:
     """Global magnitude pruning of conv/linear weights to `ratio` zeros; masks held during fine-tuning."""
     import torch.nn.utils.prune as tprune
 

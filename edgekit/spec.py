@@ -47,15 +47,29 @@ def scaled_channels(base: int, width: float, multiple: int = 8) -> int:
     return max(multiple, int(math.ceil(base * width / multiple)) * multiple)
 
 
+def mobilenet_v2_blocks(stage_channels: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """(input width, output width, stride) of each inverted-residual block, in order."""
+    shapes = []
+    in_channels = stage_channels[0]
+    for (_, _, blocks, stride), out_channels in zip(MOBILENET_V2_STAGES, stage_channels[1:-1]):
+        for index in range(blocks):
+            shapes.append((in_channels, out_channels, stride if index == 0 else 1))
+            in_channels = out_channels
+    return shapes
+
+
 def mobilenet_v2_block_inputs(stage_channels: tuple[int, ...]) -> list[int]:
     """Each inverted-residual block's input width, in order (stem first, then each stage's output)."""
-    inputs = []
-    in_channels = stage_channels[0]
-    for (_, _, blocks, _), out_channels in zip(MOBILENET_V2_STAGES, stage_channels[1:-1]):
-        for _ in range(blocks):
-            inputs.append(in_channels)
-            in_channels = out_channels
-    return inputs
+    return [in_channels for in_channels, _, _ in mobilenet_v2_blocks(stage_channels)]
+
+
+def mobilenet_v2_residual(width: float) -> list[bool]:
+    """Which blocks add their input back: those where the *unpruned* network's shapes agree (stride 1,
+    same width). It is topology, fixed by the width multiplier: pruning removes channels, never an
+    add, so a pruned first block whose input and output widths happen to meet still has none (and a
+    residual block's two widths stay equal, which ModelSpec.check enforces)."""
+    stages, _ = _mobilenet_v2_widths(width)
+    return [stride == 1 and a == b for a, b, stride in mobilenet_v2_blocks(stages)]
 
 
 def _resnet18_widths(width: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -74,6 +88,9 @@ def _mobilenet_v2_widths(width: float) -> tuple[tuple[int, ...], tuple[int, ...]
 
 
 _WIDTHS = {"resnet18": _resnet18_widths, "mobilenet_v2": _mobilenet_v2_widths}
+# What `stage_channels` lists, in a few words (for `edgekit info`; the module doc says more).
+STAGE_CHANNELS_MEANING = {"resnet18": "stages 1-4; the stem shares stage 1's",
+                          "mobilenet_v2": "stem, stages 1-7, 1x1 head"}
 _SHAPE_LENGTHS = {"resnet18": (len(BASE_STAGE_CHANNELS), len(BASE_STAGE_CHANNELS) * BLOCKS_PER_STAGE),
                   "mobilenet_v2": (len(MOBILENET_V2_STAGES) + 2, sum(b for _, _, b, _ in MOBILENET_V2_STAGES))}
 
@@ -124,9 +141,15 @@ class ModelSpec:
                 or len(self.mean) != 3 or len(self.std) != 3):
             raise ValueError(f"{self.arch}: stage_channels {self.stage_channels}, block_channels "
                              f"{self.block_channels}, num_classes {self.num_classes}")
-        if self.arch == "mobilenet_v2" and self.block_channels[0] != self.stage_channels[0]:
-            raise ValueError(f"mobilenet_v2: the first block's width {self.block_channels[0]} must equal the "
-                             f"stem's {self.stage_channels[0]} (its depthwise conv runs on the stem's channels)")
+        if self.arch == "mobilenet_v2":
+            if self.block_channels[0] != self.stage_channels[0]:
+                raise ValueError(f"mobilenet_v2: the first block's width {self.block_channels[0]} must equal the "
+                                 f"stem's {self.stage_channels[0]} (its depthwise conv runs on the stem's channels)")
+            shapes = mobilenet_v2_blocks(self.stage_channels)
+            for index, ((a, b, _), residual) in enumerate(zip(shapes, mobilenet_v2_residual(self.width))):
+                if residual and a != b:
+                    raise ValueError(f"mobilenet_v2: block {index} adds its input back, so its input width {a} "
+                                     f"must equal its output width {b}")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -237,3 +237,62 @@ def test_bench_diff_hook_counts_the_flips_against_the_root(checkpoint, damaged, 
     line = rows["damaged.pt"].diff_root
     assert (line["lost"], line["gained"]) == (expected["parent_right_child_wrong"], expected["parent_wrong_child_right"])
     assert f"{line['flipped']} images flipped" in run.outputs["md"].read_text()
+
+
+# ---- MobileNetV2 ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mobilenet_checkpoint(tiny_data, tiny_data_config, tmp_path_factory):
+    """A width-0.25 MobileNetV2 checkpoint (BN statistics from a few training-mode passes) that records
+    the session's data config, as a trained one would."""
+    from edgekit.artifacts import to_plain
+    from edgekit.model import ModelSpec, build_model
+
+    model = build_model(ModelSpec.from_width(0.25, tiny_data.num_classes, arch="mobilenet_v2"), seed=0).train()
+    with torch.no_grad():
+        for start in range(0, 256, 64):
+            model(tiny_data.train_x[start:start + 64].float() / 255)
+    return save_checkpoint(tmp_path_factory.mktemp("mobilenet") / "mobilenet.pt", model.eval(), tiny_data.classes,
+                           {"data_config": to_plain(tiny_data_config)})
+
+
+def test_gradcam_of_a_mobilenet_v2_uses_its_own_default_layer(mobilenet_checkpoint, tiny_data, tmp_path):
+    from edgekit.diagnose import explain
+    from edgekit.gradcam import layer_name, torch_model_for
+
+    model, _ = torch_model_for(mobilenet_checkpoint)
+    # the head's ReLU6: the last rectified map, 4x4, which the classifier averages (layer4 is a stage
+    # in the middle of MobileNetV2, 8x8)
+    assert layer_name(model, None) == "relu2"
+    images = tiny_data.test_x[:4].float().div(255).numpy()
+    targets = np.arange(4)
+    coarse = gradcam(model, images, targets, upsample=False)
+    assert coarse.shape == (4, 4, 4) and coarse.max() == pytest.approx(1.0)
+    maps = gradcam(model, images, targets)
+    assert maps.shape == (4, 32, 32) and maps.min() >= 0 and maps.max() <= 1
+    # a layer followed by an in-place ReLU6 reads the map before the clip, not after it
+    before_clip = gradcam(model, images, targets, layer="layer3.0.bn1", upsample=False)
+    reference = _gradcam_without_inplace(model, images, targets, "layer3.0.bn1")
+    np.testing.assert_allclose(before_clip, reference, atol=1e-6)
+
+    payload = explain(mobilenet_checkpoint, tmp_path / "e", images_count=3, limit=40)
+    assert payload["layer"] == "relu2" and len(payload["images"]) == 3
+    assert "Grad-CAM (relu2)" in (tmp_path / "e" / "explain.md").read_text()
+
+
+def _gradcam_without_inplace(model, images, targets, layer):
+    """Grad-CAM written out by hand on a copy whose activations are not in place."""
+    import copy
+
+    clone = copy.deepcopy(model).eval()
+    for module in clone.modules():
+        if hasattr(module, "inplace"):
+            module.inplace = False
+    captured = {}
+    clone.get_submodule(layer).register_forward_hook(lambda _m, _i, out: captured.setdefault("a", out))
+    logits = clone(torch.as_tensor(images))
+    activation = captured["a"]
+    grad, = torch.autograd.grad(logits.gather(1, torch.as_tensor(targets)[:, None]).sum(), activation)
+    cam = torch.relu((grad.mean(dim=(2, 3), keepdim=True) * activation).sum(1)).detach()
+    return (cam / cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)).numpy()

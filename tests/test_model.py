@@ -100,3 +100,25 @@ def test_mobilenet_v2_spec_refuses_shapes_it_cannot_build():
     pruned = ModelSpec.from_dict({**spec.to_dict(), "block_channels": [spec.block_channels[0], 40, *spec.block_channels[2:]]})
     pruned.check()
     assert pruned.is_pruned and build_model(pruned).layer2[0].conv2.groups == 40
+
+
+def test_mobilenet_v2_residual_adds_are_the_unpruned_networks():
+    # Pruning removes channels, never an add: where a pruned first block's widths happen to meet
+    # (stage 4 and stage 5 both 32 wide here), the block still has no add, and the rebuilt network
+    # computes what the pruned one did.
+    spec = ModelSpec.from_width(0.5, arch="mobilenet_v2")
+    assert not build_model(spec).layer5[0].use_residual and build_model(spec).layer5[1].use_residual
+    stages = list(spec.stage_channels)
+    stages[5] = stages[4]
+    met = ModelSpec.from_dict({**spec.to_dict(), "stage_channels": stages})
+    met.check()
+    model = build_model(met)
+    assert model.layer5[0].conv3.out_channels == model.layer4[-1].conv3.out_channels  # the widths met
+    assert not model.layer5[0].use_residual and not hasattr(model.layer5[0], "add")
+    # At width 0.25 the stem and stage 1 are both 8 wide, so the first block is residual: its widths must stay equal
+    narrow = ModelSpec.from_width(0.25, arch="mobilenet_v2")
+    assert build_model(narrow).layer1[0].use_residual
+    wider_stem = [16, *narrow.stage_channels[1:]]
+    with pytest.raises(ValueError, match="block 0 adds its input back"):
+        ModelSpec.from_dict({**narrow.to_dict(), "stage_channels": wider_stem,
+                             "block_channels": [16, *narrow.block_channels[1:]]}).check()

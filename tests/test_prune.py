@@ -94,3 +94,84 @@ def test_internal_inconsistencies_are_plain_exceptions_not_user_errors():
     with pytest.raises(RuntimeError, match="report") as raised:
         spec_of(model, spec)
     assert not isinstance(raised.value, EdgekitError)
+
+
+# ---- MobileNetV2 ------------------------------------------------------------------------------
+
+
+def _blocks(model):
+    return [block for stage in model.stages for block in stage]
+
+
+@pytest.fixture(scope="module")
+def mobilenet(tiny_data, tmp_path_factory):
+    """A width-0.25 MobileNetV2 after a few real SGD steps on the synthetic images (pruning ranks
+    channels by trained weights, BN scales or gradients: an untrained net's ties say little), saved
+    as an edgekit checkpoint, with a 256-image training split to fine-tune on."""
+    from edgekit.model import save_checkpoint
+
+    model = build_model(ModelSpec.from_width(0.25, tiny_data.num_classes, arch="mobilenet_v2"), seed=0).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for start in range(0, 384, 64):
+        x, y = tiny_data.train_x[start:start + 64].float() / 255, tiny_data.train_y[start:start + 64]
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    path = save_checkpoint(tmp_path_factory.mktemp("mobilenet") / "mobilenet.pt", model.eval(), tiny_data.classes)
+    small = DataSplits(tiny_data.train_x[:256], tiny_data.train_y[:256], tiny_data.val_x[:100], tiny_data.val_y[:100],
+                       tiny_data.test_x[:100], tiny_data.test_y[:100], tiny_data.classes, tiny_data.source,
+                       tiny_data.fingerprint)
+    return path, small
+
+
+def test_mobilenet_v2_prunes_with_depthwise_groups_coupled_and_rebuilds_identically(mobilenet, tmp_path):
+    source, data = mobilenet
+    parent = load_checkpoint(source).build()
+    out = tmp_path / "pruned.pt"
+    config = PruneConfig(ratio=0.5, round_to=8, steps=1, finetune_epochs=1, batch_size=64, latency_runs=5)
+    result = prune_checkpoint(source, config, out, data=data)
+    assert result.after["macs"] < 0.6 * result.before["macs"]
+    assert result.history[-1]["finetune_epochs"] == 1  # pruned, then fine-tuned by the trainer
+    # the reloaded file (weights_only, no pickle) is the pruned network: same outputs, same MACs
+    checkpoint = load_checkpoint(out)
+    assert checkpoint.spec == result.spec and checkpoint.spec.is_pruned and checkpoint.spec.arch == "mobilenet_v2"
+    rebuilt = checkpoint.build()
+    assert type(rebuilt).__name__ == "MobileNetV2" and count_macs(rebuilt) == result.after["macs"]
+    assert result.max_rebuild_diff == 0.0
+    # every block's depthwise conv still has one group per channel, the channels of its expand conv
+    for block in _blocks(rebuilt):
+        dw = block.conv2
+        assert dw.groups == dw.in_channels == dw.out_channels
+        assert dw.in_channels == (block.conv1.out_channels if block.expand else rebuilt.conv1.out_channels)
+    assert all(c % 8 == 0 for c in (*checkpoint.spec.stage_channels, *checkpoint.spec.block_channels))  # round_to
+    assert sum(checkpoint.spec.block_channels) < sum(parent.spec.block_channels)
+    assert checkpoint.spec.stage_channels[-1] < parent.spec.stage_channels[-1]  # the 1x1 head shrank too
+    # pruning keeps the parent's residual adds, even where a first block's two widths now meet
+    assert [b.use_residual for b in _blocks(rebuilt)] == [b.use_residual for b in _blocks(parent)]
+    # still trainable: a few steps on one batch lower its loss, and every weight gets a finite gradient
+    rebuilt.train()
+    x, y = data.train_x[:64].float() / 255, data.train_y[:64]
+    optimizer = torch.optim.SGD(rebuilt.parameters(), lr=0.05)
+    losses = []
+    for _ in range(4):
+        loss = torch.nn.functional.cross_entropy(rebuilt(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in rebuilt.parameters())
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_mobilenet_v2_target_macs_global_bn_scale(mobilenet, tmp_path):
+    source, data = mobilenet
+    base = count_macs(load_checkpoint(source).build())
+    config = PruneConfig(ratio=None, target_macs=base // 2, importance=Importance.bn, global_pruning=True,
+                         round_to=8, finetune_epochs=0, batch_size=64, latency_runs=5)
+    result = prune_checkpoint(source, config, tmp_path / "p.pt", data=data)
+    assert result.after["macs"] <= base // 2 and result.max_rebuild_diff == 0.0
+    rebuilt = load_checkpoint(tmp_path / "p.pt").build()
+    assert count_macs(rebuilt) == result.after["macs"]
+    assert all(b.conv2.groups == b.conv2.out_channels for b in _blocks(rebuilt))
+    assert all(c % 8 == 0 for c in result.spec.block_channels)

@@ -209,3 +209,133 @@ def test_skip_input_is_the_shorter_branch():
     producers = {out: n for n in graph.node for out in n.output}
     assert tensorrt_qdq.skip_input(graph.node[4], producers, {}) == 1
     assert tensorrt_qdq.skip_input(graph.node[5], producers, {}) == 1  # the identity shortcut
+
+
+def test_a_q_after_clip_takes_the_conv_range_capped_at_the_clip_bound():
+    # Conv -> Q/DQ -> Clip(0, 6) -> Conv, as a torch int8 model with ReLU6 exports: the second conv's input
+    # has no Q of its own after the strip, so it takes the first conv's range, capped at 6 by the Clip
+    from onnx import TensorProto, helper
+
+    def q(name, amax):
+        return [numpy_helper.from_array(np.array(amax / 127, np.float32), f"{name}_s"),
+                helper.make_tensor(f"{name}_z", TensorProto.INT8, [], [0])]
+
+    def weight(name):
+        return [numpy_helper.from_array(np.ones((2, 2, 1, 1), np.int8), f"{name}_w"),
+                numpy_helper.from_array(np.full(2, 0.01, np.float32), f"{name}_ws"),
+                numpy_helper.from_array(np.zeros(2, np.int8), f"{name}_wz")]
+
+    inits = [*q("x", 1.0), *q("a", 10.0), *weight("c1"), *weight("c2"),
+             numpy_helper.from_array(np.array(0, np.float32), "lo"), numpy_helper.from_array(np.array(6, np.float32), "hi")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_s", "x_z"], ["xq"], name="xq"),
+             helper.make_node("DequantizeLinear", ["xq", "x_s", "x_z"], ["xd"], name="xd")]
+    for conv in ("c1", "c2"):
+        nodes.append(helper.make_node("DequantizeLinear", [f"{conv}_w", f"{conv}_ws", f"{conv}_wz"], [f"{conv}_wd"],
+                                      name=f"{conv}_wd", axis=0))
+    nodes += [helper.make_node("Conv", ["xd", "c1_wd"], ["a"], name="c1"),
+              helper.make_node("QuantizeLinear", ["a", "a_s", "a_z"], ["aq"], name="aq"),
+              helper.make_node("DequantizeLinear", ["aq", "a_s", "a_z"], ["ad"], name="ad"),
+              helper.make_node("Clip", ["ad", "lo", "hi"], ["r"], name="relu6"),
+              helper.make_node("Conv", ["r", "c2_wd"], ["y"], name="c2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])], inits)
+    model = tensorrt_qdq.place_for_tensorrt(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    _, inits, producers, _ = _graph_maps(model)
+    clip, = [n for n in model.graph.node if n.op_type == "Clip"]
+    assert producers[clip.input[0]].op_type == "Conv"  # the Q/DQ between the conv and the Clip is gone
+    second, = [n for n in model.graph.node if n.name == "c2"]
+    dq = producers[second.input[0]]
+    assert dq.op_type == "DequantizeLinear" and dq.input[0] not in inits
+    assert float(numpy_helper.to_array(inits[dq.input[1]])) == pytest.approx(6 / 127)
+
+
+# ---- MobileNetV2: depthwise convs, ReLU6 as Clip, residual adds without a ReLU -------------------
+
+
+@pytest.fixture(scope="module")
+def mobilenet(tiny_data):
+    """A width-0.25 MobileNetV2 after a few real SGD steps on the synthetic images, BN statistics then
+    re-estimated (after so few steps the running averages still describe the untrained net, whose
+    eval-mode logits all point one way), so its predictions spread over the classes."""
+    from edgekit.measure import recalibrate_bn
+    from edgekit.model import ModelSpec, build_model
+
+    model = build_model(ModelSpec.from_width(0.25, tiny_data.num_classes, arch="mobilenet_v2"), seed=0).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for start in range(0, 24 * 32, 32):
+        x, y = tiny_data.train_x[start:start + 32].float() / 255, tiny_data.train_y[start:start + 32]
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        recalibrate_bn(model, tiny_data, num_batches=2, batch_size=128)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def mobilenet_placed(mobilenet, tiny_data, tmp_path_factory):
+    images = tiny_data.train_x[:128].float().div(255).numpy()
+    path = trt_format.prepare_onnx(mobilenet, tmp_path_factory.mktemp("trt-qdq-mb") / "mb.int8.onnx", "int8",
+                                   ExportOptions(dynamic_batch=True), Calibration(images))
+    return path, onnx.load(str(path))
+
+
+def test_mobilenet_v2_every_conv_and_gemm_input_is_quantized_none_around_clip(mobilenet_placed, mobilenet):
+    graph, inits, producers, consumers = _graph_maps(mobilenet_placed[1])
+    weighted = [n for n in graph.node if n.op_type in ("Conv", "Gemm")]
+    depthwise = [n for n in weighted if next((a.i for a in n.attribute if a.name == "group"), 1) > 1]
+    assert len(weighted) == 52 + 1 and len(depthwise) == 17  # stem, 16 expand, 17 depthwise, 17 project, head; fc
+    for node in weighted:
+        assert _is_dequantized_activation(node.input[0], producers, inits), node.name
+        dq = producers[node.input[1]]
+        assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].data_type == onnx.TensorProto.INT8
+        assert next(a.i for a in dq.attribute if a.name == "axis") == 0  # per output channel, depthwise too
+    # ReLU6 is Clip(0, 6): every one is still there, fused by TensorRT with the conv before it, so it reads
+    # that conv's float output (no Q/DQ between them), and pooling reads the head's Clip in float
+    clips = [n for n in graph.node if n.op_type == "Clip"]
+    assert len(clips) == sum(isinstance(m, torch.nn.ReLU6) for m in mobilenet.modules())
+    for node in clips + [n for n in graph.node if n.op_type == "GlobalAveragePool"]:
+        assert not _is_dequantized_activation(node.input[0], producers, inits), node.name
+    for clip in clips:
+        assert producers[clip.input[0]].op_type == "Conv", clip.name
+    # a Q/DQ pair exists only for a weighted op's input or an Add's skip input: nothing else reads one
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] not in inits:
+            assert {c.op_type for c, _ in consumers[node.output[0]]} <= {"Conv", "Gemm", "Add"}, node.name
+    assert producers[graph.output[0].name].op_type == "Gemm"  # the logits leave in float
+
+
+def test_mobilenet_v2_each_residual_add_quantizes_only_its_block_input(mobilenet_placed, mobilenet):
+    graph, inits, producers, _ = _graph_maps(mobilenet_placed[1])
+    residual = [n for n in graph.node if n.op_type == "Add" and not any(i in inits for i in n.input)]
+    blocks = [block for stage in mobilenet.stages for block in stage]
+    assert len(residual) == sum(block.use_residual for block in blocks) == 12
+    for node in residual:
+        quantized = [_is_dequantized_activation(name, producers, inits) for name in node.input]
+        assert sum(quantized) == 1, node.name
+        main = node.input[quantized.index(False)]
+        # the other input comes straight from the projection conv (TensorRT fuses conv3 + add) ...
+        assert producers[main].op_type == "Conv" and "conv3" in producers[main].name, node.name
+        # ... and the quantized one is the block's input: the same dequantized tensor its first conv reads
+        block = node.name.rsplit("/", 2)[0] + "/"  # "/layer2/layer2.1/add/Add" -> "/layer2/layer2.1/"
+        skip = node.input[quantized.index(True)]
+        assert any(n.op_type == "Conv" and n.name.startswith(block) and n.input[0] == skip for n in graph.node), node.name
+
+
+def test_mobilenet_v2_onnxruntime_run_of_the_tensorrt_graph_stays_near_the_float_model(mobilenet_placed, mobilenet,
+                                                                                       tiny_data, monkeypatch):
+    from edgekit.formats import FORMATS
+
+    images = tiny_data.test_x[:256].float().div(255).numpy()
+    labels = tiny_data.test_y[:256].numpy()
+    report = validate.parity(TorchRunner(mobilenet), onnx_format.load_runner(mobilenet_placed[0]), images, labels)
+    assert report.source_accuracy > 0.2  # twice chance: the comparison is not of two constant answers
+    # The format table's int8 bar, logit cosine >= 0.98 kept as it is. Agreement and accuracy drop are
+    # loosened for this ~30 %-accurate model, whose many low-margin images int8 flips both ways (see
+    # TOLERANCE_INT8): agreement >= 75 %, accuracy at most 4 points below the float model's.
+    tolerances = FORMATS["tensorrt"].tolerances
+    assert tolerances["int8"].min_cosine == 0.98
+    monkeypatch.setitem(tolerances, "int8", dataclasses.replace(tolerances["int8"], min_agreement=0.75,
+                                                                max_drop_vs_fp32_source=4.0))
+    assert validate.violations(report, "tensorrt", "int8") == []

@@ -6,13 +6,16 @@ which is not the same placement. Following NVIDIA's Q/DQ placement recommendatio
 developer guide, "Explicit Quantization"; the same rules NVIDIA Model Optimizer's ONNX
 quantizer applies), the graph written here has:
 
-- Q/DQ on the **inputs of weighted ops** (Conv, Gemm) whose weights are quantized, and on the
-  **skip input of each residual Add** only. With the skip input quantized and the other input
-  coming straight from a Conv, TensorRT fuses conv + add (+ relu) into one int8 kernel; Q/DQ on
-  both Add inputs (ONNX Runtime's placement) blocks that fusion.
-- **no Q/DQ on outputs** of Conv/Add/Gemm and none around Relu or pooling: TensorRT chooses the
-  output precision of a fused kernel from the next Q it meets, and an extra Q/DQ pair only
-  splits fusions. The logits leave the Gemm in float.
+- Q/DQ on the **inputs of weighted ops** (Conv, depthwise Conv included, and Gemm) whose weights
+  are quantized, and on the **skip input of each residual Add** only: ResNet18's shortcut (the
+  block input or its downsample conv), MobileNetV2's block input. With the skip input quantized
+  and the other input coming straight from a Conv, TensorRT fuses conv + add (+ relu in ResNet18;
+  MobileNetV2's projection is linear) into one int8 kernel; Q/DQ on both Add inputs (ONNX
+  Runtime's placement) blocks that fusion.
+- **no Q/DQ on outputs** of Conv/Add/Gemm and none around Relu, Clip (ReLU6 exports as Clip(0, 6))
+  or pooling: TensorRT fuses Conv + BN + Relu/Clip and chooses the output precision of a fused
+  kernel from the next Q it meets, so the Q sits after the activation, where the next Conv reads
+  it, and an extra Q/DQ pair only splits fusions. The logits leave the Gemm in float.
 - **Normalize kept in float**: the input Mul/Add run in float and the stem Conv's input (the
   normalized pixels, signed) is quantized. Quantizing the raw [0, 1] pixels symmetrically would
   use half of int8's range (7-bit input).
@@ -23,8 +26,8 @@ NVIDIA Model Optimizer (`nvidia-modelopt`) produces this placement itself, but i
 install cleanly beside edgekit: a dry-run pip install of `nvidia-modelopt[onnx]` (0.47.0, checked
 here) wants onnxruntime-gpu 1.24 (the same `onnxruntime` module as the CPU onnxruntime 1.32 the
 onnx extra uses; two such wheels in one venv break each other), cupy-cuda12x, and onnx 1.21 in
-place of 1.23. So the placement is a small post-pass here instead. It works on any QDQ graph of the ResNet: the
-`quantize_static` output for a float checkpoint (`calibrated_qdq`), or the QDQ graph of an int8
+place of 1.23. So the placement is a small post-pass here instead. It reads the graph, not layer
+names, so one pass serves both of edgekit's networks: the `quantize_static` output for a float checkpoint (`calibrated_qdq`), or the QDQ graph of an int8
 artifact (`formats.onnx.export_qdq_onnx`), whose own activation ranges (QAT, KL, percentile, ...)
 are then kept rather than re-measured.
 
@@ -48,7 +51,9 @@ from ..errors import ConfigError, UnsupportedError
 
 WEIGHTED_OPS = ("Conv", "Gemm")
 # ops whose output range is inside their input's: a Q after them may take the input's range
-RANGE_PRESERVING_OPS = ("Flatten", "Reshape", "GlobalAveragePool", "AveragePool", "MaxPool", "Relu", "Identity")
+# (Clip's, capped at its bounds: ReLU6 after a conv whose own output was quantized)
+RANGE_PRESERVING_OPS = ("Flatten", "Reshape", "GlobalAveragePool", "AveragePool", "MaxPool", "Relu", "Clip",
+                        "Identity")
 INT8_SYMMETRIC_MAX = 127
 # ONNX TensorProto element types
 _INT8, _UINT8 = 3, 2
@@ -156,7 +161,8 @@ def _ancestor_depths(start: str, producers: dict, inits: dict) -> dict[str, int]
 
 def skip_input(node, producers: dict, inits: dict) -> int | None:
     """Which input of a two-branch Add is the skip (residual) one: the branch with fewer nodes back to
-    where the two branches meet (an identity shortcut has none, a downsample one conv against two).
+    where the two branches meet (an identity shortcut has none, against a block's two or three
+    convs; a downsample shortcut one conv against two).
     None for an Add with a constant operand (a bias or the Normalize shift)."""
     if len(node.input) != 2 or any(name in inits or not name for name in node.input):
         return None
@@ -186,7 +192,7 @@ def quant_points(model, ranges: dict[str, float]) -> list[QuantPoint]:
                 wanted.setdefault(node.input[index], []).append((node.name, index))
     points = []
     for tensor, consumers in wanted.items():
-        amax = _range_of(tensor, ranges, producers)
+        amax = _range_of(tensor, ranges, producers, inits)
         if amax is None:
             raise UnsupportedError(f"no calibrated range for {tensor}, which TensorRT needs in int8",
                                    "calibrate the float model again, or report the layer")
@@ -194,13 +200,26 @@ def quant_points(model, ranges: dict[str, float]) -> list[QuantPoint]:
     return points
 
 
-def _range_of(tensor: str, ranges: dict[str, float], producers: dict) -> float | None:
+def _range_of(tensor: str, ranges: dict[str, float], producers: dict, inits: dict) -> float | None:
+    cap = np.inf
     while tensor not in ranges:
         node = producers.get(tensor)
         if node is None or node.op_type not in RANGE_PRESERVING_OPS:
             return None
+        if node.op_type == "Clip":
+            cap = min(cap, _clip_bound(node, inits))
         tensor = node.input[0]
-    return ranges[tensor]
+    return min(ranges[tensor], cap)
+
+
+def _clip_bound(node, inits: dict) -> float:
+    """max(|min|, |max|) of a Clip whose bounds are constants (opset 11+ inputs); inf where one is not."""
+    from onnx import numpy_helper
+
+    bounds = [name for name in node.input[1:3] if name]
+    if len(bounds) < 2 or any(name not in inits for name in bounds):
+        return np.inf
+    return float(max(abs(numpy_helper.to_array(inits[name]).item()) for name in bounds))
 
 
 # ---- writing the TensorRT placement ---------------------------------------------------------------
