@@ -52,10 +52,10 @@ from torch import nn
 
 from . import qrelu6
 from .artifacts import atomic_torch_save, to_plain
-from .config import QuantBackend, QuantMode
+from .config import QuantBackend, QuantMode, WeightScheme
 from .errors import CheckpointError, UnsupportedError
-from .qengine import (_aoq, artifact_engine, engine_fusers, qat_qconfig, quantized_engine, set_backend,
-                      static_qconfig)
+from .qengine import (_aoq, artifact_engine, artifact_per_channel, engine_fusers, qat_qconfig, quantized_engine,
+                      set_backend, static_qconfig)
 from .model import QUANTIZED_FORMAT, Checkpoint, Classifier, ModelSpec, build_model, load_checkpoint, read_payload
 
 # Eager torch.ao.quantization is the deliberate int8 path (see above), so its deprecation notice,
@@ -312,6 +312,9 @@ def checked_recipe(payload: dict[str, Any], path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is an edgekit int8 model whose recipe has no valid 'mode' "
                               f"(found {recipe.get('mode')!r}): damaged or edited", "re-create it with `edgekit quantize`")
     artifact_engine(recipe)  # an unknown engine is refused here, in one line
+    if recipe.get("weights", WeightScheme.engine.value) not in {w.value for w in WeightScheme}:
+        raise CheckpointError(f"{path} is an edgekit int8 model whose recipe names an unknown weight scheme "
+                              f"{recipe.get('weights')!r}: damaged or edited", "re-create it with `edgekit quantize`")
     return recipe
 
 
@@ -368,7 +371,8 @@ def load_quantized(path: str | Path, payload: dict[str, Any] | None = None) -> t
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # uncalibrated observers warn; their values are overwritten below
             try:
-                prepared = prepare_static(float_model, static_qconfig(backend=engine),
+                prepared = prepare_static(float_model, static_qconfig(backend=engine,
+                                                                      per_channel=artifact_per_channel(recipe)),
                                           recipe.get("keep_float", []), backend=engine)
             except (AttributeError, KeyError, TypeError) as exc:  # a keep_float layer this model does not have
                 raise CheckpointError(f"{path}: its recipe keeps layers in float that the model does not have ({exc})",
@@ -398,7 +402,7 @@ def int8_as_fake_quant(qmodel: nn.Module, spec: ModelSpec, recipe: dict[str, Any
     aoq = _aoq()
     engine = artifact_engine(recipe).value
     wrapped = quantizable(build_model(spec).eval(), backend=engine)
-    wrapped.qconfig = qat_qconfig(engine)
+    wrapped.qconfig = qat_qconfig(engine, artifact_per_channel(recipe))
     _mark_islands(wrapped, list(recipe.get("keep_float", [])), None)
     wrapped.train()
     prepare_qat(wrapped, twin=True)

@@ -28,14 +28,15 @@ from . import distributed, qrelu6
 from .artifacts import Manifest, check_writable_dir, guard_output, parent_ref, publish, remove_path, staging_path
 from .calibrate import CalibrationSet, load_calibration, read_definition
 from .config import (CalibMethod, CalibrationConfig, DataConfig, ExportOptions, QuantBackend, QuantizeConfig,
-                     FinetuneConfig, QuantMode, check_choice)
+                     FinetuneConfig, QuantMode, WeightScheme, check_choice)
 from .data import DataSplits, load_data_for_checkpoint
 from .errors import ConfigError
 from .formats import QDQ_FORMAT, QDQ_SUFFIX, SOURCE_FORMAT
 from .model import Classifier, count_macs, load_checkpoint
 from .measure import accuracy, compare_latency
 from .observers import RangeSearchObserver
-from .qengine import _aoq, activation_range, describe_engine, engine_latency_note, engine_of, qat_qconfig, set_backend
+from .qengine import (_aoq, activation_range, describe_engine, engine_latency_note, engine_of, per_channel_weights,
+                      qat_qconfig, set_backend)
 from .qengine import static_qconfig as _qconfig_with
 from .qmodel import (Island, QuantModel, _mark_islands, convert, dynamic_quantize, int8_census, layer_names,
                      prepare_qat, prepare_static, quantizable, save_quantized)
@@ -53,13 +54,20 @@ def activation_observer(method: CalibMethod, config: QuantizeConfig):
     return RangeSearchObserver.with_args(method=method.value, percentile=config.percentile, **common)
 
 def static_qconfig(method: CalibMethod, config: QuantizeConfig):
-    return _qconfig_with(activation_observer(method, config), backend_of(config))
+    return _qconfig_with(activation_observer(method, config), backend_of(config), per_channel_of(config))
 
 
 def backend_of(config: QuantizeConfig) -> str:
     """The config's engine by name, refused with the choices if unknown or missing from this torch."""
     check_choice("backend", config.backend, QuantBackend)
     return engine_of(config.backend).value
+
+
+def per_channel_of(config: QuantizeConfig) -> bool:
+    """Whether the config's int8 weights get one scale per output channel (--weights; default: the engine's choice)."""
+    check_choice("weights", config.weights, WeightScheme)
+    return per_channel_weights(backend_of(config), config.weights)
+
 
 # ---- building int8 models ---------------------------------------------------------------------
 
@@ -81,11 +89,12 @@ def static_quantize(model: Classifier, cal: CalibrationSet, method: CalibMethod,
 
 
 def prepare_qat_from_ptq(model: Classifier, ptq_prepared: QuantModel | None, keep_float: list[str] = (),
-                         backend: str = QuantBackend.x86.value) -> QuantModel:
-    """Fake-quant model for QAT whose activation ranges start at the calibrated PTQ ranges."""
+                         backend: str = QuantBackend.x86.value, per_channel: bool | None = None) -> QuantModel:
+    """Fake-quant model for QAT whose activation ranges start at the calibrated PTQ ranges
+    (per_channel: the weight scheme, None for the engine's)."""
     aoq = _aoq()
     wrapped = quantizable(model, qat=True, backend=backend)
-    wrapped.qconfig = qat_qconfig(backend)
+    wrapped.qconfig = qat_qconfig(backend, per_channel)
     _mark_islands(wrapped, list(keep_float), None)
     prepare_qat(wrapped)
     if ptq_prepared is not None:
@@ -245,6 +254,7 @@ def _static_int8(model: Classifier, cal: CalibrationSet, data: DataSplits, confi
     val, chosen, ptq_prepared, qmodel = best
     act = engine["activation"]
     recipe = {"method": chosen.value, "methods_tried": tried, "engine": engine,
+              "weights": "per-channel" if engine["weight"]["per_channel"] else "per-tensor",
               "weight": f"{_weight_grid(engine)}, min/max",
               "activation": f"{act['dtype']} per-tensor affine, "
                             f"{'reduce_range ' if act['reduce_range'] else ''}"
@@ -264,7 +274,7 @@ def _qat_int8(model: Classifier, ptq_prepared: nn.Module, data: DataSplits, conf
     than 0) only the fine-tuned fake-quant model, nothing measured."""
     from .train import train_model
 
-    qat = prepare_qat_from_ptq(model, ptq_prepared, keep_float, backend)
+    qat = prepare_qat_from_ptq(model, ptq_prepared, keep_float, backend, per_channel_of(config))
     plan = FinetuneConfig.of_qat(config)
     train_model(qat, data, plan.train_config(plan.cycles[0]), reporter=reporter)
     # Observers and BN statistics frozen from here: the last epochs fit the weights to fixed
@@ -375,6 +385,9 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
                           "`edgekit calibrate`)")
     if mode is QuantMode.dynamic and (config.keep_float or config.sensitivity):
         raise ConfigError("--sensitivity/--keep-float apply to static and qat modes", "drop them or use --mode static")
+    if mode is QuantMode.dynamic and WeightScheme(config.weights) is not WeightScheme.engine:
+        raise ConfigError("--weights applies to static and qat modes (dynamic int8 quantizes fc per tensor)",
+                          "drop --weights or use --mode static")
     backend = backend_of(config)
     checkpoint = load_checkpoint(source)
     model = checkpoint.build()
@@ -386,7 +399,7 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
     torch.manual_seed(config.seed)
     fp32 = _accuracies(model, data)
     fp32_metrics = {"fp32_" + k: v for k, v in fp32.items()}
-    engine = describe_engine(backend)
+    engine = describe_engine(backend, per_channel_of(config))
     calibration: dict[str, Any] | None = None
     sensitivity: list[dict[str, Any]] = []
     keep_float: list[str] = []
