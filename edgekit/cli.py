@@ -20,7 +20,7 @@ from typer.core import TyperGroup
 
 from .config import (Arch, Averaging, BenchConfig, CalibMethod, CalibrationConfig, DataConfig, DataSource, Device,
                      DiagnoseOptions, EvalConfig, ExportOptions, Importance, Optimizer, PruneConfig, QuantBackend,
-                     QuantizeConfig, QuantMode, Schedule, Split, TrainConfig, Tta)
+                     QuantizeConfig, QuantMode, Schedule, Split, TrainConfig, Tta, WeightScheme)
 from .errors import EdgekitError, install_hint
 from .formats import FORMATS as _FORMATS, export_targets as _export_targets
 
@@ -418,6 +418,8 @@ def quantize(
     backend: QuantBackend = typer.Option(QuantizeConfig.backend, help="torch int8 engine: x86 (default here) or "
                                          "qnnpack (ARM: 8-bit activations, per-tensor weights; its latency on x86 "
                                          "is not ARM's)"),
+    weights: WeightScheme = typer.Option(QuantizeConfig.weights, help="int8 weight scales: engine (x86: per-channel, "
+                                         "qnnpack: per-tensor), per-channel or per-tensor (static and qat)"),
     onnx: bool = typer.Option(QuantizeConfig.export_onnx, help="also write a QDQ ONNX for the exporters"),
     out: Path = typer.Option(Path("artifacts/int8.pt")),
     threads: int = typer.Option(QuantizeConfig.threads, help="threads for the latency measurement"),
@@ -434,7 +436,7 @@ def quantize(
 
     config = QuantizeConfig(mode=mode, method=method, calibration=str(calibration) if calibration else None,
                             sensitivity=sensitivity, keep_float=keep_float, qat_epochs=qat_epochs, qat_lr=qat_lr,
-                            backend=backend, export_onnx=onnx, threads=threads, seed=seed,
+                            backend=backend, weights=weights, export_onnx=onnx, threads=threads, seed=seed,
                             tensorboard=str(tensorboard) if tensorboard else None)
     config.validate()
     quantize_checkpoint(checkpoint, config, out, _reporter(), force=force)

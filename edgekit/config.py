@@ -341,6 +341,14 @@ class QuantBackend(str, Enum):
     qnnpack = "qnnpack"  # the ARM engine (PyTorch Mobile): full 8-bit activations, per-tensor weights
 
 
+class WeightScheme(str, Enum):
+    """How int8 weights are scaled: the engine's own choice, one scale per output channel, or one per tensor."""
+
+    engine = "engine"  # x86/fbgemm: per-channel; qnnpack: per-tensor (torch's qconfig for each engine)
+    per_channel = "per-channel"
+    per_tensor = "per-tensor"  # for comparison: a coarser grid where channels' ranges differ (depthwise convs)
+
+
 def check_choice(flag: str, value, choices: type[Enum]) -> None:
     """One option that takes a name from `choices` (an Enum), with the choices in the message."""
     from .errors import ConfigError
@@ -426,6 +434,7 @@ class QuantizeConfig:
     calibration: str | None = None  # a calibration/*.json definition; required for static and qat
     percentile: float = 99.99
     backend: QuantBackend = QuantBackend.x86  # qnnpack: the ARM engine (measured here on x86, latency aside)
+    weights: WeightScheme = WeightScheme.engine  # static and qat; dynamic's fc is per-tensor (torch's dynamic qconfig)
     qat_epochs: int = 3
     qat_lr: float = 0.002
     qat_freeze_epoch: int = 1  # observers and BN statistics frozen after this many QAT epochs
@@ -441,6 +450,7 @@ class QuantizeConfig:
 
     def validate(self) -> "QuantizeConfig":
         check_choice("backend", self.backend, QuantBackend)
+        check_choice("weights", self.weights, WeightScheme)
         check_range("percentile", self.percentile, 0, 100, low_open=True)
         check_range("qat_epochs", self.qat_epochs, 0)
         check_range("qat_lr", self.qat_lr, 0, 10, low_open=True)

@@ -9,8 +9,9 @@ pruning handle as a coupling. Which blocks those are is read from the unpruned w
 
 Names follow edgekit's ResNet18 where the part is the same (normalize, conv1/bn1/relu stem,
 layer1..layer7 stages, avgpool/flatten/fc), so stages that look up `fc` or a last stage by name
-treat both alike. ReLU6 stays ReLU6: torch has no fused Conv-BN-ReLU6, and swapping it for ReLU
-changes what a trained model computes.
+treat both alike. ReLU6 stays ReLU6: swapping it for ReLU changes what a trained model computes.
+torch has no fused Conv-BN-ReLU6, so fuse_model folds BN alone, and int8 fuses the ReLU6 with
+edgekit.qrelu6 (`fusion_groups()` names the groups, `residual_adds()` the adds, for edgekit.qmodel).
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ class InvertedResidual(nn.Module):
         return self.add(out, x) if self.use_residual else out
 
     def fusion_groups(self) -> list[list[str]]:
-        """conv+BN pairs torch can fold (no Conv-BN-ReLU6 fuser exists, so ReLU6 stays its own op)."""
-        return ([["conv1", "bn1"]] if self.expand else []) + [["conv2", "bn2"], ["conv3", "bn3"]]
+        """conv+BN(+ReLU6) groups that run as one int8 op, relative to the block (see fuse_model for float)."""
+        return ([["conv1", "bn1", "relu1"]] if self.expand else []) + [["conv2", "bn2", "relu2"], ["conv3", "bn3"]]
 
 
 class MobileNetV2(nn.Module):
@@ -101,14 +102,25 @@ class MobileNetV2(nn.Module):
         x = self.relu2(self.bn2(self.conv2(x)))
         return self.fc(self.flatten(self.avgpool(x)))
 
+    def fusion_groups(self) -> list[list[str]]:
+        """Every conv+BN(+ReLU6) that runs as one int8 op, by module path: what the int8 model's eval
+        (PTQ) and train (QAT) fusion fuse (edgekit.qrelu6 fuses the ReLU6 torch cannot)."""
+        groups = [["conv1", "bn1", "relu"]]
+        for name, block in self.named_modules():
+            if isinstance(block, InvertedResidual):
+                groups += [[f"{name}.{part}" for part in group] for group in block.fusion_groups()]
+        return groups + [["conv2", "bn2", "relu2"]]
+
+    def residual_adds(self) -> list[tuple[str, str | None]]:
+        """(Add module, None: no activation follows a linear bottleneck's sum), by module path."""
+        return [(f"{name}.add", None) for name, block in self.named_modules()
+                if isinstance(block, InvertedResidual) and block.use_residual]
+
     def fuse_model(self) -> "MobileNetV2":
-        """Fold conv+BN in place for inference or eager-mode quantization. Needs eval mode."""
+        """Fold conv+BN in place for float inference (each ReLU6 stays a module). Needs eval mode."""
         from torch.ao.quantization import fuse_modules
 
         if self.training:
             raise RuntimeError("fuse_model() folds BN statistics and must run in eval mode")
-        fuse_modules(self, [["conv1", "bn1"], ["conv2", "bn2"]], inplace=True)
-        for module in self.modules():
-            if isinstance(module, InvertedResidual):
-                fuse_modules(module, module.fusion_groups(), inplace=True)
+        fuse_modules(self, [group[:2] for group in self.fusion_groups()], inplace=True)
         return self

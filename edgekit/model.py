@@ -51,6 +51,11 @@ class BasicBlock(nn.Module):
         self.add = Add()
         self.relu2 = nn.ReLU(inplace=True)
 
+    def fusion_groups(self) -> list[list[str]]:
+        """conv+BN(+ReLU) groups torch folds into one op, relative to the block."""
+        return [["conv1", "bn1", "relu1"], ["conv2", "bn2"]] + ([["downsample.0", "downsample.1"]]
+                                                                if self.downsample is not None else [])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu1(self.bn1(self.conv1(x)))
@@ -101,18 +106,28 @@ class ResNet18(nn.Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(self.flatten(self.avgpool(x)))
 
+    def fusion_groups(self) -> list[list[str]]:
+        """Every conv+BN(+ReLU) torch folds into one op, by module path: what fuse_model and the int8
+        model's eval (PTQ) and train (QAT) fusion fuse. The ReLU after each residual add is fused
+        with the add instead (residual_adds)."""
+        groups = [["conv1", "bn1", "relu"]]
+        for name, block in self.named_modules():
+            if isinstance(block, BasicBlock):
+                groups += [[f"{name}.{part}" for part in group] for group in block.fusion_groups()]
+        return groups
+
+    def residual_adds(self) -> list[tuple[str, str | None]]:
+        """(Add module, the ReLU applied to its sum or None), by module path: the int8 model makes
+        each one quantizable op (add, or add + ReLU as one kernel)."""
+        return [(f"{name}.add", f"{name}.relu2") for name, block in self.named_modules() if isinstance(block, BasicBlock)]
+
     def fuse_model(self) -> "ResNet18":
         """Fold conv+BN(+ReLU) in place for inference or eager-mode quantization. Needs eval mode."""
         from torch.ao.quantization import fuse_modules
 
         if self.training:
             raise RuntimeError("fuse_model() folds BN statistics and must run in eval mode")
-        fuse_modules(self, [["conv1", "bn1", "relu"]], inplace=True)
-        for module in self.modules():
-            if isinstance(module, BasicBlock):
-                fuse_modules(module, [["conv1", "bn1", "relu1"], ["conv2", "bn2"]], inplace=True)
-                if module.downsample is not None:
-                    fuse_modules(module.downsample, [["0", "1"]], inplace=True)
+        fuse_modules(self, self.fusion_groups(), inplace=True)
         return self
 
 

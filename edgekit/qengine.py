@@ -11,7 +11,9 @@ with it the int8 model is correct on any x86 CPU), per-channel symmetric int8 we
 qnnpack (the ARM engine of PyTorch Mobile): full 8-bit activations (0..255, no reduce_range),
 per-tensor symmetric int8 weights, as torch's qnnpack qconfig has them. (Per-channel weights
 do run under qnnpack in eager mode on torch 2.13, checked here, but torch's qnnpack qconfig is
-per-tensor and edgekit follows it.)
+per-tensor and edgekit follows it.) `--weights per-channel|per-tensor` overrides the engine's
+choice of weight scheme (torch's own weight observers for each), to compare the two; the recipe
+records it (`weights`) and loading replays it.
 
 An int8 file is only right under the engine it was made for: conv weights are prepacked for
 the engine current at load time, and elementwise ops (add_relu, quantize) dispatch on the
@@ -29,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import QuantBackend
+from .config import QuantBackend, WeightScheme
 from .errors import UnsupportedError
 
 
@@ -143,11 +145,12 @@ def activation_range(backend: str) -> dict[str, Any]:
             "quant_max": int(observer.quant_max), "reduce_range": bool(observer.reduce_range)}
 
 
-def describe_engine(backend: str) -> dict[str, Any]:
-    """What the manifest records about the engine: its ranges, weight scheme and fusions, as plain data."""
+def describe_engine(backend: str, per_channel: bool | None = None) -> dict[str, Any]:
+    """What the manifest records about the engine: its ranges, weight scheme (per_channel: see
+    weight_observer) and fusions, as plain data."""
     engine = engine_of(backend)
     act = activation_range(engine.value)
-    weight = _instance(_aoq().get_default_qconfig(engine.value).weight)
+    weight = _instance(weight_observer(engine.value, per_channel))
     per_channel = weight.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine)
     bits = (act["quant_max"] - act["quant_min"] + 1).bit_length() - 1
     return {"engine": engine.value, "kernels_for": ENGINE_CPU[engine],
@@ -168,24 +171,47 @@ def minmax_activation_observer(backend: str = QuantBackend.x86.value):
     return _aoq().MinMaxObserver.with_args(dtype=act["dtype"], qscheme=act["qscheme"], reduce_range=act["reduce_range"])
 
 
-def weight_observer(backend: str = QuantBackend.x86.value):
-    """The engine's weight observer: x86/fbgemm per-channel symmetric int8, qnnpack per-tensor symmetric int8."""
-    return _aoq().get_default_qconfig(engine_of(backend).value).weight
+def per_channel_weights(backend: str, scheme: str | WeightScheme | None = None) -> bool:
+    """Whether int8 weights get one scale per output channel: `scheme` says (WeightScheme; None or
+    "engine": the engine's own qconfig decides, per-channel for x86/fbgemm, per-tensor for qnnpack)."""
+    scheme = WeightScheme(getattr(scheme, "value", scheme) or WeightScheme.engine.value)
+    if scheme is WeightScheme.engine:
+        weight = _instance(_aoq().get_default_qconfig(engine_of(backend).value).weight)
+        return weight.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine)
+    return scheme is WeightScheme.per_channel
 
 
-def static_qconfig(activation=None, backend: str = QuantBackend.x86.value):
-    """The engine's int8 weights; its quint8 activations observed by `activation` (default min/max)."""
-    return _aoq().QConfig(activation=activation or minmax_activation_observer(backend), weight=weight_observer(backend))
+def artifact_per_channel(recipe: dict[str, Any]) -> bool:
+    """Whether an int8 artifact's weights are per channel (files from before the recipe said: the engine's choice)."""
+    return per_channel_weights(artifact_engine(recipe).value, recipe.get("weights"))
 
 
-def qat_qconfig(backend: str = QuantBackend.x86.value):
-    """Non-fused FakeQuantize (exports to ONNX QDQ) with the ranges of torch's QAT qconfig for the engine."""
+def weight_observer(backend: str = QuantBackend.x86.value, per_channel: bool | None = None):
+    """Symmetric int8 weights, per channel or per tensor (None: the engine's own choice, see per_channel_weights);
+    torch's own observer for each, as its qconfigs use them."""
+    aoq = _aoq()
+    if per_channel is None:
+        return aoq.get_default_qconfig(engine_of(backend).value).weight
+    return aoq.default_per_channel_weight_observer if per_channel else aoq.default_weight_observer
+
+
+def static_qconfig(activation=None, backend: str = QuantBackend.x86.value, per_channel: bool | None = None):
+    """int8 weights (per_channel: see weight_observer); the engine's quint8 activations observed by `activation`
+    (default min/max)."""
+    return _aoq().QConfig(activation=activation or minmax_activation_observer(backend),
+                          weight=weight_observer(backend, per_channel))
+
+
+def qat_qconfig(backend: str = QuantBackend.x86.value, per_channel: bool | None = None):
+    """Non-fused FakeQuantize (exports to ONNX QDQ) with the ranges of torch's QAT qconfig for the engine;
+    weights per channel or per tensor (None: the engine's choice)."""
     aoq = _aoq()
     torch_qat = aoq.get_default_qat_qconfig(engine_of(backend).value)
-    act, weight = _instance(torch_qat.activation), _instance(torch_qat.weight)
+    act = _instance(torch_qat.activation)
     act_fq = aoq.FakeQuantize.with_args(observer=aoq.MovingAverageMinMaxObserver, quant_min=int(act.quant_min),
                                         quant_max=int(act.quant_max), dtype=act.dtype, qscheme=act.qscheme,
                                         reduce_range=False)
+    weight = _instance(torch_qat.weight if per_channel is None else weight_observer(backend, per_channel))
     per_channel = weight.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine)
     observer = aoq.MovingAveragePerChannelMinMaxObserver if per_channel else aoq.MovingAverageMinMaxObserver
     weight_fq = aoq.FakeQuantize.with_args(observer=observer, quant_min=int(weight.quant_min),

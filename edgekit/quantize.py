@@ -1,6 +1,6 @@
 """The quantize stage: dynamic, static PTQ (calibrated), QAT; per-layer sensitivity.
 
-What an int8 model is (the quantizable ResNet18, fusion, qconfigs, the file format, the float
+What an int8 model is (the quantizable network, fusion, qconfigs, the file format, the float
 twins) lives in edgekit/qmodel.py; this module makes one from a float checkpoint. Why eager
 `torch.ao.quantization` and non-fused FakeQuantize: see qmodel.py.
 
@@ -24,21 +24,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import distributed
+from . import distributed, qrelu6
 from .artifacts import Manifest, check_writable_dir, guard_output, parent_ref, publish, remove_path, staging_path
 from .calibrate import CalibrationSet, load_calibration, read_definition
 from .config import (CalibMethod, CalibrationConfig, DataConfig, ExportOptions, QuantBackend, QuantizeConfig,
-                     FinetuneConfig, QuantMode, check_choice)
+                     FinetuneConfig, QuantMode, WeightScheme, check_choice)
 from .data import DataSplits, load_data_for_checkpoint
 from .errors import ConfigError
 from .formats import QDQ_FORMAT, QDQ_SUFFIX, SOURCE_FORMAT
-from .model import ResNet18, count_macs, load_checkpoint
+from .model import Classifier, count_macs, load_checkpoint
 from .measure import accuracy, compare_latency
 from .observers import RangeSearchObserver
-from .qengine import _aoq, activation_range, describe_engine, engine_latency_note, engine_of, qat_qconfig, set_backend
+from .qengine import (_aoq, activation_range, describe_engine, engine_latency_note, engine_of, per_channel_weights,
+                      qat_qconfig, set_backend)
 from .qengine import static_qconfig as _qconfig_with
-from .qmodel import (Island, QuantResNet, _mark_islands, convert, dynamic_quantize, int8_census, layer_names,
-                     prepare_static, quantizable, save_quantized)
+from .qmodel import (Island, QuantModel, _mark_islands, convert, dynamic_quantize, int8_census, layer_names,
+                     prepare_qat, prepare_static, quantizable, save_quantized)
 from .report import Reporter, quiet
 
 METHODS = (CalibMethod.minmax, CalibMethod.percentile, CalibMethod.entropy, CalibMethod.mse)
@@ -53,13 +54,19 @@ def activation_observer(method: CalibMethod, config: QuantizeConfig):
     return RangeSearchObserver.with_args(method=method.value, percentile=config.percentile, **common)
 
 def static_qconfig(method: CalibMethod, config: QuantizeConfig):
-    return _qconfig_with(activation_observer(method, config), backend_of(config))
+    return _qconfig_with(activation_observer(method, config), backend_of(config), per_channel_of(config))
 
 
 def backend_of(config: QuantizeConfig) -> str:
     """The config's engine by name, refused with the choices if unknown or missing from this torch."""
     check_choice("backend", config.backend, QuantBackend)
     return engine_of(config.backend).value
+
+
+def per_channel_of(config: QuantizeConfig) -> bool:
+    """Whether the config's int8 weights get one scale per output channel (--weights; default: the engine's choice)."""
+    check_choice("weights", config.weights, WeightScheme)
+    return per_channel_weights(backend_of(config), config.weights)
 
 
 # ---- building int8 models ---------------------------------------------------------------------
@@ -71,7 +78,7 @@ def calibrate(prepared: nn.Module, cal: CalibrationSet, batch_size: int = 128) -
     for x in cal.batches(batch_size):
         prepared(x)
 
-def static_quantize(model: ResNet18, cal: CalibrationSet, method: CalibMethod, config: QuantizeConfig,
+def static_quantize(model: Classifier, cal: CalibrationSet, method: CalibMethod, config: QuantizeConfig,
                     keep_float: list[str] = (), only_int8: list[str] | None = None) -> nn.Module:
     set_backend(backend_of(config))
     prepared = prepare_static(model, static_qconfig(method, config), keep_float, only_int8, backend_of(config))
@@ -81,14 +88,15 @@ def static_quantize(model: ResNet18, cal: CalibrationSet, method: CalibMethod, c
 # ---- QAT --------------------------------------------------------------------------------------
 
 
-def prepare_qat_from_ptq(model: ResNet18, ptq_prepared: QuantResNet | None, keep_float: list[str] = (),
-                         backend: str = QuantBackend.x86.value) -> QuantResNet:
-    """Fake-quant model for QAT whose activation ranges start at the calibrated PTQ ranges."""
+def prepare_qat_from_ptq(model: Classifier, ptq_prepared: QuantModel | None, keep_float: list[str] = (),
+                         backend: str = QuantBackend.x86.value, per_channel: bool | None = None) -> QuantModel:
+    """Fake-quant model for QAT whose activation ranges start at the calibrated PTQ ranges
+    (per_channel: the weight scheme, None for the engine's)."""
     aoq = _aoq()
     wrapped = quantizable(model, qat=True, backend=backend)
-    wrapped.qconfig = qat_qconfig(backend)
+    wrapped.qconfig = qat_qconfig(backend, per_channel)
     _mark_islands(wrapped, list(keep_float), None)
-    aoq.prepare_qat(wrapped, inplace=True)
+    prepare_qat(wrapped)
     if ptq_prepared is not None:
         observers = {name: m for name, m in ptq_prepared.named_modules() if isinstance(m, aoq.ObserverBase)}
         for name, fq in wrapped.named_modules():
@@ -111,7 +119,10 @@ def fold_float_islands(model: nn.Module) -> None:
 
     for island in [m for m in model.modules() if isinstance(m, Island)]:
         inner = island.inner.eval()
-        if isinstance(inner, nni.ConvBnReLU2d):
+        folded_relu6 = qrelu6.fold_bn(inner)
+        if folded_relu6 is not None:
+            island.inner = folded_relu6
+        elif isinstance(inner, nni.ConvBnReLU2d):
             island.inner = nni.ConvReLU2d(fuse_conv_bn_eval(inner[0], inner[1]), inner[2])
         elif isinstance(inner, nni.ConvBn2d):
             island.inner = fuse_conv_bn_eval(inner[0], inner[1])
@@ -120,7 +131,10 @@ def fold_float_islands(model: nn.Module) -> None:
 def freeze_qat(model: nn.Module) -> None:
     aoq = _aoq()
     model.apply(aoq.disable_observer)
-    model.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)
+    for module in model.modules():
+        # torch's freeze_bn_stats helper checks exact types; edgekit's Conv+BN+ReLU6 is a ConvBn2d too
+        if isinstance(module, torch.ao.nn.intrinsic.qat.ConvBn2d):
+            module.freeze_bn_stats()
 
 
 # ---- save / load ------------------------------------------------------------------------------
@@ -153,7 +167,7 @@ def _accuracies(model: nn.Module, data: DataSplits) -> dict[str, float]:
     return {"val_accuracy": accuracy(model, data), "test_accuracy": accuracy(model, data, "test")}
 
 
-def sensitivity_analysis(model: ResNet18, cal: CalibrationSet, data: DataSplits, method: CalibMethod,
+def sensitivity_analysis(model: Classifier, cal: CalibrationSet, data: DataSplits, method: CalibMethod,
                          config: QuantizeConfig, reporter: Reporter = quiet) -> list[dict[str, Any]]:
     """Validation accuracy with only one layer int8 (the rest float), per layer, most sensitive first."""
     base = accuracy(model, data)
@@ -169,7 +183,7 @@ def sensitivity_analysis(model: ResNet18, cal: CalibrationSet, data: DataSplits,
     return rows
 
 
-def _ranked_sensitivity(model: ResNet18, cal: CalibrationSet, data: DataSplits, config: QuantizeConfig,
+def _ranked_sensitivity(model: Classifier, cal: CalibrationSet, data: DataSplits, config: QuantizeConfig,
                         method: CalibMethod, reporter: Reporter) -> list[dict[str, Any]]:
     """The per-layer sensitivity ranking, shown as a table, where --sensitivity or --keep-float asks for it."""
     if not (config.sensitivity or config.keep_float):
@@ -198,13 +212,22 @@ def _export_side_qdq(artifact: Path, config: QuantizeConfig, data: DataSplits, r
         return None
 
 
-def _dynamic_int8(model: ResNet18) -> Int8Build:
+def _dynamic_int8(model: Classifier) -> Int8Build:
     """Dynamic int8: torch's dynamic kernels cover only the final Linear."""
-    note = ("dynamic int8: torch has dynamic kernels only for Linear/RNN layers, so in ResNet18 only the final "
-            "Linear (fc) is int8; all 20 convolutions stay fp32 (expect no speed-up and almost no size change)")
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    note = ("dynamic int8: torch has dynamic kernels only for Linear/RNN layers, so only the final Linear (fc) is "
+            f"int8; all {convs} convolutions stay fp32 (expect no speed-up and almost no size change)")
     return Int8Build(dynamic_quantize(model), {"quantized_layers": ["fc"],
                                                "activation": "dynamic per-batch (fc input only)",
                                                "weight": "qint8 per-tensor (fc)"}, note)
+
+
+def _fusions(model: Classifier) -> list[str]:
+    """The kinds of fused int8 op the network makes, in order of first appearance (the recipe's "fused")."""
+    kinds = [" + ".join(type(model.get_submodule(name)).__name__ for name in group) for group in model.fusion_groups()]
+    kinds += ["residual add + ReLU (FloatFunctional.add_relu)" if relu else "residual add (FloatFunctional.add)"
+              for _, relu in model.residual_adds()]
+    return list(dict.fromkeys(kinds))
 
 
 def _weight_grid(engine: dict[str, Any]) -> str:
@@ -212,7 +235,7 @@ def _weight_grid(engine: dict[str, Any]) -> str:
     return f"{weight['dtype']} {weight['qscheme'].replace('_', '-')} [{weight['quant_min']}, {weight['quant_max']}]"
 
 
-def _static_int8(model: ResNet18, cal: CalibrationSet, data: DataSplits, config: QuantizeConfig, method: CalibMethod,
+def _static_int8(model: Classifier, cal: CalibrationSet, data: DataSplits, config: QuantizeConfig, method: CalibMethod,
                  backend: str, engine: dict[str, Any], keep_float: list[str], reporter: Reporter) -> Int8Build:
     """Static PTQ, `keep_float` layers left float: each candidate method calibrated and the best on
     validation kept, with its PTQ accuracies and its prepared model (for QAT to start from)."""
@@ -231,11 +254,12 @@ def _static_int8(model: ResNet18, cal: CalibrationSet, data: DataSplits, config:
     val, chosen, ptq_prepared, qmodel = best
     act = engine["activation"]
     recipe = {"method": chosen.value, "methods_tried": tried, "engine": engine,
+              "weights": "per-channel" if engine["weight"]["per_channel"] else "per-tensor",
               "weight": f"{_weight_grid(engine)}, min/max",
               "activation": f"{act['dtype']} per-tensor affine, "
                             f"{'reduce_range ' if act['reduce_range'] else ''}"
                             f"({act['quant_min']}..{act['quant_max']}, {act['bits']}-bit), {chosen.value}",
-              "fused": ", ".join(engine["fusions"]),
+              "fused": ", ".join(_fusions(model)),
               "float_layers": ["normalize (x*scale+shift on the input)"] + keep_float}
     note = (f"static PTQ ({backend}): {'per-channel' if engine['weight']['per_channel'] else 'per-tensor'} "
             f"int8 weights, {act['bits']}-bit activations calibrated on the calibration set")
@@ -243,14 +267,14 @@ def _static_int8(model: ResNet18, cal: CalibrationSet, data: DataSplits, config:
     return Int8Build(qmodel, recipe, note, metrics, prepared=ptq_prepared)
 
 
-def _qat_int8(model: ResNet18, ptq_prepared: nn.Module, data: DataSplits, config: QuantizeConfig, backend: str,
+def _qat_int8(model: Classifier, ptq_prepared: nn.Module, data: DataSplits, config: QuantizeConfig, backend: str,
               engine: dict[str, Any], keep_float: list[str], reporter: Reporter, convert_it: bool = True) -> Int8Build:
     """QAT from the PTQ ranges, observers and BN frozen for the last epochs, then converted, with
     the fake-quant accuracies and the QAT recipe. Without `convert_it` (a torchrun rank other
     than 0) only the fine-tuned fake-quant model, nothing measured."""
     from .train import train_model
 
-    qat = prepare_qat_from_ptq(model, ptq_prepared, keep_float, backend)
+    qat = prepare_qat_from_ptq(model, ptq_prepared, keep_float, backend, per_channel_of(config))
     plan = FinetuneConfig.of_qat(config)
     train_model(qat, data, plan.train_config(plan.cycles[0]), reporter=reporter)
     # Observers and BN statistics frozen from here: the last epochs fit the weights to fixed
@@ -275,7 +299,7 @@ def _qat_int8(model: ResNet18, ptq_prepared: nn.Module, data: DataSplits, config
                      metrics)
 
 
-def _int8_measurements(model: ResNet18, qmodel: nn.Module, fp32: dict[str, float], data: DataSplits,
+def _int8_measurements(model: Classifier, qmodel: nn.Module, fp32: dict[str, float], data: DataSplits,
                        config: QuantizeConfig, backend: str) -> dict[str, Any]:
     """The int8 model's accuracies and their drop from fp32, its latency beside fp32's, its int8
     tensors counted, and the MACs."""
@@ -292,7 +316,7 @@ def _int8_measurements(model: ResNet18, qmodel: nn.Module, fp32: dict[str, float
             "census": int8_census(qmodel), "macs": count_macs(model)}
 
 
-def _write_int8(out: Path, source: Path, qmodel: nn.Module, model: ResNet18, classes: list[str],
+def _write_int8(out: Path, source: Path, qmodel: nn.Module, model: Classifier, classes: list[str],
                 config: QuantizeConfig, metrics: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """The int8 file and its manifest, staged beside `out` and published together (or neither).
     Returns the metrics as the manifest has them: `metrics` and the two file sizes."""
@@ -361,6 +385,9 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
                           "`edgekit calibrate`)")
     if mode is QuantMode.dynamic and (config.keep_float or config.sensitivity):
         raise ConfigError("--sensitivity/--keep-float apply to static and qat modes", "drop them or use --mode static")
+    if mode is QuantMode.dynamic and WeightScheme(config.weights) is not WeightScheme.engine:
+        raise ConfigError("--weights applies to static and qat modes (dynamic int8 quantizes fc per tensor)",
+                          "drop --weights or use --mode static")
     backend = backend_of(config)
     checkpoint = load_checkpoint(source)
     model = checkpoint.build()
@@ -372,7 +399,7 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
     torch.manual_seed(config.seed)
     fp32 = _accuracies(model, data)
     fp32_metrics = {"fp32_" + k: v for k, v in fp32.items()}
-    engine = describe_engine(backend)
+    engine = describe_engine(backend, per_channel_of(config))
     calibration: dict[str, Any] | None = None
     sensitivity: list[dict[str, Any]] = []
     keep_float: list[str] = []

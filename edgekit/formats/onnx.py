@@ -161,13 +161,13 @@ class _FrozenFakeQuant:
 
 def qdq_grid(source: Path | SourceFile) -> dict[str, Any] | None:
     """How the QDQ graph of an int8 artifact relates to its torch int8 grid (None: not a static int8 artifact)."""
-    from ..qengine import artifact_engine, describe_engine
+    from ..qengine import artifact_engine, artifact_per_channel, describe_engine
     from ..qmodel import is_dynamic
 
     recipe = as_source(source).recipe
     if recipe is None or is_dynamic(recipe):
         return None
-    engine = describe_engine(artifact_engine(recipe).value)
+    engine = describe_engine(artifact_engine(recipe).value, artifact_per_channel(recipe))
     act, weight = engine["activation"], engine["weight"]
     reduced = act["quant_max"] - act["quant_min"] < 255
     return {"engine": engine["engine"], "torch_activation_range": [act["quant_min"], act["quant_max"]],
