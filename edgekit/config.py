@@ -228,7 +228,7 @@ class TrainConfig:
 
 
 # Options added after training states recorded their hash: at these defaults they leave the hash as it was.
-HASHED_UNLESS_DEFAULT = {"accumulate": 1, "swa_start": None, "swa_lr": None, "sync_bn": False}
+HASHED_UNLESS_DEFAULT = {"accumulate": 1, "swa_start": None, "swa_lr": None, "sync_bn": False, "arch": "resnet18"}
 
 # Settings that change how fast a run goes or where it reads from, never the weights it reaches:
 # a resumed run may differ from the interrupted one in these.

@@ -262,10 +262,10 @@ def test_options_added_for_distributed_training_leave_older_run_hashes_and_resum
     from edgekit.artifacts import to_plain
     from edgekit.config import resume_mismatches
 
-    # The hash main computed for the default recipe before --accumulate/--swa-*/--sync-bn existed.
+    # The hash main computed for the default recipe before --accumulate/--swa-*/--sync-bn/--arch existed.
     assert TrainConfig().config_hash(DataConfig(cache_dir="x")) == "0561dcf1232cec5d"
     recorded = to_plain(TrainConfig())
-    for name in ("accumulate", "swa_start", "swa_lr", "sync_bn"):
+    for name in ("accumulate", "swa_start", "swa_lr", "sync_bn", "arch"):
         del recorded[name]
     defaults = to_plain(TrainConfig())
     assert resume_mismatches(recorded, defaults, defaults) == []
