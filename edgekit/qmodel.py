@@ -54,6 +54,8 @@ from . import qrelu6
 from .artifacts import atomic_torch_save, to_plain
 from .config import QuantBackend, QuantMode, WeightScheme
 from .errors import CheckpointError, UnsupportedError
+# The compact tensors of the file live in edgekit.qpack; named here too, with the rest of the file format.
+from .qpack import PACKED_QTENSOR, pack_qtensors, unpack_qtensors  # noqa: F401
 from .qengine import (_aoq, artifact_engine, artifact_per_channel, engine_fusers, qat_qconfig, quantized_engine,
                       set_backend, static_qconfig)
 from .model import QUANTIZED_FORMAT, Checkpoint, Classifier, ModelSpec, build_model, load_checkpoint, read_payload
@@ -248,36 +250,6 @@ def int8_census(model: nn.Module) -> dict[str, Any]:
             "int8_weight_fraction": weights_int8 / max(1, total)}
 
 # ---- save / load ------------------------------------------------------------------------------
-
-# torch pickles a per-channel quantized tensor with float64 scales and int64 zero points: 16 bytes
-# a channel beside 1 byte a weight (77 KB of ResNet18's 11.3 MB). Observers compute scales in
-# float32, so float32 scales and int32 zero points hold the same numbers; a tensor whose scales
-# are not exact in float32 is stored as torch would.
-PACKED_QTENSOR = "edgekit-qtensor"
-
-
-def pack_qtensors(value: Any) -> Any:
-    if isinstance(value, tuple):  # a quantized Linear's packed params: (weight, bias)
-        return tuple(pack_qtensors(item) for item in value)
-    if not (isinstance(value, torch.Tensor) and value.is_quantized
-            and value.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)):
-        return value
-    scales = value.q_per_channel_scales()
-    zero_points = value.q_per_channel_zero_points()
-    if not (torch.equal(scales.float().double(), scales) and torch.equal(zero_points.int().long(), zero_points)):
-        return value
-    return {PACKED_QTENSOR: str(value.dtype).removeprefix("torch."), "int_repr": value.int_repr(),
-            "scales": scales.float(), "zero_points": zero_points.int(), "axis": value.q_per_channel_axis()}
-
-
-def unpack_qtensors(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return tuple(unpack_qtensors(item) for item in value)
-    if not (isinstance(value, dict) and PACKED_QTENSOR in value):
-        return value
-    return torch._make_per_channel_quantized_tensor(value["int_repr"], value["scales"].double(),
-                                                    value["zero_points"].long(), int(value["axis"]))
-
 
 def save_quantized(path: Path, model: nn.Module, spec: ModelSpec, classes: list[str], recipe: dict[str, Any],
                    extra: dict[str, Any]) -> Path:
