@@ -54,6 +54,8 @@ from . import qrelu6
 from .artifacts import atomic_torch_save, to_plain
 from .config import QuantBackend, QuantMode, WeightScheme
 from .errors import CheckpointError, UnsupportedError
+# The compact tensors of the file live in edgekit.qpack; named here too, with the rest of the file format.
+from .qpack import PACKED_QTENSOR, pack_qtensors, unpack_qtensors  # noqa: F401
 from .qengine import (_aoq, artifact_engine, artifact_per_channel, engine_fusers, qat_qconfig, quantized_engine,
                       set_backend, static_qconfig)
 from .model import QUANTIZED_FORMAT, Checkpoint, Classifier, ModelSpec, build_model, load_checkpoint, read_payload
@@ -249,36 +251,6 @@ def int8_census(model: nn.Module) -> dict[str, Any]:
 
 # ---- save / load ------------------------------------------------------------------------------
 
-# torch pickles a per-channel quantized tensor with float64 scales and int64 zero points: 16 bytes
-# a channel beside 1 byte a weight (77 KB of ResNet18's 11.3 MB). Observers compute scales in
-# float32, so float32 scales and int32 zero points hold the same numbers; a tensor whose scales
-# are not exact in float32 is stored as torch would.
-PACKED_QTENSOR = "edgekit-qtensor"
-
-
-def pack_qtensors(value: Any) -> Any:
-    if isinstance(value, tuple):  # a quantized Linear's packed params: (weight, bias)
-        return tuple(pack_qtensors(item) for item in value)
-    if not (isinstance(value, torch.Tensor) and value.is_quantized
-            and value.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)):
-        return value
-    scales = value.q_per_channel_scales()
-    zero_points = value.q_per_channel_zero_points()
-    if not (torch.equal(scales.float().double(), scales) and torch.equal(zero_points.int().long(), zero_points)):
-        return value
-    return {PACKED_QTENSOR: str(value.dtype).removeprefix("torch."), "int_repr": value.int_repr(),
-            "scales": scales.float(), "zero_points": zero_points.int(), "axis": value.q_per_channel_axis()}
-
-
-def unpack_qtensors(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return tuple(unpack_qtensors(item) for item in value)
-    if not (isinstance(value, dict) and PACKED_QTENSOR in value):
-        return value
-    return torch._make_per_channel_quantized_tensor(value["int_repr"], value["scales"].double(),
-                                                    value["zero_points"].long(), int(value["axis"]))
-
-
 def save_quantized(path: Path, model: nn.Module, spec: ModelSpec, classes: list[str], recipe: dict[str, Any],
                    extra: dict[str, Any]) -> Path:
     state = model.state_dict()
@@ -435,11 +407,40 @@ def int8_as_fake_quant(qmodel: nn.Module, spec: ModelSpec, recipe: dict[str, Any
             fake.zero_point.resize_(zero.shape).copy_(zero.to(fake.zero_point.dtype))
             fake.disable_observer()
         qrelu6.wrap_twin_fake_quants(wrapped)
+        _fake_quant_classifier_input(wrapped, qmodel, spec, engine)
         for island_name, island in wrapped.named_modules():
             if isinstance(island, Island) and isinstance(island.enter, aoq.DeQuantStub):
                 # a float-kept layer: its float weights (BN folded, as in the int8 file) as they are
                 island.inner.load_state_dict(converted[island_name + ".inner"].state_dict())
     return wrapped.eval()
+
+
+def _fake_quant_classifier_input(twin: QuantModel, qmodel: nn.Module, spec: ModelSpec, engine: str) -> None:
+    """The twin's fc reads its input through the int8 model's grid for it, as the int8 model does
+    (quantized average pooling rounds the pooled features to its input's grid). Without it ONNX
+    Runtime ran fc as a float Gemm (Flatten, not DequantizeLinear, fed it): 2 % of a width-0.25
+    MobileNetV2's weights (1280-wide head); with it, QGemm."""
+    grid: dict[str, Any] = {}
+
+    def record(_module: nn.Module, args: tuple) -> None:
+        grid.update(scale=args[0].q_scale(), zero_point=args[0].q_zero_point())
+
+    handle = qmodel.model.fc.register_forward_pre_hook(record)
+    try:
+        with torch.no_grad(), quantized_engine(engine):
+            qmodel(torch.zeros(1, *spec.input_shape))
+    finally:
+        handle.remove()
+    fake = qat_qconfig(engine).activation()
+    fake.scale.copy_(torch.tensor([grid["scale"]]))
+    fake.zero_point.copy_(torch.tensor([grid["zero_point"]], dtype=fake.zero_point.dtype))
+    fake.disable_observer()
+    twin.model.fc.input_fake_quant = fake
+    twin.model.fc.register_forward_pre_hook(_through_input_fake_quant)
+
+
+def _through_input_fake_quant(module: nn.Module, args: tuple) -> tuple:
+    return (module.input_fake_quant(args[0]), *args[1:])
 
 
 def dequantized_checkpoint(path: Path, loaded: tuple[nn.Module, dict[str, Any]] | None = None) -> Checkpoint:

@@ -34,6 +34,7 @@ LAYERS = {
     "edgekit.qengine": 2,  # the quantized engines and their qconfigs, which qmodel builds on
     "edgekit.observers": 2,  # the range-search observer of the int8 model code
     "edgekit.qrelu6": 2,  # Conv+BN+ReLU6 as one int8 op (MobileNetV2), which qmodel fuses with
+    "edgekit.qpack": 2,  # the int8 file's compact quantized tensors, which qmodel saves and loads through
     "edgekit.model": 2,
     "edgekit.mobilenet": 2,  # the second network model.build_model makes
     "edgekit.spec": 2,  # ModelSpec and the layers both networks share

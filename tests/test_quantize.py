@@ -110,7 +110,7 @@ def test_int8_artifact_exports_through_the_gate_and_refuses_float(trained, tmp_p
     made = quantize_checkpoint(source, QuantizeConfig(mode=QuantMode.static, method=CalibMethod.minmax,
                                                       calibration=str(cal), latency_runs=5), int8, data=data)
     # minmax: one calibration instead of auto's four (test_static_ptq covers those)
-    _assert_qdq_reproduces_int8(made.onnx, load_quantized(int8)[0], data, convs_int8=20)
+    _assert_qdq_reproduces_int8(made.onnx, load_quantized(int8)[0], data, convs_int8=21)  # 20 convs + fc (QGemm)
     options = ExportOptions(calibration=str(cal), parity_images=200)
     result = export_artifact(int8, "onnx", "int8", tmp_path / "int8.onnx", options)
     assert result.precision == "int8" and result.executed_precision == "int8"
@@ -283,7 +283,7 @@ def test_qnnpack_int8_exports_to_onnx_through_the_gate(trained, qnnpack_static, 
     source, cal, data = trained
     out, result = qnnpack_static
     assert result.onnx is not None  # quantize's own QDQ file passed the gate too
-    _assert_qdq_reproduces_int8(result.onnx, load_quantized(out)[0], data, convs_int8=20)
+    _assert_qdq_reproduces_int8(result.onnx, load_quantized(out)[0], data, convs_int8=21)
     made = export_artifact(out, "onnx", "int8", tmp_path / "qnnpack.onnx",
                            ExportOptions(calibration=str(cal), parity_images=200))
     assert made.precision == "int8" and made.executed_precision == "int8"

@@ -40,8 +40,10 @@ from .source import SourceFile, as_source
 # The format's census and --debug-parity, each in its own module (this one exports and runs):
 from .onnx_census import census, load_file, runtime_census  # noqa: F401
 from .onnx_debug import debug_divergence  # noqa: F401
-# Why the float-checkpoint path writes 7-bit weights, and the check of it from a file's codes:
-from .onnx_int8 import INT16_MAX, WEIGHT_RANGE_KEY, u8s8_pair_bound, weight_record  # noqa: F401
+# Why the float-checkpoint path writes 7-bit weights, and the check of it from a file's codes;
+# how a fake-quant model's QDQ graph comes to hold int8 weights and int32 biases:
+from .onnx_int8 import (INT16_MAX, WEIGHT_RANGE_KEY, store_int8_weights, store_int32_biases,  # noqa: F401
+                        u8s8_pair_bound, weight_record)
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -95,47 +97,10 @@ def export_module(module, out: str | Path, opset: int = ONNX_OPSET, dynamic_batc
             model = onnxslim.slim(model)
             onnx.checker.check_model(model)
         if store_int8_weights(model):
+            store_int32_biases(model)
             onnx.checker.check_model(model)
         onnx.save(model, str(tmp))
     return out
-
-
-def store_int8_weights(model) -> int:
-    """Fold QuantizeLinear of constant weights into int8 initializers; returns how many were folded.
-
-    The TorchScript exporter writes a fake-quantized weight as float initializer -> QuantizeLinear
-    -> DequantizeLinear, so the file holds fp32 weights and is as large as the fp32 model. Storing
-    the quantized values (as ONNX Runtime's own quantizer does) makes an int8 file hold int8.
-    """
-    from onnx import numpy_helper
-
-    graph = model.graph
-    initializers = {init.name: init for init in graph.initializer}
-    folded = []
-    for node in graph.node:
-        if node.op_type != "QuantizeLinear" or len(node.input) < 3:
-            continue
-        if not all(name in initializers for name in node.input[:3]):
-            continue
-        weight, scale, zero = (numpy_helper.to_array(initializers[name]) for name in node.input[:3])
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-        if scale.ndim == 1 and scale.size > 1:
-            shape = [1] * weight.ndim
-            shape[axis] = -1
-            scale, zero = scale.reshape(shape), zero.reshape(shape)
-        info = np.iinfo(zero.dtype)
-        quantized = np.clip(np.rint(weight / scale) + zero.astype(np.int64), info.min, info.max).astype(zero.dtype)
-        graph.initializer.append(numpy_helper.from_array(quantized, node.output[0]))
-        folded.append(node)
-    if not folded:
-        return 0
-    for node in folded:
-        graph.node.remove(node)
-    still_used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    for init in list(graph.initializer):
-        if init.name not in still_used:
-            graph.initializer.remove(init)
-    return len(folded)
 
 
 class _FrozenFakeQuant:
