@@ -10,8 +10,7 @@ observed after the ReLU6, so its grid spans [0, hi] with hi <= 6 and zero point 
 conv kernel's clamp of its output to that grid *is* ReLU6 (below 0 is code 0, above hi the top
 code, and hi <= 6), computed by torch's own conv2d_relu kernel with no extra op. It is exact,
 not an approximation: a value above hi is clamped at hi here as the separate clamp's grid
-would clamp it too. Parity, measured on a width-0.25 MobileNetV2 (tests/conftest.py's
-session model): see edgekit/qmodel.py.
+would clamp it too. Parity against the separate clamp, measured: see edgekit/qmodel.py.
 
 Three module kinds follow torch's own for ReLU, with ReLU6 in place of ReLU:
 - float: ConvReLU6 (BN folded, eval fusion for PTQ) and ConvBnReLU6 (BN apart, for QAT);

@@ -13,6 +13,7 @@ from edgekit.artifacts import read_manifest
 from edgekit.calibrate import make_calibration, save_calibration
 from edgekit.config import CalibMethod, ExportOptions, QuantizeConfig, QuantMode, WeightScheme
 from edgekit.data import to_unit_float
+from edgekit.errors import CheckpointError, ConfigError
 from edgekit.measure import accuracy
 from edgekit.model import ModelSpec, load_checkpoint
 from edgekit.qmodel import PACKED_QTENSOR, int8_as_fake_quant, int8_census, load_quantized
@@ -188,6 +189,10 @@ def test_dynamic_touches_only_fc(trained, tmp_path):
     assert f"all {CONVS} convolutions stay fp32" in read_manifest(tmp_path / "dyn.pt")["extra"]["note"]
     reloaded, _ = load_quantized(tmp_path / "dyn.pt")
     assert accuracy(reloaded, data) == pytest.approx(result.metrics["val_accuracy"])
+    with pytest.raises(ConfigError, match="--weights applies to static and qat"):  # dynamic's fc is per-tensor
+        quantize_checkpoint(source, QuantizeConfig(mode=QuantMode.dynamic, weights=WeightScheme.per_channel),
+                            tmp_path / "x.pt", data=data)
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_qat_trains_converts_and_exports(trained, tmp_path):
@@ -255,3 +260,9 @@ def test_per_tensor_weights_are_selectable_and_replayed(trained, tmp_path):
     np.testing.assert_array_equal(_logits(reloaded, images), _logits(result.model, images))
     twin = int8_as_fake_quant(reloaded, ModelSpec.from_dict(payload["spec"]), payload["recipe"])
     assert (_logits(twin, images).argmax(1) == _logits(reloaded, images).argmax(1)).mean() >= 0.9
+    # a recipe naming no known scheme is a damaged file, said in one line
+    stored = torch.load(out, weights_only=True)
+    stored["recipe"]["weights"] = "per-row"
+    torch.save(stored, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match="unknown weight scheme 'per-row'"):
+        load_quantized(tmp_path / "edited.pt")
