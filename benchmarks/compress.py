@@ -12,7 +12,8 @@ Anything else already there with a different recipe is refused, not overwritten.
 
 After every step has its artifact, all rows are read from their manifests and timed together in
 one process, in alternating rounds (torch eager, batch 1, threads pinned), so no row's latency was
-measured under a training job's load. Writes benchmarks/results/compress-cpu.json and .md.
+measured under a training job's load. Writes benchmarks/results/<--name>.json and .md (compress-cpu
+by default).
 
 Controls: a child that was fine-tuned (pruning, QAT) is read against its parent put through the
 same fine-tune (`edgekit control`), so what extra training alone gains is not credited to
@@ -40,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from edgekit.artifacts import (atomic_write_text, library_versions, machine_info, read_manifest,  # noqa: E402
                                sha256_file, to_plain)
-from edgekit.config import (CalibMethod, PruneConfig, QuantizeConfig, QuantMode,  # noqa: E402
+from edgekit.config import (CalibMethod, PruneConfig, QuantizeConfig, QuantMode, WeightScheme,  # noqa: E402
                             data_config_from_dict)
 from edgekit.data import load_data  # noqa: E402
 from edgekit.finetune import control_checkpoint, control_mismatch, default_output, plan_of  # noqa: E402
@@ -124,6 +125,10 @@ def plan(args: argparse.Namespace, data: Any, reporter: RichReporter) -> list[St
              Step("ptq", "static PTQ int8", "reference", "reference", "quantize", static, quantizing(static)),
              Step("pruned-ptq", "pruned + static PTQ int8", "pruned", "pruned.control", "quantize", static,
                   quantizing(static))]
+    if args.per_tensor_ptq:
+        per_tensor = dataclasses.replace(static, weights=WeightScheme.per_tensor)
+        steps.insert(4, Step("ptq-per-tensor", "static PTQ int8, per-tensor weights", "reference", "reference",
+                             "quantize", per_tensor, quantizing(per_tensor)))
     if args.qat_epochs:
         bf16 = True if args.qat_control_bf16 else None
         steps += [Step("qat", f"QAT int8 ({args.qat_epochs} ep)", "reference", "qat.control", "quantize", qat,
@@ -211,6 +216,10 @@ def targets_table(rows: list[dict[str, Any]]) -> str:
     def against(row: dict[str, Any]) -> str:
         return "fp32 parent" if row["control"] == "reference" else f"control ({row['control']}.pt)"
 
+    if "ptq-per-tensor" in by_key:
+        coarse = by_key["ptq-per-tensor"]
+        check("static PTQ, per-tensor weights: drop vs fp32 parent", f"{-coarse['vs_control_test_pt']:+.2f} pt",
+              "<= 0.5 pt", -coarse["vs_control_test_pt"] <= 0.5)
     if "ptq" in by_key:
         ptq = by_key["ptq"]
         check("static PTQ: drop vs fp32 parent", f"{-ptq['vs_control_test_pt']:+.2f} pt", "<= 0.5 pt",
@@ -235,10 +244,10 @@ def targets_table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(["target (test split)", "measured", "limit", ""], checks)
 
 
-def write_results(result: dict[str, Any], results: Path, reporter: RichReporter) -> None:
+def write_results(result: dict[str, Any], results: Path, name: str, reporter: RichReporter) -> None:
     rows = result["rows"]
     results.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(results / "compress-cpu.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(results / f"{name}.json", json.dumps(result, indent=2) + "\n")
     by_key = {r["key"]: r for r in rows}
 
     def pt(value: float | None) -> str:
@@ -262,7 +271,7 @@ def write_results(result: dict[str, Any], results: Path, reporter: RichReporter)
           + markdown_table(columns, table)
           + "\n\n## Against the compression issue's targets (test split, each against its control)\n\n"
           + targets_table(rows) + "\n")
-    atomic_write_text(results / "compress-cpu.md", md)
+    atomic_write_text(results / f"{name}.md", md)
     reporter.info(md)
 
 
@@ -272,6 +281,7 @@ def main() -> None:
     parser.add_argument("--calibration", type=Path, default=ROOT / "calibration/cifar10-jpg-512.json")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "artifacts/compress")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks/results")
+    parser.add_argument("--name", default="compress-cpu", help="results file stem: RESULTS/NAME.{json,md}")
     parser.add_argument("--ratio", type=float, default=PruneConfig.ratio)
     parser.add_argument("--target-macs", type=float, default=None, help="instead of --ratio: prune until MACs <= this")
     parser.add_argument("--distill", type=float, default=PruneConfig.distill_alpha,
@@ -280,6 +290,8 @@ def main() -> None:
     parser.add_argument("--finetune-lr", type=float, default=PruneConfig.finetune_lr)
     parser.add_argument("--steps", type=int, default=PruneConfig.steps, help="prune -> fine-tune rounds")
     parser.add_argument("--cpu-bf16", action="store_true", help="fine-tune the pruned model in bf16 (native bf16 CPU)")
+    parser.add_argument("--per-tensor-ptq", action="store_true",
+                        help="add a static PTQ row with one weight scale per tensor beside the per-channel one")
     parser.add_argument("--qat-epochs", type=int, default=1, help="0 = no QAT row")
     parser.add_argument("--qat-control-bf16", action="store_true",
                         help="train QAT's control in bf16 (QAT itself trains in fp32; recorded in the row)")
@@ -310,7 +322,7 @@ def main() -> None:
               "load_average_end": [round(x, 2) for x in os.getloadavg()],
               "note": args.note, "wall_seconds": time.perf_counter() - start,
               "artifacts": {k: {"path": str(v), "sha256": sha256_file(v)} for k, v in files.items()}, "rows": rows}
-    write_results(result, args.results, reporter)
+    write_results(result, args.results, args.name, reporter)
 
 
 if __name__ == "__main__":
