@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import textwrap
 from dataclasses import replace
@@ -402,3 +403,25 @@ def test_shared_cpu_note_counts_other_work_not_the_bench_itself():
     [note] = contention_notes(busy)
     assert "Shared CPU" in note and "1.9 on 2 cores" in note
     assert contention_notes(dict(busy, threads=None)) == []
+    # a run that measured other work's CPU time is read by it, not by the (decaying) load average
+    stopped_before = dict(busy, other_work_cores=0.05)
+    assert other_load(stopped_before) == pytest.approx(0.05) and contention_notes(stopped_before) == []
+    [note] = contention_notes(dict(quiet_machine, other_work_cores=1.2))
+    assert "used 1.2 of 2 cores on average" in note
+
+
+def test_other_work_reads_the_machine_busy_time_which_holds_this_process_own():
+    """OtherWork's two readings on the real machine: /proc/stat's busy time includes this process's
+    CPU time (so other work = the difference), spun here by CPU time, not wall time, so a busy machine
+    changes only how long it takes."""
+    from edgekit.bench import measure
+
+    busy_before, own_before = measure._machine_busy_seconds(), measure._own_cpu_seconds()
+    if busy_before is None:
+        pytest.skip("no /proc/stat on this system: OtherWork reads None and the load average is used")
+    other_work = measure.OtherWork()
+    while measure._own_cpu_seconds() - own_before < 0.3:
+        pass
+    own = measure._own_cpu_seconds() - own_before
+    assert measure._machine_busy_seconds() - busy_before >= own - 0.05  # clock ticks: 10 ms each
+    assert 0.0 <= other_work.cores() <= (os.cpu_count() or 1)

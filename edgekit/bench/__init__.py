@@ -39,7 +39,7 @@ from ..timing import latency_stats
 from .baselines import STOCK_SOURCE, baseline_label, make_baselines
 from .compare import compare
 from ..lineage import Lineage, discover, format_of_path_or_none, lineage, source_checkpoint
-from .measure import MeasureContext, bench_one, blank_row, environment, load_average, pin_threads
+from .measure import MeasureContext, OtherWork, bench_one, blank_row, environment, load_average, pin_threads
 from .row import BenchRow
 from .render import (BENCH_FORMAT, BenchRun, TABLE_COLUMNS, contention_notes, int8_slowdown_reason, load_run,
                      markdown_text, render, summary, summary_lines, table_rows, write_outputs)
@@ -55,6 +55,7 @@ def bench(artifacts: Iterable[Path], config: BenchConfig, reporter: Reporter = q
           directory: Path | None = None, out: Path | None = None, notes: Iterable[str] = ()) -> BenchRun:
     """Measure every artifact with every runtime that can read it; write the result files if `out` is given."""
     load_before = load_average()  # before baselines and measurement add this process's own load
+    other_work = OtherWork()
     from ..artifacts import check_writable_dir
     from ..calibrate import read_definition
 
@@ -113,6 +114,7 @@ def bench(artifacts: Iterable[Path], config: BenchConfig, reporter: Reporter = q
             rows.append(row)
             progress.advance(1, artifact=path.name, runtime=runtime.name, status=row.status)
     env["load_average_end"] = load_average()
+    env["other_work_cores"] = other_work.cores()
     _annotate(rows, env)
     protocol = {k: v for k, v in to_plain(config).items() if k not in ("data",)}
     if config.data is not None:

@@ -11,8 +11,10 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,37 @@ def load_average() -> list[float] | None:
     with contextlib.suppress(OSError, AttributeError):
         return [round(x, 2) for x in os.getloadavg()]
     return None
+
+
+class OtherWork:
+    """How many cores other work took while a bench ran: the machine's busy CPU time (/proc/stat,
+    the hypervisor's steal included) less this process's own (its threads and finished children),
+    over the wall time. Unlike a load average, it is not a decaying memory of what ran before the
+    bench (a training job stopped just before it still reads as load for minutes)."""
+
+    def __init__(self) -> None:
+        self.started = (_machine_busy_seconds(), _own_cpu_seconds(), time.perf_counter())
+
+    def cores(self) -> float | None:
+        """Average cores used by everything but this process since construction; None off Linux."""
+        busy, own, wall = _machine_busy_seconds(), _own_cpu_seconds(), time.perf_counter()
+        busy_before, own_before, wall_before = self.started
+        if busy is None or busy_before is None or wall <= wall_before:
+            return None
+        return round(max(0.0, (busy - busy_before) - (own - own_before)) / (wall - wall_before), 2)
+
+
+def _machine_busy_seconds() -> float | None:
+    with contextlib.suppress(OSError, ValueError):
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
+def _own_cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def gpu_info() -> dict[str, str] | None:

@@ -286,8 +286,12 @@ def summary_lines(rows: list[BenchRow]) -> list[str]:
 
 
 def other_load(env: dict[str, Any]) -> float | None:
-    """The 1-minute load of other work: measured before the bench started, and at its end less the
-    bench's own threads (each runnable thread of this process adds ~1 to the load it reads)."""
+    """The cores other work took while the bench ran (measure.OtherWork) where the run recorded it.
+    Runs from before it fall back on the 1-minute load average: before the bench started, and at its
+    end less the bench's own threads (each runnable thread of this process adds ~1 to the load it
+    reads); that reading still holds work stopped shortly before the bench."""
+    if env.get("other_work_cores") is not None:
+        return env["other_work_cores"]
     start, end, threads = env.get("load_average_start"), env.get("load_average_end"), env.get("threads") or 0
     candidates = []
     if start:
@@ -309,7 +313,10 @@ def contention_notes(env: dict[str, Any]) -> list[str]:
     busiest = other_load(env)
     if busiest is None or not cores or not threads or busiest + threads <= cores + LOAD_SLACK:
         return []
-    return [f"- **Shared CPU**: other processes kept a 1-minute load average of {busiest:.1f} on {cores} cores "
+    measured = (f"other processes used {busiest:.1f} of {cores} cores on average while it ran"
+                if env.get("other_work_cores") is not None else
+                f"other processes kept a 1-minute load average of {busiest:.1f} on {cores} cores")
+    return [f"- **Shared CPU**: {measured} "
             f"(the bench's own {threads} threads not counted) while each runtime used {threads} threads, so "
             "runtimes competed with other processes for cores. Symptoms in this table: p90/p99 near a scheduler "
             "time slice and, worst, torch eager, whose OpenMP threads wait for each other at every op when one of "
