@@ -70,25 +70,16 @@ warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated
 
 
 class QuantAdd(nn.Module):
-    """The residual add as one FloatFunctional op, its sum requantized (MobileNetV2's linear bottlenecks)."""
+    """The residual add as one FloatFunctional op, its sum requantized: `add` for MobileNetV2's
+    linear bottlenecks, `add_relu` (quantized: one fused kernel) where a ReLU follows, as in ResNet18."""
 
-    def __init__(self) -> None:
+    def __init__(self, with_relu: bool = False) -> None:
         super().__init__()
         self.op = torch.ao.nn.quantized.FloatFunctional()
+        self.with_relu = with_relu
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.op.add(a, b)
-
-
-class QuantAddReLU(nn.Module):
-    """The residual add + ReLU as one FloatFunctional op (quantized: one fused add_relu kernel)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.op = torch.ao.nn.quantized.FloatFunctional()
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.op.add_relu(a, b)
+        return self.op.add_relu(a, b) if self.with_relu else self.op.add(a, b)
 
 
 class Island(nn.Module):
@@ -120,7 +111,7 @@ class QuantModel(nn.Module):
         self.model = model
         self.dequant = aoq.DeQuantStub()
         for add, relu in model.residual_adds():
-            _replace(model, add, QuantAddReLU() if relu else QuantAdd())
+            _replace(model, add, QuantAdd(with_relu=relu is not None))
             if relu:
                 _replace(model, relu, nn.Identity())
         # Normalize stays float (it is x*scale+shift on the float input); the stub quantizes after it.
