@@ -60,3 +60,20 @@ def tiny_mobilenet_trained(tmp_path_factory, tiny_data, tiny_data_config, tiny_t
     model = build_model(ModelSpec.from_width(MOBILENET_WIDTH, tiny_data.num_classes, arch="mobilenet_v2"), seed=0)
     config = dataclasses.replace(tiny_train_config, epochs=4, batch_size=32, lr=0.05, width=MOBILENET_WIDTH)
     return train_model(model, tiny_data, config, out, data_config=tiny_data_config)
+
+
+@pytest.fixture(scope="module")
+def loose_int8_vs_int8_gate():
+    """For the int8 test modules: two int8 renderings of a tiny model (torch's requantizing kernels,
+    ORT's QLinearConv) disagree on a few of 200 images (up to 1.5 % on the tiny ResNet18, ~94 %
+    accurate); on so few images the 0.5-point int8-vs-int8 tolerance is one or two images, so a flip
+    or two the other way would fail it. The gate's mechanics are under test there, for the QDQ file
+    quantize writes beside its output as for `edgekit export`; the tolerance itself belongs to the
+    real model (benchmarks/results/export-cpu.md). Module scope, so module fixtures that quantize
+    (request it by name) see it too."""
+    from edgekit.formats import FORMATS
+
+    tolerances = FORMATS["onnx"].tolerances
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setitem(tolerances, "int8", dataclasses.replace(tolerances["int8"], max_drop_vs_int8_source=5.0))
+        yield
