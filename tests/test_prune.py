@@ -104,25 +104,14 @@ def _blocks(model):
 
 
 @pytest.fixture(scope="module")
-def mobilenet(tiny_data, tmp_path_factory):
-    """A width-0.25 MobileNetV2 after a few real SGD steps on the synthetic images (pruning ranks
-    channels by trained weights, BN scales or gradients: an untrained net's ties say little), saved
-    as an edgekit checkpoint, with a 256-image training split to fine-tune on."""
-    from edgekit.model import save_checkpoint
-
-    model = build_model(ModelSpec.from_width(0.25, tiny_data.num_classes, arch="mobilenet_v2"), seed=0).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for start in range(0, 384, 64):
-        x, y = tiny_data.train_x[start:start + 64].float() / 255, tiny_data.train_y[start:start + 64]
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    path = save_checkpoint(tmp_path_factory.mktemp("mobilenet") / "mobilenet.pt", model.eval(), tiny_data.classes)
+def mobilenet(tiny_mobilenet_trained, tiny_data):
+    """The session's trained width-0.25 MobileNetV2 (conftest; pruning ranks channels by trained
+    weights, BN scales or gradients: an untrained net's ties say little), with a 256-image training
+    split to fine-tune on."""
     small = DataSplits(tiny_data.train_x[:256], tiny_data.train_y[:256], tiny_data.val_x[:100], tiny_data.val_y[:100],
                        tiny_data.test_x[:100], tiny_data.test_y[:100], tiny_data.classes, tiny_data.source,
                        tiny_data.fingerprint)
-    return path, small
+    return Path(tiny_mobilenet_trained.checkpoint), small
 
 
 def test_mobilenet_v2_prunes_with_depthwise_groups_coupled_and_rebuilds_identically(mobilenet, tmp_path):

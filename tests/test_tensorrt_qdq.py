@@ -32,12 +32,17 @@ def tiny_model(tiny_trained):
     return load_checkpoint(tiny_trained.checkpoint).build().eval()
 
 
+def _place(model, tiny_data, folder):
+    """The int8 ONNX graph tensorrt.prepare_onnx writes for `model` (Q/DQ placed for TensorRT), on disk and loaded."""
+    images = tiny_data.train_x[:128].float().div(255).numpy()
+    path = trt_format.prepare_onnx(model, folder / "m.int8.onnx", "int8", ExportOptions(dynamic_batch=True),
+                                   Calibration(images))
+    return path, onnx.load(str(path))
+
+
 @pytest.fixture(scope="module")
 def placed(tiny_model, tiny_data, tmp_path_factory):
-    images = tiny_data.train_x[:128].float().div(255).numpy()
-    path = trt_format.prepare_onnx(tiny_model, tmp_path_factory.mktemp("trt-qdq") / "m.int8.onnx", "int8",
-                                   ExportOptions(dynamic_batch=True), Calibration(images))
-    return path, onnx.load(str(path))
+    return _place(tiny_model, tiny_data, tmp_path_factory.mktemp("trt-qdq"))
 
 
 def _graph_maps(model):
@@ -253,32 +258,14 @@ def test_a_q_after_clip_takes_the_conv_range_capped_at_the_clip_bound():
 
 
 @pytest.fixture(scope="module")
-def mobilenet(tiny_data):
-    """A width-0.25 MobileNetV2 after a few real SGD steps on the synthetic images, BN statistics then
-    re-estimated (after so few steps the running averages still describe the untrained net, whose
-    eval-mode logits all point one way), so its predictions spread over the classes."""
-    from edgekit.measure import recalibrate_bn
-    from edgekit.model import ModelSpec, build_model
-
-    model = build_model(ModelSpec.from_width(0.25, tiny_data.num_classes, arch="mobilenet_v2"), seed=0).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    for start in range(0, 24 * 32, 32):
-        x, y = tiny_data.train_x[start:start + 32].float() / 255, tiny_data.train_y[start:start + 32]
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        recalibrate_bn(model, tiny_data, num_batches=2, batch_size=128)
-    return model.eval()
+def mobilenet(tiny_mobilenet_trained):
+    """The session's trained width-0.25 MobileNetV2 (conftest)."""
+    return load_checkpoint(tiny_mobilenet_trained.checkpoint).build().eval()
 
 
 @pytest.fixture(scope="module")
 def mobilenet_placed(mobilenet, tiny_data, tmp_path_factory):
-    images = tiny_data.train_x[:128].float().div(255).numpy()
-    path = trt_format.prepare_onnx(mobilenet, tmp_path_factory.mktemp("trt-qdq-mb") / "mb.int8.onnx", "int8",
-                                   ExportOptions(dynamic_batch=True), Calibration(images))
-    return path, onnx.load(str(path))
+    return _place(mobilenet, tiny_data, tmp_path_factory.mktemp("trt-qdq-mb"))
 
 
 def test_mobilenet_v2_every_conv_and_gemm_input_is_quantized_none_around_clip(mobilenet_placed, mobilenet):
@@ -324,18 +311,12 @@ def test_mobilenet_v2_each_residual_add_quantizes_only_its_block_input(mobilenet
 
 
 def test_mobilenet_v2_onnxruntime_run_of_the_tensorrt_graph_stays_near_the_float_model(mobilenet_placed, mobilenet,
-                                                                                       tiny_data, monkeypatch):
-    from edgekit.formats import FORMATS
-
+                                                                                       tiny_data):
     images = tiny_data.test_x[:256].float().div(255).numpy()
     labels = tiny_data.test_y[:256].numpy()
     report = validate.parity(TorchRunner(mobilenet), onnx_format.load_runner(mobilenet_placed[0]), images, labels)
-    assert report.source_accuracy > 0.2  # twice chance: the comparison is not of two constant answers
-    # The format table's int8 bar, logit cosine >= 0.98 kept as it is. Agreement and accuracy drop are
-    # loosened for this ~30 %-accurate model, whose many low-margin images int8 flips both ways (see
-    # TOLERANCE_INT8): agreement >= 75 %, accuracy at most 4 points below the float model's.
-    tolerances = FORMATS["tensorrt"].tolerances
-    assert tolerances["int8"].min_cosine == 0.98
-    monkeypatch.setitem(tolerances, "int8", dataclasses.replace(tolerances["int8"], min_agreement=0.75,
-                                                                max_drop_vs_fp32_source=4.0))
+    print(f"float {report.source_accuracy:.1%}, agreement {report.top1_agreement:.1%}, "
+          f"min cosine {report.cosine_min:.4f}")
+    assert report.source_accuracy > 0.6  # six times chance: the comparison is not of two constant answers
+    # the format table's int8 tolerances as they stand, on the session's trained model
     assert validate.violations(report, "tensorrt", "int8") == []
