@@ -22,7 +22,7 @@ import statistics
 from pathlib import Path
 
 from edgekit.artifacts import atomic_write_text, cpu_flags, library_versions, machine_info, read_manifest
-from edgekit.config import DataConfig, DataSource, TrainConfig
+from edgekit.config import Arch, DataConfig, DataSource, TrainConfig
 from edgekit.report import RichReporter, markdown_table
 
 RESULTS = Path(__file__).parent / "results"
@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--from-run", type=Path, help="summarise this finished `edgekit train --out` folder")
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--out", type=Path, default=Path("artifacts/train-bench"))
+    parser.add_argument("--arch", choices=[a.value for a in Arch], default=Arch.resnet18.value)
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
@@ -53,16 +54,17 @@ def main() -> None:
         data_config = DataConfig(source=DataSource.folder if args.data_dir else DataSource.cifar10,
                                  data_dir=str(args.data_dir) if args.data_dir else None,
                                  train_per_class=args.train_per_class)
-        config = TrainConfig(width=args.width, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                             threads=args.threads)
+        config = TrainConfig(arch=Arch(args.arch), width=args.width, epochs=args.epochs, batch_size=args.batch_size,
+                             lr=args.lr, threads=args.threads)
         reporter = RichReporter()
         data = load_data(data_config, reporter)
-        model = build_model(ModelSpec.from_width(args.width, data.num_classes), seed=0)
+        model = build_model(ModelSpec.from_width(args.width, data.num_classes, arch=args.arch), seed=0)
         train_model(model, data, config, args.out, reporter, data_config=data_config)
         run_dir = args.out
     write_results(args.name, run_dir, args.note, args.reference)
 
 
+ARCH_NAMES = {Arch.resnet18.value: "ResNet18", Arch.mobilenet_v2.value: "MobileNetV2 (CIFAR form)"}
 SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
@@ -98,7 +100,8 @@ def write_results(name: str, run_dir: Path, note: str = "", reference: Path | No
         f"# {name}\n\n"
         f"A real training run of the edgekit recipe on `{machine.get('processor')}` "
         f"({machine.get('cpu_count')} cores, torch threads {config.get('threads')}, no GPU).\n\n"
-        f"- model: ResNet18, width {config['width']}; epochs {config['epochs']}, batch {config['batch_size']}, "
+        f"- model: {ARCH_NAMES[config.get('arch', Arch.resnet18.value)]}, width {config['width']}; "
+        f"epochs {config['epochs']}, batch {config['batch_size']}, "
         f"peak lr {config['lr']}, {config['optimizer']} / {config['schedule']}, label smoothing {config['label_smoothing']}\n"
         f"- arithmetic: {'bf16 autocast on the CPU (--cpu-bf16)' if config.get('cpu_bf16') else 'fp32'}\n"
         f"- data: {data['source']}; {data['train']} train images"
