@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import time
@@ -65,6 +64,10 @@ def _machine_busy_seconds() -> float | None:
 
 
 def _own_cpu_seconds() -> float:
+    try:
+        import resource  # POSIX only; Windows has no finished-children figure
+    except ImportError:
+        return time.process_time()
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
