@@ -45,6 +45,15 @@ def tiny_trained(tmp_path_factory, tiny_data, tiny_data_config, tiny_train_confi
     return train_model(model, tiny_data, tiny_train_config, out, data_config=tiny_data_config)
 
 
+@pytest.fixture(scope="session")
+def tiny_calibration(tmp_path_factory, tiny_data, tiny_data_config):
+    """A 64-image calibration set of the synthetic data, saved once for every int8 test (read only)."""
+    from edgekit.calibrate import make_calibration, save_calibration
+
+    return save_calibration(make_calibration(tiny_data, tiny_data_config, size=64),
+                            tmp_path_factory.mktemp("calibration") / "cal.json")
+
+
 MOBILENET_WIDTH = 0.25
 
 

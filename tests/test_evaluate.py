@@ -16,16 +16,14 @@ cli = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def int8_pair(tmp_path_factory, tiny_trained, tiny_data, tiny_data_config):
+def int8_pair(tmp_path_factory, tiny_trained, tiny_data, tiny_calibration):
     """A static int8 .pt of the session's tiny model and the QDQ ONNX quantize writes beside it."""
-    from edgekit.calibrate import make_calibration, save_calibration
     from edgekit.quantize import quantize_checkpoint
 
     folder = tmp_path_factory.mktemp("eval-int8")
-    calibration = save_calibration(make_calibration(tiny_data, tiny_data_config, size=64), folder / "cal.json")
     out = folder / "int8.pt"
     quantize_checkpoint(tiny_trained.checkpoint, QuantizeConfig(
-        mode=QuantMode.static, method=CalibMethod.minmax, calibration=str(calibration), latency_runs=3, threads=1),
+        mode=QuantMode.static, method=CalibMethod.minmax, calibration=str(tiny_calibration), latency_runs=3, threads=1),
         out, data=tiny_data)
     return out, out.with_suffix(".qdq.onnx")
 

@@ -216,11 +216,8 @@ def test_files_get_the_users_umask_not_0600(tiny_trained):
 
 
 @pytest.fixture(scope="module")
-def calibration(tmp_path_factory, tiny_data, tiny_data_config):
-    from edgekit.calibrate import make_calibration, save_calibration
-
-    return save_calibration(make_calibration(tiny_data, tiny_data_config, size=64),
-                            tmp_path_factory.mktemp("cal") / "cal.json")
+def calibration(tiny_calibration):
+    return tiny_calibration  # the session's calibration set (conftest), under the name these tests use
 
 
 def _static_minmax(calibration: Path, export_onnx: bool = False) -> QuantizeConfig:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from edgekit.artifacts import read_manifest
-from edgekit.calibrate import make_calibration, read_definition, save_calibration
+from edgekit.calibrate import read_definition
 from edgekit.config import CalibMethod, QuantizeConfig, QuantMode
 from edgekit.data import to_unit_float
 from edgekit.errors import CalibrationError, CheckpointError, ConfigError
@@ -27,12 +27,10 @@ pytestmark = pytest.mark.usefixtures("loose_int8_vs_int8_gate")
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_trained, tiny_data, tiny_data_config, tmp_path_factory):
+def trained(tiny_trained, tiny_data, tiny_calibration):
     """The session's tiny trained model (tests/conftest.py), its data and a 64-image calibration set."""
-    cal = save_calibration(make_calibration(tiny_data, tiny_data_config, size=64),
-                           tmp_path_factory.mktemp("quant") / "cal.json")
     assert tiny_trained.best_val_accuracy > 0.2  # learnable: well above the 10 % chance level
-    return tiny_trained.checkpoint, cal, tiny_data
+    return tiny_trained.checkpoint, tiny_calibration, tiny_data
 
 
 def test_static_ptq_int8_weights_and_accuracy(trained, tmp_path):

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from edgekit.artifacts import read_manifest
-from edgekit.calibrate import make_calibration, save_calibration
 from edgekit.config import CalibMethod, ExportOptions, QuantizeConfig, QuantMode, WeightScheme
 from edgekit.data import to_unit_float
 from edgekit.errors import CheckpointError, ConfigError
@@ -32,11 +31,9 @@ pytestmark = pytest.mark.usefixtures("loose_int8_vs_int8_gate")
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_mobilenet_trained, tiny_data, tiny_data_config, tmp_path_factory):
-    cal = save_calibration(make_calibration(tiny_data, tiny_data_config, size=64),
-                           tmp_path_factory.mktemp("quant-mobilenet") / "cal.json")
+def trained(tiny_mobilenet_trained, tiny_data, tiny_calibration):
     assert tiny_mobilenet_trained.best_val_accuracy > 0.3  # well above the 10 % chance level
-    return tiny_mobilenet_trained.checkpoint, cal, tiny_data
+    return tiny_mobilenet_trained.checkpoint, tiny_calibration, tiny_data
 
 
 @pytest.fixture(scope="module")

@@ -142,15 +142,13 @@ def test_onnxruntime_run_of_the_tensorrt_graph_matches_its_source(placed, tiny_m
 
 
 @pytest.fixture(scope="module")
-def int8_artifact(tiny_trained, tiny_data, tiny_data_config, tmp_path_factory):
-    from edgekit.calibrate import make_calibration, save_calibration
+def int8_artifact(tiny_trained, tiny_data, tiny_calibration, tmp_path_factory):
     from edgekit.quantize import quantize_checkpoint
 
     root = tmp_path_factory.mktemp("trt-int8-artifact")
-    cal = save_calibration(make_calibration(tiny_data, tiny_data_config, size=64), root / "cal.json")
     out = root / "ptq.pt"
     quantize_checkpoint(tiny_trained.checkpoint, QuantizeConfig(mode=QuantMode.static, method=CalibMethod.minmax,
-                                                                calibration=str(cal), latency_runs=5,
+                                                                calibration=str(tiny_calibration), latency_runs=5,
                                                                 export_onnx=False), out, data=tiny_data)
     return out
 
