@@ -122,13 +122,13 @@ def plan(args: argparse.Namespace, data: Any, reporter: RichReporter) -> list[St
                   None, controlling),
              Step("dynamic", "dynamic int8 (fc only)", "reference", "reference", "quantize", dynamic,
                   quantizing(dynamic)),
-             Step("ptq", "static PTQ int8", "reference", "reference", "quantize", static, quantizing(static)),
-             Step("pruned-ptq", "pruned + static PTQ int8", "pruned", "pruned.control", "quantize", static,
-                  quantizing(static))]
+             Step("ptq", "static PTQ int8", "reference", "reference", "quantize", static, quantizing(static))]
     if args.per_tensor_ptq:
         per_tensor = dataclasses.replace(static, weights=WeightScheme.per_tensor)
-        steps.insert(4, Step("ptq-per-tensor", "static PTQ int8, per-tensor weights", "reference", "reference",
-                             "quantize", per_tensor, quantizing(per_tensor)))
+        steps.append(Step("ptq-per-tensor", "static PTQ int8, per-tensor weights", "reference", "reference",
+                          "quantize", per_tensor, quantizing(per_tensor)))
+    steps.append(Step("pruned-ptq", "pruned + static PTQ int8", "pruned", "pruned.control", "quantize", static,
+                      quantizing(static)))
     if args.qat_epochs:
         bf16 = True if args.qat_control_bf16 else None
         steps += [Step("qat", f"QAT int8 ({args.qat_epochs} ep)", "reference", "qat.control", "quantize", qat,
