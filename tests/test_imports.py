@@ -39,7 +39,7 @@ LAYERS = {
     "edgekit.mobilenet": 2,  # the second network model.build_model makes
     "edgekit.spec": 2,  # ModelSpec and the layers both networks share
     "edgekit.measure": 2,  # accuracy and latency of a torch model
-    **{f"edgekit.{base}": 1 for base in ("artifacts", "config", "errors", "report", "data", "timing",
+    **{f"edgekit.{base}": 1 for base in ("artifacts", "config", "choices", "errors", "report", "data", "timing",
                                          "flips", "diagnose_plots", "tensorboard_log",
                                          "distributed", "averaging")},
     "edgekit": 0,
