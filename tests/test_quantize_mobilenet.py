@@ -10,7 +10,8 @@ import torch
 from edgekit.artifacts import read_manifest
 from edgekit.config import CalibMethod, ExportOptions, QuantizeConfig, QuantMode, WeightScheme
 from edgekit.data import to_unit_float
-from edgekit.errors import CheckpointError, ConfigError
+from edgekit.errors import CheckpointError, ConfigError, UnsupportedError
+from edgekit.formats import tensorrt as trt_format
 from edgekit.measure import accuracy
 from edgekit.model import ModelSpec, load_checkpoint
 from edgekit.qmodel import PACKED_QTENSOR, int8_as_fake_quant, int8_census, load_quantized
@@ -242,6 +243,11 @@ def test_per_tensor_weights_are_selectable_and_replayed(trained, tmp_path):
     np.testing.assert_array_equal(_logits(reloaded, images), _logits(result.model, images))
     twin = int8_as_fake_quant(reloaded, ModelSpec.from_dict(payload["spec"]), payload["recipe"])
     assert (_logits(twin, images).argmax(1) == _logits(reloaded, images).argmax(1)).mean() >= 0.9
+    # x86 engine, per-tensor weights: TensorRT's int8 path reads the recipe's scheme, not the engine's default
+    with pytest.raises(UnsupportedError, match="x86 engine .* per-tensor weights") as refused:
+        trt_format.prepare_source_onnx(out, tmp_path / "x.int8.onnx", "int8", ExportOptions())
+    assert "\n" not in str(refused.value) and "--weights per-channel" in refused.value.hint
+    assert not (tmp_path / "x.int8.onnx").exists()
     # a recipe naming no known scheme is a damaged file, said in one line
     stored = torch.load(out, weights_only=True)
     stored["recipe"]["weights"] = "per-row"

@@ -179,9 +179,10 @@ def prepare_onnx(model, out: Path, precision: str, options, calibration=None) ->
 def prepare_int8_artifact_onnx(source: Path | SourceFile, out: Path, options) -> Path:
     """The ONNX for an int8 artifact (static PTQ or QAT): its own int8 weights and activation ranges
     (made symmetric), Q/DQ placed for TensorRT; nothing is calibrated again. Per-channel weights
-    only (what the placement checks and TensorRT's int8 convs are tuned for): an artifact made for
-    an ARM CPU engine with per-tensor weights (qnnpack) is refused, naming what to build from."""
-    from ..qengine import artifact_engine, describe_engine
+    only (what the placement checks and TensorRT's int8 convs are tuned for): an artifact with
+    per-tensor weights (the ARM engine's default, or `--weights per-tensor`) is refused, naming
+    what to build from. The recipe's weight scheme decides, not the engine alone."""
+    from ..qengine import artifact_engine, artifact_per_channel, describe_engine
     from ..qmodel import is_dynamic
     from . import QDQ_SUFFIX
     from .onnx import export_qdq_onnx
@@ -189,12 +190,13 @@ def prepare_int8_artifact_onnx(source: Path | SourceFile, out: Path, options) ->
 
     source = as_source(source)
     recipe = source.recipe or {}
-    engine = describe_engine(artifact_engine(recipe).value)
-    if not is_dynamic(recipe) and not engine["weight"]["per_channel"]:
+    per_channel = artifact_per_channel(recipe)
+    engine = describe_engine(artifact_engine(recipe).value, per_channel)
+    if not is_dynamic(recipe) and not per_channel:
         raise UnsupportedError(f"{source.name} is an int8 model for the {engine['engine']} engine "
-                               f"({engine['kernels_for']} CPUs, per-tensor weights); edgekit's TensorRT int8 path "
-                               "takes per-channel weights", "build the engine from its float parent (named in its "
-                               "manifest), or from `edgekit quantize --backend x86`")
+                               f"({engine['kernels_for']} CPUs) with per-tensor weights; edgekit's TensorRT int8 "
+                               "path takes per-channel weights", "build the engine from its float parent (named in "
+                               "its manifest), or from `edgekit quantize --backend x86 --weights per-channel`")
 
     with tempfile.TemporaryDirectory(prefix="edgekit-trt-onnx-") as scratch:
         qdq = export_qdq_onnx(source, Path(scratch) / f"artifact{QDQ_SUFFIX}", options.opset, options.batch,
