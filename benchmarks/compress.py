@@ -310,11 +310,13 @@ def main() -> None:
     files = run_steps(steps, args.checkpoint, args.out_dir, reporter)
     reporter.info(f"compress: timing {len(steps) + 1} models together, {args.rounds} alternating rounds ...")
     rows = collect(steps, files, args.checkpoint, data, args.threads, args.latency_runs, args.rounds)
-    shown = args.checkpoint.resolve()
-    shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
-    result = {"checkpoint": str(shown), "checkpoint_sha256": sha256_file(args.checkpoint),
+    def shown(path: Path) -> str:  # repository paths as the README writes them
+        path = path.resolve()
+        return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+
+    result = {"checkpoint": shown(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
               "command": " ".join([".venv/bin/python benchmarks/compress.py", *sys.argv[1:]]),
-              "calibration": str(args.calibration), "data": data.describe(), "test_images": len(data.test_y), "machine": machine_info(),
+              "calibration": shown(args.calibration), "data": data.describe(), "test_images": len(data.test_y), "machine": machine_info(),
               "versions": library_versions(), "threads": args.threads,
               "latency": f"torch eager CPU, batch 1, threads pinned to {args.threads}; every row timed in one process "
                          f"after all training, {args.rounds} alternating rounds of {max(10, args.latency_runs // args.rounds)}"
