@@ -86,8 +86,12 @@ def kept(step: Step, source: Path, out: Path) -> bool:
                  "another --out-dir")
     manifest = read_manifest(out)
     parent = (manifest.get("parent") or {}).get("sha256")
-    recorded = recipe((manifest.get("config") or {}).get(step.section) or {})
     wanted = recipe(step.config)
+    # A setting added after the file was made is absent from its manifest; the file was made the
+    # way that setting's default makes it (e.g. `weights`: the engine's own scheme), so read it so.
+    defaults = recipe(type(step.config)())
+    recorded = {**{k: v for k, v in defaults.items() if k in wanted},
+                **recipe((manifest.get("config") or {}).get(step.section) or {})}
     differs = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
     if parent == sha256_file(source) and not differs:
         return True
