@@ -314,6 +314,7 @@ def main() -> None:
     files = run_steps(steps, args.checkpoint, args.out_dir, reporter)
     reporter.info(f"compress: timing {len(steps) + 1} models together, {args.rounds} alternating rounds ...")
     rows = collect(steps, files, args.checkpoint, data, args.threads, args.latency_runs, args.rounds)
+
     def shown(path: Path) -> str:  # repository paths as the README writes them
         path = path.resolve()
         return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
