@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from edgekit.artifacts import (atomic_write_text, library_versions, machine_info, read_manifest,  # noqa: E402
                                sha256_file, to_plain)
 from edgekit.config import (CalibMethod, PruneConfig, QuantizeConfig, QuantMode, WeightScheme,  # noqa: E402
-                            data_config_from_dict)
+                            changed_fields, data_config_from_dict)
 from edgekit.data import load_data  # noqa: E402
 from edgekit.finetune import control_checkpoint, control_mismatch, default_output, plan_of  # noqa: E402
 from edgekit.formats import FORMATS  # noqa: E402
@@ -53,7 +53,7 @@ from edgekit.quantize import quantize_checkpoint  # noqa: E402
 from edgekit.report import RichReporter, markdown_table  # noqa: E402
 
 # Settings that change how a step is measured or logged, not the weights it writes.
-NOT_RECIPE = {"threads", "latency_runs", "tensorboard", "export_onnx", "sensitivity"}
+NOT_RECIPE = frozenset({"threads", "latency_runs", "tensorboard", "export_onnx", "sensitivity"})
 
 
 @dataclass
@@ -68,9 +68,10 @@ class Step:
     control_bf16: bool | None = None  # a control's arithmetic, when not its child's
 
 
-def recipe(config: Any) -> dict[str, Any]:
-    plain = to_plain(config)
-    return {k: v for k, v in plain.items() if k not in NOT_RECIPE}
+def repo_path(path: Path) -> str:
+    """A path as the README and results files write it: relative to the repository when inside it."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 
 def kept(step: Step, source: Path, out: Path) -> bool:
@@ -86,13 +87,9 @@ def kept(step: Step, source: Path, out: Path) -> bool:
                  "another --out-dir")
     manifest = read_manifest(out)
     parent = (manifest.get("parent") or {}).get("sha256")
-    wanted = recipe(step.config)
-    # A setting added after the file was made is absent from its manifest; the file was made the
-    # way that setting's default makes it (e.g. `weights`: the engine's own scheme), so read it so.
-    defaults = recipe(type(step.config)())
-    recorded = {**{k: v for k, v in defaults.items() if k in wanted},
-                **recipe((manifest.get("config") or {}).get(step.section) or {})}
-    differs = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+    # A setting added after the file was made (e.g. `weights`) reads as its default: how the file was made.
+    differs = sorted(changed_fields((manifest.get("config") or {}).get(step.section) or {}, to_plain(step.config),
+                                    to_plain(type(step.config)()), NOT_RECIPE))
     if parent == sha256_file(source) and not differs:
         return True
     why = f"recipe differs in {', '.join(differs)}" if differs else f"made from another file than {source}"
@@ -105,7 +102,7 @@ def plan(args: argparse.Namespace, data: Any, reporter: RichReporter) -> list[St
     prune_config = PruneConfig(ratio=None if target else args.ratio, target_macs=target,
                                finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, steps=args.steps,
                                distill_alpha=args.distill, cpu_bf16=args.cpu_bf16)
-    cal = str(args.calibration.relative_to(ROOT) if args.calibration.is_relative_to(ROOT) else args.calibration)
+    cal = repo_path(args.calibration)
     static = QuantizeConfig(mode=QuantMode.static, calibration=cal)
     dynamic = QuantizeConfig(mode=QuantMode.dynamic)
     qat = QuantizeConfig(mode=QuantMode.qat, method=CalibMethod.auto, qat_epochs=args.qat_epochs, calibration=cal)
@@ -169,7 +166,7 @@ def row_of(label: str, path: Path, source_model_path: Path) -> dict[str, Any]:
     manifest = read_manifest(path)
     metrics = manifest.get("metrics") or {}
     stats = model_stats(load_checkpoint(source_model_path).build())
-    return {"artifact": label, "file": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
+    return {"artifact": label, "file": repo_path(path),
             "kind": manifest.get("kind"), "precision": manifest.get("precision"),
             "val_accuracy": metrics["val_accuracy"], "test_accuracy": metrics["test_accuracy"],
             "params": stats["params"], "macs": stats["macs"], "file_bytes": path.stat().st_size,
@@ -183,7 +180,7 @@ def collect(steps: list[Step], files: dict[str, Path], reference: Path, data: An
     checkpoint = load_checkpoint(reference)
     fp32 = checkpoint.build()
     rows = [{"artifact": "fp32 (reference)", "key": "reference", "control": None,
-             "file": str(reference.relative_to(ROOT) if reference.is_relative_to(ROOT) else reference),
+             "file": repo_path(reference),
              "kind": "checkpoint", "precision": "fp32 (stored fp16)",
              "val_accuracy": accuracy(fp32, data), "test_accuracy": accuracy(fp32, data, "test"), **model_stats(fp32),
              "file_bytes": reference.stat().st_size}]
@@ -314,14 +311,9 @@ def main() -> None:
     files = run_steps(steps, args.checkpoint, args.out_dir, reporter)
     reporter.info(f"compress: timing {len(steps) + 1} models together, {args.rounds} alternating rounds ...")
     rows = collect(steps, files, args.checkpoint, data, args.threads, args.latency_runs, args.rounds)
-
-    def shown(path: Path) -> str:  # repository paths as the README writes them
-        path = path.resolve()
-        return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
-
-    result = {"checkpoint": shown(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
+    result = {"checkpoint": repo_path(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
               "command": " ".join([".venv/bin/python benchmarks/compress.py", *sys.argv[1:]]),
-              "calibration": shown(args.calibration), "data": data.describe(), "test_images": len(data.test_y), "machine": machine_info(),
+              "calibration": repo_path(args.calibration), "data": data.describe(), "test_images": len(data.test_y), "machine": machine_info(),
               "versions": library_versions(), "threads": args.threads,
               "latency": f"torch eager CPU, batch 1, threads pinned to {args.threads}; every row timed in one process "
                          f"after all training, {args.rounds} alternating rounds of {max(10, args.latency_runs // args.rounds)}"

@@ -174,19 +174,25 @@ HASHED_UNLESS_DEFAULT = {"accumulate": 1, "swa_start": None, "swa_lr": None, "sy
 RESUME_FREE_FIELDS = frozenset({"threads", "eval_batch_size", "cache_dir", "data_dir", "tensorboard"})
 
 
-def resume_mismatches(recorded: dict, current: dict, defaults: dict) -> list[str]:
-    """Fields of `current` that differ from the interrupted run's `recorded` ones.
+def changed_fields(recorded: dict, current: dict, defaults: dict, ignored: frozenset[str] = frozenset()) -> list[str]:
+    """Fields of `current` (a config as plain data) that differ from the `recorded` one a file was made with.
 
-    A field the recorded run did not have yet (it was added to edgekit later) matches when it
-    still has its default, so a long run survives an upgrade that adds an option."""
+    A field the recorded config did not have yet (it was added to edgekit later) matches when it
+    still has its default, so what an older edgekit made still counts after an upgrade that adds
+    an option."""
     mismatched = []
     for name, value in current.items():
-        if name in RESUME_FREE_FIELDS:
+        if name in ignored:
             continue
         reference = recorded[name] if name in recorded else defaults.get(name)
         if json.dumps(value, sort_keys=True, default=str) != json.dumps(reference, sort_keys=True, default=str):
             mismatched.append(name)
     return mismatched
+
+
+def resume_mismatches(recorded: dict, current: dict, defaults: dict) -> list[str]:
+    """Fields of `current` that differ from the interrupted run's `recorded` ones (see changed_fields)."""
+    return changed_fields(recorded, current, defaults, RESUME_FREE_FIELDS)
 
 
 def finetune_config(epochs: int, batch_size: int, lr: float, seed: int, **overrides: Any) -> TrainConfig:
