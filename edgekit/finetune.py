@@ -21,7 +21,7 @@ from torch import nn
 
 from .artifacts import (Manifest, guard_output, parent_ref, publish, read_manifest, remove_path, sha256_file,
                         staging_path, to_plain)
-from .config import DataConfig, FinetuneConfig, PruneConfig, QuantizeConfig, QuantMode
+from .config import DataConfig, FinetuneConfig, PruneConfig, QuantizeConfig, QuantMode, changed_fields
 from .data import DataSplits, load_data_for_checkpoint
 from .errors import CheckpointError, ConfigError
 from .formats import SOURCE_FORMAT
@@ -79,7 +79,7 @@ def plan_of(child: Path, manifest: dict[str, Any]) -> FinetuneConfig:
 
 
 # Where a run's scalars went is not part of how it trained.
-NOT_PLAN = {"tensorboard"}
+NOT_PLAN = frozenset({"tensorboard"})
 
 
 def control_mismatch(control: Path, child: Path, plan: FinetuneConfig) -> str | None:
@@ -95,9 +95,8 @@ def control_mismatch(control: Path, child: Path, plan: FinetuneConfig) -> str | 
     if (manifest.get("parent") or {}).get("sha256") != parent:
         return f"{control.name} was fine-tuned from another parent than {child.name}'s"
     recorded = (manifest.get("config") or {}).get("finetune") or {}
-    wanted = to_plain(plan)
-    differs = sorted(k for k in (set(recorded) | set(wanted)) - NOT_PLAN if recorded.get(k) != wanted.get(k))
-    return f"{control.name} was fine-tuned differently ({', '.join(differs)})" if differs else None
+    differs = changed_fields(recorded, to_plain(plan), to_plain(FinetuneConfig()), NOT_PLAN)
+    return f"{control.name} was fine-tuned differently ({', '.join(sorted(differs))})" if differs else None
 
 
 def _from_plain(cls, values: dict[str, Any]):

@@ -114,3 +114,24 @@ def test_one_control_serves_every_child_fine_tuned_alike(parent_and_data, pruned
     slower = dataclasses.replace(plan_of(other, read_manifest(other)), lr=0.001)
     assert control_mismatch(control, other, slower) == f"{control.name} was fine-tuned differently (lr)"
     assert "is not a control" in control_mismatch(child, other, slower)
+
+
+def test_a_control_made_before_a_plan_field_existed_still_serves(parent_and_data, pruned_child, tmp_path):
+    """A plan field added to edgekit later is read at its default from an older control's manifest
+    (as a resumed run reads its config), so an upgrade does not orphan a long fine-tune; the same
+    field at another value is still a difference."""
+    _, data = parent_and_data
+    child, _ = pruned_child
+    control = default_output(child)
+    if not control.exists():
+        control_checkpoint(child, data=data)
+    plan = plan_of(child, read_manifest(child))
+    assert plan.distill_temperature == FinetuneConfig().distill_temperature
+    older = tmp_path / control.name
+    shutil.copyfile(control, older)
+    manifest = read_manifest(control)
+    del manifest["config"]["finetune"]["distill_temperature"]
+    manifest_path(older).write_text(json.dumps(manifest))
+    assert control_mismatch(older, child, plan) is None
+    hotter = dataclasses.replace(plan, distill_temperature=plan.distill_temperature * 2)
+    assert control_mismatch(older, child, hotter) == f"{older.name} was fine-tuned differently (distill_temperature)"
