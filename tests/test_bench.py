@@ -81,6 +81,20 @@ def test_bench_writes_every_output_with_a_row_per_artifact_and_runtime(run, arti
     assert "best.pt" in markdown and "model-fp32.onnx" in markdown
     env = data["environment"]
     assert env["threads"] == 1 and "torch" in env["versions"] and len(env["load_average_start"]) == 3
+    if env.get("other_work_cores") is not None:  # measured where /proc/stat exists
+        assert f"other processes' CPU while it ran | {env['other_work_cores']:.2f} cores (measured)" in markdown
+
+
+def test_render_rewrites_the_views_of_a_run_and_keeps_when_it_was_measured(run, tmp_path):
+    """After a report change, the committed views are re-rendered from the JSON alone: the same
+    table, and the run's own date, not the day it was re-rendered."""
+    from edgekit.bench.render import render
+
+    data = load_run(run.outputs["json"])
+    again = render(run.outputs["json"], tmp_path / "tiny")
+    assert load_run(again["json"])["created"] == data["created"]
+    assert again["md"].read_text() == run.outputs["md"].read_text()
+    assert again["csv"].read_text() == run.outputs["csv"].read_text()
 
 
 def test_rows_measure_accuracy_agreement_latency_and_size(run, artifacts, bench_data):

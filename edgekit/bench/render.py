@@ -2,7 +2,8 @@
 
 The notes say what a reader needs to trust a row: an int8 row slower than its fp32 sibling and
 why (from the file's census, the format's own reasons and the CPU's flags), and whether other
-work shared the CPU (from the load before the bench started, less the bench's own threads after).
+work shared the CPU (other processes' CPU time over the run; for older runs, the load before the
+bench started, less the bench's own threads after).
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ class BenchRun:
     protocol: dict[str, Any]
     outputs: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # about the run as a whole (e.g. artifacts not made)
+    created: str | None = None  # when it was measured (None: now); a re-render keeps the run's own
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": BENCH_FORMAT, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        created = self.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        return {"format": BENCH_FORMAT, "created": created,
                 "environment": self.environment, "protocol": self.protocol, "notes": self.notes, "rows": [row.to_json() for row in self.rows]}
 
 
@@ -160,10 +163,10 @@ def markdown_text(run: BenchRun, title: str = "edgekit bench") -> str:
                  ["libraries", versions],
                  ["load average (1/5/15 min) at start", env.get("load_average_start")],
                  ["load average at end", env.get("load_average_end")],
+                 *([["other processes' CPU while it ran", f"{env['other_work_cores']:.2f} cores (measured)"]]
+                   if env.get("other_work_cores") is not None else []),
              ]),
-             "The load average counts every process on the machine. Above ~0 on a machine with "
-             f"{env.get('cores')} cores, other work shared the CPU while these numbers were taken: compare rows "
-             "within this run (each row's 1-minute load is in the JSON/CSV), not against other machines or runs.", "",
+             _load_paragraph(env), "",
              "## Protocol", "",
              f"- accuracy: the test split of the data each artifact's lineage was trained on "
              f"({'first ' + str(protocol.get('test_limit')) + ' images' if protocol.get('test_limit') else 'all images'});"
@@ -285,6 +288,19 @@ def summary_lines(rows: list[BenchRow]) -> list[str]:
     return lines
 
 
+def _load_paragraph(env: dict[str, Any]) -> str:
+    """How to read the load figures: the load average counts this run's own threads too, so only a
+    run that measured other processes' CPU time can say by itself whether the CPU was shared."""
+    if env.get("other_work_cores") is not None:
+        return ("The load average counts every process on the machine, this run's own threads included (and work "
+                "that stopped shortly before it, in the start reading); what other processes used while it ran is "
+                "measured from their CPU time (row above), and a Shared CPU note below says when that mattered.")
+    return ("The load average counts every process on the machine, this run's own threads included. Above the "
+            f"run's {env.get('threads')} threads on a machine with {env.get('cores')} cores, other work shared the CPU "
+            "while these numbers were taken: compare rows within this run (each row's 1-minute load is in the "
+            "JSON/CSV), not against other machines or runs.")
+
+
 def other_load(env: dict[str, Any]) -> float | None:
     """The cores other work took while the bench ran (measure.OtherWork) where the run recorded it.
     Runs from before it fall back on the 1-minute load average: before the bench started, and at its
@@ -328,7 +344,7 @@ def render(json_path: Path, out: Path | None = None) -> dict[str, Path]:
     """Re-write the CSV, Markdown and PNG (and the JSON) from a bench JSON, e.g. after a report change."""
     data = load_run(json_path)
     rows = [BenchRow.from_json(row, str(json_path)) for row in data["rows"]]
-    run = BenchRun(rows, data["environment"], data["protocol"], notes=data.get("notes", []))
+    run = BenchRun(rows, data["environment"], data["protocol"], notes=data.get("notes", []), created=data.get("created"))
     target = Path(out) if out else Path(json_path).with_suffix("")
     return write_outputs(run, target)
 
