@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from edgekit.artifacts import (atomic_write_text, library_versions, machine_info, read_manifest,  # noqa: E402
                                sha256_file, to_plain)
-from edgekit.config import (CalibMethod, PruneConfig, QuantizeConfig, QuantMode, WeightScheme,  # noqa: E402
+from edgekit.config import (CalibMethod, Importance, PruneConfig, QuantizeConfig, QuantMode, WeightScheme,  # noqa: E402
                             changed_fields, data_config_from_dict)
 from edgekit.data import load_data  # noqa: E402
 from edgekit.finetune import control_checkpoint, control_mismatch, default_output, plan_of  # noqa: E402
@@ -101,7 +101,8 @@ def plan(args: argparse.Namespace, data: Any, reporter: RichReporter) -> list[St
     target = int(args.target_macs) if args.target_macs else None
     prune_config = PruneConfig(ratio=None if target else args.ratio, target_macs=target,
                                finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, steps=args.steps,
-                               distill_alpha=args.distill, cpu_bf16=args.cpu_bf16)
+                               distill_alpha=args.distill, cpu_bf16=args.cpu_bf16, importance=Importance(args.importance),
+                               global_pruning=args.global_pruning)
     cal = repo_path(args.calibration)
     static = QuantizeConfig(mode=QuantMode.static, calibration=cal)
     dynamic = QuantizeConfig(mode=QuantMode.dynamic)
@@ -290,6 +291,10 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=PruneConfig.finetune_epochs, help="per step")
     parser.add_argument("--finetune-lr", type=float, default=PruneConfig.finetune_lr)
     parser.add_argument("--steps", type=int, default=PruneConfig.steps, help="prune -> fine-tune rounds")
+    parser.add_argument("--importance", choices=[i.value for i in Importance], default=PruneConfig.importance.value,
+                        help="how channels are ranked (not part of the fine-tune: the control still fits)")
+    parser.add_argument("--global-pruning", action="store_true",
+                        help="rank channels across layers instead of the same share from each")
     parser.add_argument("--cpu-bf16", action="store_true", help="fine-tune the pruned model in bf16 (native bf16 CPU)")
     parser.add_argument("--per-tensor-ptq", action="store_true",
                         help="add a static PTQ row with one weight scale per tensor beside the per-channel one")
