@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -71,11 +72,12 @@ def main() -> None:
                                 "val_accuracy_before": metrics["val_accuracy_before"],
                                 "latency_ms": metrics["latency_ms_after"], "speedup": metrics["speedup"]})
 
-    result = {"checkpoint": str(args.checkpoint.resolve().relative_to(ROOT)) if args.checkpoint.resolve().is_relative_to(ROOT)
-              else str(args.checkpoint), "target_macs": args.target_macs, "fine_tune_epochs": 0,
-              "command": " ".join([".venv/bin/python benchmarks/prune_importance_probe.py", *sys.argv[1:]]),
-              "environment": env, "load_average_after": list(os.getloadavg()), "wall_seconds": round(time.perf_counter() - started, 1),
-              "note": args.note, "rows": records}
+    checkpoint_path = args.checkpoint.resolve()
+    result = {"checkpoint": str(checkpoint_path.relative_to(ROOT) if checkpoint_path.is_relative_to(ROOT) else checkpoint_path),
+              "target_macs": args.target_macs, "fine_tune_epochs": 0,
+              "command": shlex.join([".venv/bin/python", "benchmarks/prune_importance_probe.py", *sys.argv[1:]]),
+              "environment": env, "load_average_after": list(os.getloadavg()),
+              "wall_seconds": round(time.perf_counter() - started, 1), "note": args.note, "rows": records}
     args.results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.results / f"{args.name}.json", json.dumps(result, indent=2) + "\n")
     best = max(records, key=lambda r: r["val_accuracy"])
