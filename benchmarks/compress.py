@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -317,7 +318,7 @@ def main() -> None:
     reporter.info(f"compress: timing {len(steps) + 1} models together, {args.rounds} alternating rounds ...")
     rows = collect(steps, files, args.checkpoint, data, args.threads, args.latency_runs, args.rounds)
     result = {"checkpoint": repo_path(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
-              "command": " ".join([".venv/bin/python benchmarks/compress.py", *sys.argv[1:]]),
+              "command": shlex.join([".venv/bin/python", "benchmarks/compress.py", *sys.argv[1:]]),
               "calibration": repo_path(args.calibration), "data": data.describe(), "test_images": len(data.test_y), "machine": machine_info(),
               "versions": library_versions(), "threads": args.threads,
               "latency": f"torch eager CPU, batch 1, threads pinned to {args.threads}; every row timed in one process "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -104,7 +105,7 @@ def main() -> None:
                 rows.append(row)
 
     env = environment(args.threads)
-    command = " ".join([".venv/bin/python benchmarks/export_matrix.py", *sys.argv[1:]])
+    command = shlex.join([".venv/bin/python", "benchmarks/export_matrix.py", *sys.argv[1:]])
     result = {"name": args.name, "note": args.note, "parity_images": args.parity_images,
               "calibration": str(args.calibration), "environment": env, "versions": env["versions"],
               "commands": [command], "wall_seconds": round(time.perf_counter() - start, 1), "rows": rows}

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import platform
+import shlex
 import shutil
 import socket
 import sys
@@ -208,7 +209,8 @@ def parent_ref(parent: str | Path | None, sha256: str | None = None) -> dict[str
 
 
 def current_command() -> str:
-    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    """This process's command line, shell-quoted so a path or note with spaces pastes back as one argument."""
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
 def _complete_manifest(manifest: Manifest, name: str, content: Path) -> None:
