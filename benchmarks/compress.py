@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+
+from _repo import ROOT, repo_path  # noqa: E402  (benchmarks/ is this script's directory; puts edgekit on the path)
 
 from edgekit.artifacts import (atomic_write_text, library_versions, machine_info, read_manifest,  # noqa: E402
                                sha256_file, to_plain)
@@ -67,12 +67,6 @@ class Step:
     config: Any
     run: Callable[..., None]  # (source file, output file[, control's bf16])
     control_bf16: bool | None = None  # a control's arithmetic, when not its child's
-
-
-def repo_path(path: Path) -> str:
-    """A path as the README and results files write it: relative to the repository when inside it."""
-    path = path.resolve()
-    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 
 def kept(step: Step, source: Path, out: Path) -> bool:

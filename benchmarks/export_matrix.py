@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+
+from _repo import ROOT, repo_path  # noqa: E402  (benchmarks/ is this script's directory; puts edgekit on the path)
 
 from edgekit.artifacts import atomic_write_text, read_manifest, sha256_file  # noqa: E402
 from edgekit.bench import environment  # noqa: E402
@@ -91,7 +91,7 @@ def main() -> None:
                     manifest = read_manifest(result.path)
                     census = manifest["metrics"]["census"]
                     runtime = census.get("runtime") or {}
-                    row.update(status="kept", file=str(result.path.relative_to(ROOT)),
+                    row.update(status="kept", file=repo_path(result.path),
                                file_bytes=manifest["size_bytes"], precision_in_file=result.precision,
                                precision_executed=result.executed_precision,
                                top1_agreement=result.parity.top1_agreement, max_abs=result.parity.max_abs,
@@ -144,7 +144,7 @@ def main() -> None:
           f"Machine: {env['cpu']}, {env['cores']} cores (flags: {' '.join(env['cpu_flags'])}); "
           f"threads {args.threads}; load average at start {env['load_average_start']}; "
           f"parity on {args.parity_images} seeded test images (accuracy columns are on those images); "
-          f"calibration `{args.calibration.relative_to(ROOT) if args.calibration.is_relative_to(ROOT) else args.calibration}`.\n"
+          f"calibration `{repo_path(args.calibration)}`.\n"
           f"Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(result["versions"].items())) + ".\n\n"
           f"{kept} of {len(rows)} exports kept; wall time {result['wall_seconds']:.0f} s.\n\n"
           "'in file' is the precision counted in the written file; 'executed' what the runtime computes "

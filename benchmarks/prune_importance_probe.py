@@ -25,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+
+from _repo import ROOT, repo_path  # noqa: E402  (benchmarks/ is this script's directory; puts edgekit on the path)
 
 from edgekit.artifacts import atomic_write_text, read_manifest  # noqa: E402
 from edgekit.bench import environment  # noqa: E402
@@ -72,8 +72,7 @@ def main() -> None:
                                 "val_accuracy_before": metrics["val_accuracy_before"],
                                 "latency_ms": metrics["latency_ms_after"], "speedup": metrics["speedup"]})
 
-    checkpoint_path = args.checkpoint.resolve()
-    result = {"checkpoint": str(checkpoint_path.relative_to(ROOT) if checkpoint_path.is_relative_to(ROOT) else checkpoint_path),
+    result = {"checkpoint": repo_path(args.checkpoint),
               "target_macs": args.target_macs, "fine_tune_epochs": 0,
               "command": shlex.join([".venv/bin/python", "benchmarks/prune_importance_probe.py", *sys.argv[1:]]),
               "environment": env, "load_average_after": list(os.getloadavg()),

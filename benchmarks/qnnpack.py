@@ -27,8 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+
+from _repo import ROOT, repo_path  # noqa: E402  (benchmarks/ is this script's directory; puts edgekit on the path)
 
 from edgekit.artifacts import atomic_write_text, library_versions, machine_info, read_manifest, sha256_file  # noqa: E402
 from edgekit.qengine import engine_latency_note, host_cpu  # noqa: E402
@@ -45,17 +45,12 @@ def run(command: list[str], log: list[dict], steps_file: Path) -> None:
     """One step, niced, in the repository root; its command line, time and load average recorded
     (in `steps_file` as well, so --render-only can rebuild the results from a finished run)."""
     start, load = time.perf_counter(), load_average()
-    shown = shlex.join([rel(Path(command[0])), *command[1:]])
+    shown = shlex.join([repo_path(Path(command[0])), *command[1:]])
     print("$ " + shown, flush=True)
     subprocess.run(["nice", "-n", "10", *command], cwd=ROOT, check=True)
     log.append({"command": shown, "seconds": round(time.perf_counter() - start, 1),
                 "load_average_before": load, "load_average_after": load_average()})
     atomic_write_text(steps_file, json.dumps(log, indent=2) + "\n")
-
-
-def rel(path: Path) -> str:
-    path = Path(path).resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def main() -> None:
@@ -96,17 +91,17 @@ def main() -> None:
     bench = json.loads((ROOT / bench_out.with_suffix(".json")).read_text())
     rows_by_file: dict[str, dict] = {}
     for r in bench["rows"]:  # a file's first runtime (the format's own, e.g. ONNX Runtime for .onnx)
-        rows_by_file.setdefault(rel(ROOT / r["artifact"]), r)
-    fp32_row = rows_by_file[rel(ROOT / args.checkpoint)]
+        rows_by_file.setdefault(repo_path(ROOT / r["artifact"]), r)
+    fp32_row = rows_by_file[repo_path(ROOT / args.checkpoint)]
     engines = []
     for engine in ENGINES:
         manifest = read_manifest(ROOT / int8[engine])
         metrics, recipe = manifest["metrics"], manifest["extra"]["recipe"]
-        torch_row, onnx_row = rows_by_file[rel(ROOT / int8[engine])], rows_by_file[rel(ROOT / qdq[engine])]
+        torch_row, onnx_row = rows_by_file[repo_path(ROOT / int8[engine])], rows_by_file[repo_path(ROOT / qdq[engine])]
         onnx_manifest = read_manifest(ROOT / qdq[engine]) if (ROOT / qdq[engine]).exists() else None
         parity = onnx_manifest["metrics"]["parity"] if onnx_manifest else None
         engines.append({
-            "engine": engine, "artifact": rel(ROOT / int8[engine]), "sha256": manifest["sha256"],
+            "engine": engine, "artifact": repo_path(ROOT / int8[engine]), "sha256": manifest["sha256"],
             "method": recipe.get("method"), "methods_tried": recipe.get("methods_tried"),
             "engine_recipe": recipe.get("engine"),
             "fp32_val_accuracy": metrics["fp32_val_accuracy"], "fp32_test_accuracy": metrics["fp32_test_accuracy"],
@@ -117,19 +112,19 @@ def main() -> None:
             "latency_p50_ms": (torch_row.get("latency_ms") or {}).get("p50"),
             "latency_label": engine_latency_note(engine), "runner": torch_row.get("runner"),
             "bench_notes": torch_row.get("notes"),
-            "qdq_onnx": rel(ROOT / qdq[engine]) if onnx_manifest else None,
+            "qdq_onnx": repo_path(ROOT / qdq[engine]) if onnx_manifest else None,
             "qdq_parity": parity, "qdq_grid": (onnx_manifest or {}).get("extra", {}).get("qdq_from_int8_artifact"),
             "qdq_bench_test_accuracy": onnx_row["accuracy"],
             "qdq_latency_p50_ms": (onnx_row.get("latency_ms") or {}).get("p50"),
         })
-    result = {"checkpoint": rel(ROOT / args.checkpoint), "checkpoint_sha256": sha256_file(ROOT / args.checkpoint),
+    result = {"checkpoint": repo_path(ROOT / args.checkpoint), "checkpoint_sha256": sha256_file(ROOT / args.checkpoint),
               "calibration": str(args.calibration), "host_cpu": host_cpu(), "machine": machine_info(),
               "cpu_flags": bench["environment"].get("cpu_flags"), "versions": library_versions(),
               "threads": args.threads, "load_average_start": start_load,
               "load_average_end": log[-1]["load_average_after"],
               "bench_environment": bench["environment"], "bench_protocol": bench["protocol"],
               "fp32": {"test_accuracy": fp32_row["accuracy"], "latency_p50_ms": fp32_row["latency_ms"]["p50"]},
-              "engines": engines, "notes": args.note, "steps": log, "bench_files": rel(ROOT / bench_out) + ".{json,md,csv}"}
+              "engines": engines, "notes": args.note, "steps": log, "bench_files": repo_path(ROOT / bench_out) + ".{json,md,csv}"}
     results = ROOT / args.results
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(results / "qnnpack-cpu.json", json.dumps(result, indent=2) + "\n")

@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = sorted(BENCHMARKS.rglob("*.py"))
+# Scripts, not the helper modules they share (benchmarks/_repo.py).
+SCRIPTS = sorted(p for p in BENCHMARKS.rglob("*.py") if not p.name.startswith("_"))
 
 
 def test_every_script_is_found():
-    assert {"compress.py", "export_matrix.py", "quick_demo.py", "tensorrt_check.py"} <= {s.name for s in SCRIPTS}
+    assert {"compress.py", "export_matrix.py", "quick_demo.py", "tensorrt_check.py",
+            "prune_importance_probe.py"} <= {s.name for s in SCRIPTS}
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.relative_to(BENCHMARKS).as_posix())
