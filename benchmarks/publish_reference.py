@@ -14,11 +14,9 @@ Loading it gives float32 weights again (`Checkpoint.build`), so every stage take
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _repo import ROOT  # noqa: E402  (benchmarks/ is this script's directory; puts edgekit on the path)
 
 from edgekit.artifacts import Manifest, atomic_write_text, parent_ref, read_manifest, sha256_file, write_manifest  # noqa: E402
 from edgekit.config import EvalConfig, Split, Tta, data_config_from_dict  # noqa: E402

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import traceback
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _repo import ROOT  # noqa: E402  (benchmarks/ is this script's directory; puts edgekit on the path)
 
 from edgekit.artifacts import manifest_path  # noqa: E402
 from edgekit.bench import bench  # noqa: E402

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,8 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _repo import ROOT  # noqa: E402  (benchmarks/ is this script's directory; puts edgekit on the path)
 
 from edgekit.artifacts import atomic_write_text, library_versions, machine_info  # noqa: E402
 from edgekit.calibrate import calibration_data_config, load_calibration  # noqa: E402
