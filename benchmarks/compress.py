@@ -30,15 +30,13 @@ import argparse
 import dataclasses
 import json
 import os
-import shlex
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-
-from _repo import ROOT, repo_path  # noqa: E402  (benchmarks/ is this script's directory; puts edgekit on the path)
+from _repo import ROOT, repo_path, script_command  # noqa: E402  (benchmarks/ is this script's directory; puts edgekit on the path)
 
 from edgekit.artifacts import (atomic_write_text, library_versions, machine_info, read_manifest,  # noqa: E402
                                sha256_file, to_plain)
@@ -312,7 +310,7 @@ def main() -> None:
     reporter.info(f"compress: timing {len(steps) + 1} models together, {args.rounds} alternating rounds ...")
     rows = collect(steps, files, args.checkpoint, data, args.threads, args.latency_runs, args.rounds)
     result = {"checkpoint": repo_path(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
-              "command": shlex.join([".venv/bin/python", "benchmarks/compress.py", *sys.argv[1:]]),
+              "command": script_command(),
               "calibration": repo_path(args.calibration), "data": data.describe(), "test_images": len(data.test_y), "machine": machine_info(),
               "versions": library_versions(), "threads": args.threads,
               "latency": f"torch eager CPU, batch 1, threads pinned to {args.threads}; every row timed in one process "

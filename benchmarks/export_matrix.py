@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
-
-from _repo import ROOT, repo_path  # noqa: E402  (benchmarks/ is this script's directory; puts edgekit on the path)
+from _repo import ROOT, repo_path, script_command  # noqa: E402  (benchmarks/ is this script's directory; puts edgekit on the path)
 
 from edgekit.artifacts import atomic_write_text, read_manifest, sha256_file  # noqa: E402
 from edgekit.bench import environment  # noqa: E402
@@ -105,7 +102,7 @@ def main() -> None:
                 rows.append(row)
 
     env = environment(args.threads)
-    command = shlex.join([".venv/bin/python", "benchmarks/export_matrix.py", *sys.argv[1:]])
+    command = script_command()
     result = {"name": args.name, "note": args.note, "parity_images": args.parity_images,
               "calibration": str(args.calibration), "environment": env, "versions": env["versions"],
               "commands": [command], "wall_seconds": round(time.perf_counter() - start, 1), "rows": rows}

@@ -19,14 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-from _repo import ROOT, repo_path  # noqa: E402  (benchmarks/ is this script's directory; puts edgekit on the path)
+from _repo import ROOT, repo_path, script_command  # noqa: E402  (benchmarks/ is this script's directory; puts edgekit on the path)
 
 from edgekit.artifacts import atomic_write_text, read_manifest  # noqa: E402
 from edgekit.bench import environment  # noqa: E402
@@ -74,7 +71,7 @@ def main() -> None:
 
     result = {"checkpoint": repo_path(args.checkpoint),
               "target_macs": args.target_macs, "fine_tune_epochs": 0,
-              "command": shlex.join([".venv/bin/python", "benchmarks/prune_importance_probe.py", *sys.argv[1:]]),
+              "command": script_command(),
               "environment": env, "load_average_after": list(os.getloadavg()),
               "wall_seconds": round(time.perf_counter() - started, 1), "note": args.note, "rows": records}
     args.results.mkdir(parents=True, exist_ok=True)

@@ -37,3 +37,13 @@ def test_script_loads_and_prints_its_usage(script, monkeypatch, capsys):
         module.main()
     assert exited.value.code == 0
     assert capsys.readouterr().out.startswith("usage:")
+
+
+def test_a_script_records_its_command_as_the_readme_gives_it(monkeypatch):
+    """Results files record how they were made: the script by its path in the repository, wherever it
+    was started from, and every argument quoted so the line pastes back as it ran."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from _repo import script_command
+
+    monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / "compress.py"), "--out-dir", "my runs/a", "--note", "it's"])
+    assert script_command() == ".venv/bin/python benchmarks/compress.py --out-dir 'my runs/a' --note 'it'\"'\"'s'"
