@@ -27,7 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from _repo import ROOT, repo_path  # noqa: E402  (benchmarks/ is this script's directory; puts edgekit on the path)
 
 from edgekit.artifacts import atomic_write_text, library_versions, machine_info, read_manifest, sha256_file  # noqa: E402
