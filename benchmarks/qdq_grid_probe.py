@@ -1,6 +1,6 @@
 """How an x86 int8 model's 7-bit activations are written into QDQ ONNX, and what ONNX Runtime makes of it.
 
-    python benchmarks/qdq_grid_probe.py --data-dir /tmp/data/cifar10-jpg
+    .venv/bin/python benchmarks/qdq_grid_probe.py --data-dir /tmp/data/cifar10-jpg
 
 Static PTQ (minmax, the committed 512-image calibration set) of the committed width-0.5 reference
 on torch's x86 engine, then its QDQ ONNX written two ways: "stretched" (the same real range over
@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from _repo import ROOT, repo_path, script_command  # noqa: E402  (benchmarks/ is this script's directory; puts edgekit on the path)
+
 from edgekit.artifacts import atomic_write_text, cpu_flags, library_versions, machine_info
 from edgekit.bench.measure import load_average
 from edgekit.config import CalibMethod, DataConfig, DataSource, QuantizeConfig, QuantMode
@@ -30,8 +32,8 @@ from edgekit.quantize import quantize_checkpoint
 from edgekit.report import markdown_table
 from edgekit.timing import predict_batched
 
-RESULTS = Path(__file__).parent / "results"
-REFERENCE = Path(__file__).parent / "models" / "resnet18-w0.5-cpu.fp16.pt"
+RESULTS = ROOT / "benchmarks/results"
+REFERENCE = ROOT / "benchmarks/models/resnet18-w0.5-cpu.fp16.pt"
 
 
 def stretched(module):
@@ -49,7 +51,7 @@ def stretched(module):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--work", type=Path, default=Path("artifacts/qdq-grid-probe"))
+    parser.add_argument("--work", type=Path, default=ROOT / "artifacts/qdq-grid-probe")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -80,8 +82,8 @@ def main() -> None:
     reference = logits["torch int8 (x86 kernels)"].argmax(1)
     rows = [{"model": k, "test_accuracy": float((v.argmax(1) == labels).mean()),
              "agreement_with_torch_int8": float((v.argmax(1) == reference).mean())} for k, v in logits.items()]
-    result = {"command": f"python benchmarks/qdq_grid_probe.py --data-dir {args.data_dir} --threads {args.threads}",
-              "source": str(REFERENCE), "calibration": "calibration/cifar10-jpg-512.json (minmax)",
+    result = {"command": script_command(),
+              "source": repo_path(REFERENCE), "calibration": "calibration/cifar10-jpg-512.json (minmax)",
               "test_images": int(len(labels)), "machine": machine_info(), "cpu_flags": cpu_flags(),
               "load_average_end": load_average(), "versions": library_versions(), "rows": rows}
     RESULTS.mkdir(exist_ok=True)

@@ -1,6 +1,6 @@
 """Short, same-seed runs that check what the training recipe's defaults buy, on the real data.
 
-    python benchmarks/recipe_probe.py --data-dir /tmp/data/cifar10-jpg --epochs 2 --width 0.5 \
+    .venv/bin/python benchmarks/recipe_probe.py --data-dir /tmp/data/cifar10-jpg --epochs 2 --width 0.5 \
         --name recipe-probe-2ep
 
 Arms (each a fresh model, seed 0, bf16 autocast on the CPU, batch 500, peak lr 0.2, no label
@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _repo import ROOT, script_command  # noqa: E402  (benchmarks/ is this script's directory; puts edgekit on the path)
+
 from edgekit.artifacts import atomic_write_text, library_versions, machine_info
 from edgekit.config import DataConfig, DataSource, TrainConfig
 from edgekit.data import DataSplits, load_data
@@ -36,7 +38,7 @@ from edgekit.model import BasicBlock, ModelSpec, build_model
 from edgekit.report import markdown_table
 from edgekit.train import train_model
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = ROOT / "benchmarks/results"
 
 
 def he_normal_zero_init(model: nn.Module) -> nn.Module:
@@ -152,8 +154,7 @@ def main() -> None:
 def write(args, results: dict) -> None:
     payload = {"name": args.name, "epochs": args.epochs, "width": args.width, "threads": args.threads,
                "arms": results, "machine": machine_info(), "versions": library_versions(),
-               "command": f"python benchmarks/recipe_probe.py --data-dir {args.data_dir} --epochs {args.epochs} "
-                          f"--width {args.width} --name {args.name}"}
+               "command": script_command()}
     atomic_write_text(RESULTS / f"{args.name}.json", json.dumps(payload, indent=2) + "\n")
     rows = [[name, *(f"{100 * a:.2f} %" for a in arm["val_accuracy_per_epoch"])] for name, arm in results.items()]
     columns = ["arm", *(f"val after epoch {e + 1}" for e in range(args.epochs))]

@@ -1,6 +1,6 @@
 """Training throughput of ResNet18 on this machine, and what a full reference run would take.
 
-    python benchmarks/train_speed.py --name train-speed-cpu
+    .venv/bin/python benchmarks/train_speed.py --name train-speed-cpu
 
 Times real SGD steps (forward, cross-entropy, backward, Nesterov update) of the chosen width on
 random 32x32 batches, for each numeric mode this CPU can run: fp32 in NCHW and channels_last,
@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-from pathlib import Path
 
 import torch
+
+from _repo import ROOT, script_command  # noqa: E402  (benchmarks/ is this script's directory; puts edgekit on the path)
 
 from edgekit.artifacts import atomic_write_text, cpu_flags, library_versions, machine_info
 from edgekit.bench.measure import load_average
@@ -26,7 +27,7 @@ from edgekit.report import markdown_table
 from edgekit.timing import percentiles, time_calls
 from edgekit.train import cpu_has_native_bf16
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = ROOT / "benchmarks/results"
 TRAIN_IMAGES = 47_500  # CIFAR-10 train minus the 2,500-image validation split
 REFERENCE_EPOCHS = 80
 
@@ -78,8 +79,7 @@ def main() -> None:
     best = max(rows, key=lambda r: r["images_per_s"])
     result = {
         "what": f"ResNet18 width {args.width} training steps, batch {args.batch_size}, random data",
-        "command": f"python benchmarks/train_speed.py --name {args.name} --width {args.width} "
-                   f"--batch-size {args.batch_size} --steps {args.steps} --threads {args.threads}",
+        "command": script_command(),
         "machine": machine_info(), "cpu_flags": cpu_flags(), "native_bf16": cpu_has_native_bf16(),
         "threads": args.threads, "load_average_start": load_start, "load_average_end": load_average(),
         "versions": library_versions(), "note": args.note,
