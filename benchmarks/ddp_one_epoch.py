@@ -1,6 +1,6 @@
 """One epoch of `edgekit train` on the real JPEGs, in one process and in two (torchrun, gloo): same accuracy?
 
-    python benchmarks/ddp_one_epoch.py --data-dir /tmp/data/cifar10-jpg
+    .venv/bin/python benchmarks/ddp_one_epoch.py --data-dir /tmp/cifar10-jpg
 
 runs, one after the other (each a real `edgekit train` command, recorded verbatim):
 - `one`: one process, --threads 2;

@@ -1,6 +1,6 @@
 """How an x86 int8 model's 7-bit activations are written into QDQ ONNX, and what ONNX Runtime makes of it.
 
-    .venv/bin/python benchmarks/qdq_grid_probe.py --data-dir /tmp/data/cifar10-jpg
+    .venv/bin/python benchmarks/qdq_grid_probe.py --data-dir /tmp/cifar10-jpg
 
 Static PTQ (minmax, the committed 512-image calibration set) of the committed width-0.5 reference
 on torch's x86 engine, then its QDQ ONNX written two ways: "stretched" (the same real range over

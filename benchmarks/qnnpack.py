@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=Path("benchmarks/models/resnet18-w0.5-cpu.fp16.pt"))
     parser.add_argument("--calibration", type=Path, default=Path("calibration/cifar10-jpg-512.json"))
     parser.add_argument("--source", default="folder")
-    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/data/cifar10-jpg"))
+    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/cifar10-jpg"))
     parser.add_argument("--work", type=Path, default=Path("artifacts/qnnpack"))
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--threads", type=int, default=1, help="threads for the quantize latency and the bench")

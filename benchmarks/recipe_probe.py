@@ -1,6 +1,6 @@
 """Short, same-seed runs that check what the training recipe's defaults buy, on the real data.
 
-    .venv/bin/python benchmarks/recipe_probe.py --data-dir /tmp/data/cifar10-jpg --epochs 2 --width 0.5 \
+    .venv/bin/python benchmarks/recipe_probe.py --data-dir /tmp/cifar10-jpg --epochs 2 --width 0.5 \
         --name recipe-probe-2ep
 
 Arms (each a fresh model, seed 0, bf16 autocast on the CPU, batch 500, peak lr 0.2, no label
