@@ -21,6 +21,13 @@ def repo_path(path: str | Path) -> str:
     return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 
+def machine_kind() -> str:
+    """The CPU class a timed results file is named after: the targets differ between them."""
+    from edgekit.train import cpu_has_native_bf16
+
+    return "avx512-bf16" if cpu_has_native_bf16() else "avx2"
+
+
 def script_command() -> str:
     """The running script's command line as the README gives it (the checkout's venv, the script's path
     in the repository), shell-quoted so an argument with spaces pastes back whole."""

@@ -19,12 +19,11 @@ import shutil
 import subprocess
 import time
 
-from _repo import ROOT, script_command  # noqa: E402  (benchmarks/ is this script's directory; puts edgekit on the path)
+from _repo import ROOT, machine_kind, script_command  # noqa: E402  (benchmarks/ is this script's directory; puts edgekit on the path)
 
 from edgekit.artifacts import atomic_write_text, cpu_flags, library_versions, machine_info
 from edgekit.bench.measure import load_average
 from edgekit.report import markdown_table
-from edgekit.train import cpu_has_native_bf16
 
 RESULTS = ROOT / "benchmarks/results"
 SUITE_TARGET_SECONDS = 600
@@ -54,7 +53,7 @@ def main() -> None:
         raise SystemExit(f"CI failed (exit {ci.returncode}) in {wall:.0f} s: nothing written")
     summary = summaries[-1]
     suite = float(summary["seconds"])
-    kind = "avx512-bf16" if cpu_has_native_bf16() else "avx2"
+    kind = machine_kind()
     result = {
         "command": script_command(), "ci_command": "bash .ci/run", "commit": commit,
         "machine": machine_info(), "cpu_flags": cpu_flags(), "versions": library_versions(),
@@ -73,14 +72,14 @@ def main() -> None:
         f"load average before {load_before}, after {result['load_average_end']}."
         + (f" {args.note}" if args.note else ""), "",
         markdown_table(["part", "seconds"], [
-            ["set-up: venv and the README's pip line (wall time less the suite's)", f"{wall - suite:.0f}"],
+            ["set-up: venv and the README's pip line (wall time less the suite's)", f"{result['setup_seconds']:.0f}"],
             [f"suite: `python -m pytest -q` ({summary['counts']})", f"{suite:.0f}"],
             ["in all", f"{wall:.0f}"]]),
         "",
     ]
     atomic_write_text(RESULTS / f"{name}.md", "\n".join(lines))
     shutil.rmtree(args.clone, ignore_errors=True)
-    print(f"CI: suite {suite:.0f} s ({summary['counts']}), set-up {wall - suite:.0f} s; benchmarks/results/{name}.md")
+    print(f"CI: suite {suite:.0f} s ({summary['counts']}), set-up {result['setup_seconds']:.0f} s; benchmarks/results/{name}.md")
 
 
 if __name__ == "__main__":

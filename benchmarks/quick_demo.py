@@ -21,11 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from _repo import machine_kind  # noqa: E402  (benchmarks/ is this script's directory; puts edgekit on the path)
+
 from edgekit.artifacts import atomic_write_text, cpu_flags, library_versions, machine_info
 from edgekit.bench.measure import load_average
 from edgekit.config import Arch
 from edgekit.report import markdown_table
-from edgekit.train import cpu_has_native_bf16
 
 RESULTS = Path(__file__).parent / "results"
 TARGET_SECONDS = {"avx512-bf16": 120, "avx2": 300}
@@ -50,7 +51,7 @@ def main() -> None:
     stages = json.loads((out / "pipeline.json").read_text())
     shutil.rmtree(out, ignore_errors=True)
 
-    kind = "avx512-bf16" if cpu_has_native_bf16() else "avx2"
+    kind = machine_kind()
     target = TARGET_SECONDS[kind]
     result = {
         "command": " ".join(["edgekit pipeline --quick", *arch_option, "--out <fresh folder>"]),
