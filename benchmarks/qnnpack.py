@@ -122,7 +122,8 @@ def main() -> None:
               "threads": args.threads, "load_average_start": start_load,
               "load_average_end": log[-1]["load_average_after"],
               "bench_environment": bench["environment"], "bench_protocol": bench["protocol"],
-              "fp32": {"test_accuracy": fp32_row["accuracy"], "latency_p50_ms": fp32_row["latency_ms"]["p50"]},
+              "fp32": {"test_accuracy": fp32_row["accuracy"], "latency_p50_ms": fp32_row["latency_ms"]["p50"],
+                       "val_images": fp32_row["val_images"], "test_images": fp32_row["test_images"]},
               "engines": engines, "notes": args.note, "steps": log, "bench_files": repo_path(ROOT / bench_out) + ".{json,md,csv}"}
     results = ROOT / args.results
     results.mkdir(parents=True, exist_ok=True)
@@ -163,10 +164,11 @@ def markdown(result: dict) -> str:
             f"Machine: {machine.get('processor')}, {machine.get('cpu_count')} cores, flags "
             f"{' '.join(result.get('cpu_flags') or [])}; torch {result['versions'].get('torch')}, onnxruntime "
             f"{result['versions'].get('onnxruntime')}; {result['threads']} thread(s); load average "
-            f"{result['load_average_start']} at the start, {result['load_average_end']} at the end (other work shared "
-            "these 2 cores: compare latencies within this run only).\n\n"
+            f"{result['load_average_start']} at the start, {result['load_average_end']} at the end (on 2 cores "
+            "that other work may share: compare latencies within this run only).\n\n"
             + table +
-            "\n\nAccuracy: val (2,500 images) and test (10,000) from `edgekit quantize`; the bench's own test pass "
+            f"\n\nAccuracy: val ({fp32['val_images']:,} images) and test ({fp32['test_images']:,}) from `edgekit "
+            "quantize`; the bench's own test pass "
             "over the same files is in the JSON (`bench_test_accuracy`). QDQ ONNX: the file `quantize` writes beside "
             "each int8 model, gated against it on 256 seeded test images (agreement, accuracy drop, mean cosine of "
             "logits; the int8-vs-int8 gate allows 0.5 pt), then run on the full test split in ONNX Runtime.\n\n"
