@@ -205,7 +205,6 @@ def test_int8_file_is_exact_on_x86_without_vnni_read_from_its_own_codes(exports,
     weights reach 2 x 255 x |w| > 32767 is computed wrongly there (the width-0.5 reference lost 5 points).
     Checked from the file's codes, so it fails on any machine, VNNI or not, if the recipe regresses."""
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     path = exports["int8"].path
     bound = onnx_format.u8s8_pair_bound(path)
@@ -215,14 +214,15 @@ def test_int8_file_is_exact_on_x86_without_vnni_read_from_its_own_codes(exports,
     assert recorded == json.loads(props[onnx_format.WEIGHT_RANGE_KEY])  # the file says it too, alone
     assert recorded["reduce_range"] and recorded["max_u8s8_pair_sum"] == bound["max_pair_sum"] <= 32767
 
-    # The check is not vacuous: the earlier recipe (8-bit weights) is flagged from its codes alone.
+    # The check is not vacuous: the earlier recipe (8-bit weights, kept for the weight-bits probe) is
+    # flagged from its codes alone, and that file claims no weight record.
     images = tiny_data.train_x[:32].float().div(255).numpy()
-    full = tmp_path / "full-range.onnx"
-    quantize_static(str(exports["fp32"].path), str(full), onnx_format.calibration_reader("input", images, 1, True),
-                    quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
-                    activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
-                    extra_options={"WeightSymmetric": True})
+    full = onnx_format.quantize_qdq(exports["fp32"].path, tmp_path / "full-range.onnx", images, weight_bits=8)
     assert not onnx_format.u8s8_pair_bound(full)["fits_int16"]
+    assert onnx_format.WEIGHT_RANGE_KEY not in {p.key for p in onnx.load(str(full)).metadata_props}
+    with pytest.raises(ConfigError, match="7 or 8 bits"):
+        onnx_format.quantize_qdq(exports["fp32"].path, tmp_path / "six.onnx", images, weight_bits=6)
+    assert not (tmp_path / "six.onnx").exists()
 
     # The exact int8 arithmetic: with every optimisation off, ORT runs DequantizeLinear -> float Conv ->
     # QuantizeLinear, the file's math with no integer kernel of this CPU in the way; the fused kernels

@@ -150,7 +150,7 @@ def test_int8_artifact_exports_qdq_onnx_through_the_gate(trained, static_int8, t
     parity = read_manifest(made.path)["metrics"]["parity"]
     print(f"MobileNetV2 int8 -> QDQ ONNX: agreement {parity['top1_agreement']:.3f}, "
           f"cosine {parity['cosine_mean']:.5f}")
-    assert parity["top1_agreement"] >= 0.85 and parity["cosine_mean"] >= 0.98
+    assert parity["top1_agreement"] >= 0.85 and parity["cosine_mean"] >= 0.99  # the int8 gate's own floors
 
 
 def test_float_checkpoint_to_onnx_int8_through_the_gate(trained, tmp_path):

@@ -72,11 +72,15 @@ class Tolerance:
 TOLERANCE_FP32 = Tolerance(min_agreement=0.999, max_abs=1e-3, min_cosine=0.99999)
 TOLERANCE_FP16 = Tolerance(min_agreement=0.995, max_abs=None, min_cosine=0.999)
 # vs an fp32 source the gate is the accuracy: at most 2 points lower on the parity images
-# (one image of 256 is 0.4 points), with logits still pointing the same way (cosine 0.99).
+# (one image of 256 is 0.4 points), with logits still pointing the same way (mean cosine 0.99).
 # Top-1 agreement is only loosely gated (85 %): PTQ flips low-margin images both ways, and a
 # weak model has many (a 50 %-accurate tiny test model agrees ~90 %; a 95 % CIFAR model ~98 %).
+# The cosine is what separates a file computed wrongly from a coarse one: sound int8 files
+# measured 0.9933 (the test suite's tiny models) to 0.9999 (the references), while 8-bit weights
+# saturating ONNX Runtime's kernels on an AVX2-only CPU gave 0.982-0.984 at a 0.8-1.5 point loss
+# and 95 % agreement (benchmarks/results/onnx-weight-bits-cpu-avx2.md), which 0.98 let through.
 # vs an int8/QAT source the export should reproduce the same integer model: 0.5 points.
-TOLERANCE_INT8 = Tolerance(min_agreement=0.85, max_abs=None, min_cosine=0.98,
+TOLERANCE_INT8 = Tolerance(min_agreement=0.85, max_abs=None, min_cosine=0.99,
                            max_drop_vs_int8_source=0.5, max_drop_vs_fp32_source=2.0)
 STANDARD_TOLERANCES = {"fp32": TOLERANCE_FP32, "fp16": TOLERANCE_FP16, "int8": TOLERANCE_INT8}
 

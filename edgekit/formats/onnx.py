@@ -341,13 +341,20 @@ def int8_slowdown_reasons(runtime: str, manifest_config: dict[str, Any] | None,
     return reasons
 
 
-def quantize_qdq(src: Path, out: Path, images: np.ndarray, batch: int | None = 1, symmetric_int8: bool = False) -> Path:
+def quantize_qdq(src: Path, out: Path, images: np.ndarray, batch: int | None = 1, symmetric_int8: bool = False,
+                 weight_bits: int = 7) -> Path:
     """QDQ int8 over calibration images: per-channel int8 weights on 7 bits, uint8 activations (see module doc).
 
     `symmetric_int8`: int8 activations with zero point 0, the only QDQ form TensorRT accepts
     (for ONNX Runtime on x86 that form is the slow one, see the module doc). Without it, the
     weights take 7 bits (reduce_range: see INT16_MAX) and the file records so in its metadata.
+
+    `weight_bits=8`: full 8-bit weights, only to measure what 7 bits avoid
+    (benchmarks/weight_bits_probe.py): such a file is not computed exactly on x86 CPUs without
+    VNNI, so it carries no weight record and nothing in edgekit writes one for a user.
     """
+    if weight_bits not in (7, 8):
+        raise ConfigError(f"int8 ONNX weights take 7 or 8 bits, not {weight_bits}", "use 7 (any CPU) or 8")
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -366,13 +373,13 @@ def quantize_qdq(src: Path, out: Path, images: np.ndarray, batch: int | None = 1
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         weight_type=QuantType.QInt8,
                         activation_type=QuantType.QInt8 if symmetric_int8 else QuantType.QUInt8,
-                        calibrate_method=CalibrationMethod.MinMax, reduce_range=not symmetric_int8,
+                        calibrate_method=CalibrationMethod.MinMax, reduce_range=weight_bits == 7 and not symmetric_int8,
                         # TensorRT wants float biases (it has no int32 DequantizeLinear); ORT fuses int32 ones.
                         extra_options={"ActivationSymmetric": symmetric_int8, "WeightSymmetric": True,
                                        "QuantizeBias": not symmetric_int8})
         model = onnx.load(str(tmp_out))
         onnx.checker.check_model(model)
-        if not symmetric_int8:
+        if not symmetric_int8 and weight_bits == 7:
             bound = u8s8_pair_bound(model)
             if not bound["fits_int16"]:  # a bug in the recipe, not a user error: keep the traceback
                 raise RuntimeError(f"int8 ONNX weights reach a u8 x s8 pair sum of {bound['max_pair_sum']} > {INT16_MAX}")

@@ -2,9 +2,10 @@
 
 x86 CPUs without VNNI (AVX2 only) multiply u8 activations by s8 weights with VPMADDUBSW, which
 adds each pair of products into a saturating int16: 2 x 255 x 127 = 64,770 does not fit in
-32,767. On an AVX2-only EPYC the width-0.5 reference's int8 ONNX (u8 activations, 8-bit per-channel
-weights) scored 80.08 % against the fp32 source's 85.55 % (mean cosine 0.937) and its own parity
-gate refused it; on AVX-512 VNNI (VPDPBUSD sums into int32) and ARM the same file is fine. Weights
+32,767. On an AVX2-only EPYC the full-width reference's int8 ONNX with 8-bit per-channel weights
+(u8 activations) scored 85.98 % against the fp32 file's 87.46 %, 94.9 % top-1 agreement, where
+the 7-bit file scored 87.58 % (benchmarks/results/onnx-weight-bits-cpu-avx2.md); on AVX-512 VNNI
+(VPDPBUSD sums into int32) and ARM the 8-bit file is computed as written. Weights
 on 7 bits ([-64, 64], ONNX Runtime's documented `reduce_range` for non-VNNI machines) bound the
 pair at 2 x 255 x 64 = 32,640, so one file is computed exactly on AVX2, AVX-512 VNNI and ARM alike.
 The file and its manifest record this (`weight_record`); `u8s8_pair_bound` reads it back from the
