@@ -202,7 +202,8 @@ def test_export_module_writes_a_qat_fake_quant_model_as_qdq(tmp_path):
 def test_int8_file_is_exact_on_x86_without_vnni_read_from_its_own_codes(exports, calibration_file, tiny_data,
                                                                          tmp_path):
     """On an AVX2-only CPU, u8 x s8 kernels add pairs of products into a saturating int16: a file whose
-    weights reach 2 x 255 x |w| > 32767 is computed wrongly there (the width-0.5 reference lost 5 points).
+    weights reach 2 x 255 x |w| > 32767 is computed wrongly there (the full-width reference lost 1.5 points:
+    benchmarks/results/onnx-weight-bits-cpu-avx2.md).
     Checked from the file's codes, so it fails on any machine, VNNI or not, if the recipe regresses."""
     import onnxruntime as ort
 

@@ -7,7 +7,7 @@ import pytest
 
 from edgekit.errors import ParityError, UnsupportedError
 from edgekit.formats import FORMATS
-from edgekit.validate import check, parity, precision_label, tolerance_for, violations
+from edgekit.validate import ParityReport, check, parity, precision_label, tolerance_for, violations
 
 
 class LinearRunner:
@@ -98,6 +98,22 @@ def test_int8_vs_int8_drop_within_rounding_noise_is_not_refused():
     assert report.drop_p_value == pytest.approx(0.1435, abs=1e-3)
     assert violations(report, "onnx", "int8", source_precision="int8") == []
     assert report.as_metrics()["drop_p_value"] == report.drop_p_value
+
+
+def _measured(agreement: float, cosine: float, source: float, exported: float) -> ParityReport:
+    return ParityReport(images=5000, top1_agreement=agreement, max_abs=1.0, mean_abs=0.1, cosine_mean=cosine,
+                        cosine_min=cosine - 0.05, source_accuracy=source, exported_accuracy=exported)
+
+
+def test_int8_gate_refuses_a_file_saturated_on_a_cpu_without_vnni():
+    # The two full-width files of benchmarks/results/onnx-weight-bits-cpu-avx2.md, as ORT computed them
+    # on an AVX2-only EPYC: 8-bit weights overflow VPMADDUBSW's int16 (1.48 points lost, 95 % agreement,
+    # within the 2-point and 85 % floors); edgekit's 7-bit file does not.
+    saturated = _measured(agreement=0.9490, cosine=0.98184, source=0.8746, exported=0.8598)
+    sound = _measured(agreement=0.9934, cosine=0.99979, source=0.8746, exported=0.8758)
+    for target in ("onnx", "tflite", "tensorrt"):
+        assert [p for p in violations(saturated, target, "int8") if "cosine" in p], target
+        assert violations(sound, target, "int8") == [], target
 
 
 def test_tolerance_table_covers_every_target_and_precision():
