@@ -26,7 +26,8 @@ import torch
 
 from _repo import ROOT, machine_kind, repo_path, script_command  # noqa: E402  (benchmarks/ is this script's directory; puts edgekit on the path)
 
-from edgekit.artifacts import atomic_write_text, cpu_flags, library_versions, machine_info, sha256_file
+from edgekit.artifacts import (INT8_DOT_PRODUCT_FLAGS, atomic_write_text, cpu_flags, library_versions,
+                               machine_info, sha256_file)
 from edgekit.bench.measure import load_average
 from edgekit.calibrate import load_calibration
 from edgekit.config import DataConfig, DataSource
@@ -80,7 +81,7 @@ def render(result: dict) -> str:
     tolerance = result["gate_tolerance"]
     gate = (f"top-1 agreement >= {tolerance['min_agreement']:.0%}, mean cosine >= {tolerance['min_cosine']}, "
             f"at most {tolerance['max_drop_vs_fp32_source']} points below the fp32 source")
-    vnni = "with" if "avx512_vnni" in result["cpu_flags"] or "avx_vnni" in result["cpu_flags"] else "without"
+    vnni = "with" if INT8_DOT_PRODUCT_FLAGS & set(result["cpu_flags"]) else "without"
     return (f"# int8 ONNX weights on 7 bits or 8: what ONNX Runtime computes on this CPU\n\n"
             f"Machine: {result['machine'].get('processor')}, {result['machine'].get('cpu_count')} cores, "
             f"CPU flags of interest: {flags} ({vnni} VNNI); onnxruntime {result['versions'].get('onnxruntime')}, "

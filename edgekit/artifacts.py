@@ -124,6 +124,9 @@ def library_versions() -> dict[str, str]:
 
 CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
                          "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
+# Any of these gives u8 x s8 dot products summed into int32; without them x86 int8 kernels use
+# VPMADDUBSW, whose int16 pair sums are slower and can saturate (edgekit.formats.onnx_int8).
+INT8_DOT_PRODUCT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def cpu_flags() -> list[str]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import Manifest, atomic_write_text, to_plain, write_report_manifests
+from ..artifacts import INT8_DOT_PRODUCT_FLAGS, Manifest, atomic_write_text, to_plain, write_report_manifests
 from ..errors import ConfigError
 from ..formats import FORMATS
 from ..report import markdown_table
@@ -48,7 +48,7 @@ def int8_slowdown_reason(row: BenchRow, env: dict[str, Any]) -> str:
     """Every reason found, the format's own first; a shared CPU is added as a caveat, never in their place."""
     reasons = []
     flags = set(env.get("cpu_flags") or [])
-    if not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
+    if not flags & INT8_DOT_PRODUCT_FLAGS:
         reasons.append("this CPU has no VNNI/AMX int8 dot-product instructions, so int8 convolutions are emulated "
                        "with wider multiplies")
     fmt = FORMATS.get(row.format)
