@@ -238,13 +238,18 @@ def write_manifest(artifact: str | Path, manifest: Manifest) -> Manifest:
 
 def write_report_manifests(paths: dict[str, Path], manifest: Manifest, data: str = "json") -> None:
     """Manifests of a report: `manifest` beside its data file `paths[data]`, and for each other file
-    (a view of that data: markdown, csv, a plot) a "<kind>-view" manifest whose parent is the data file."""
+    (a view of that data: markdown, csv, a plot) a "<kind>-view" manifest whose parent is the data file
+    and whose command, libraries, machine and date are the data file's."""
     write_manifest(paths[data], manifest)
     for key, path in paths.items():
         if key != data:
             write_manifest(path, Manifest(kind=f"{manifest.kind}-view", format=path.suffix.lstrip("."), precision="n/a",
-                                          parent=parent_ref(paths[data]), config=manifest.config,
-                                          metrics=manifest.metrics))
+                                          parent=parent_ref(paths[data]), command=manifest.command,
+                                          config=manifest.config, metrics=manifest.metrics, extra=(
+                                              {"rendered": manifest.extra["rendered"]}
+                                              if "rendered" in manifest.extra else {}),
+                                          versions=manifest.versions, machine=manifest.machine,
+                                          created=manifest.created))
 
 
 def read_manifest(artifact: str | Path) -> dict[str, Any]:

@@ -272,6 +272,7 @@ def bench(
     warmup: int = typer.Option(BenchConfig.warmup, help="untimed batch-1 calls before timing"),
     runs: int = typer.Option(BenchConfig.runs, help="at least this many timed batch-1 calls"),
     min_seconds: float = typer.Option(BenchConfig.min_seconds, help="and at least this many seconds of them"),
+    latency_rounds: int = typer.Option(BenchConfig.latency_rounds, help="batch-1 timing in this many alternating rounds over all rows (1: each row alone, after its accuracy)"),
     sweep_seconds: float = typer.Option(BenchConfig.sweep_seconds, help="seconds per batch size in the throughput sweep"),
     test_limit: Optional[int] = typer.Option(None, help="accuracy on the first N test images only (quick runs)"),
     out: Optional[Path] = typer.Option(None, help="result path without suffix (default benchmarks/results/bench-<time>)"),
@@ -281,6 +282,7 @@ def bench(
     source: Optional[DataSource] = typer.Option(None, "--source", help="default: the data each lineage was trained on"),
     data_dir: Optional[Path] = DataDirOption,
     compare: Optional[tuple[Path, Path]] = typer.Option(None, "--compare", help="print per-row deltas B - A of two bench .json files"),
+    render: Optional[Path] = typer.Option(None, "--render", help="re-write the .md, .csv and .png of a bench .json (after a report change); measures nothing"),
     diff: bool = typer.Option(BenchConfig.diff, "--diff", help="per row: images flipped against the fp32 root and the class that flipped most"),
 ) -> None:
     """Accuracy, batch-1 latency (p50/p90/p99, mean with 95% CI), throughput, size and parity of every artifact.
@@ -296,6 +298,11 @@ def bench(
     if compare:
         compare_runs(compare[0], compare[1], reporter)
         return
+    if render is not None:
+        from .bench import render as render_run
+
+        reporter.info("bench: rewrote " + ", ".join(str(p) for p in render_run(render).values()))
+        return
     try:
         sweep = tuple(int(b) for b in batches.split(",") if b.strip())
     except ValueError:
@@ -304,7 +311,7 @@ def bench(
     if source is not None:
         data = _data_config(source, data_dir)
     config = BenchConfig(threads=threads, batches=sweep, warmup=warmup, runs=runs, min_seconds=min_seconds,
-                         sweep_seconds=sweep_seconds, test_limit=test_limit, baselines=baselines,
+                         latency_rounds=latency_rounds, sweep_seconds=sweep_seconds, test_limit=test_limit, baselines=baselines,
                          baseline_dir=str(baseline_dir), calibration=str(calibration) if calibration else None, data=data,
                          diff=diff)
     if out is None:

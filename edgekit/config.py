@@ -411,6 +411,10 @@ class BenchConfig:
     warmup: int = 10  # untimed batch-1 calls before timing (allocators, JIT, caches)
     runs: int = 100  # at least this many timed batch-1 calls ...
     min_seconds: float = 2.0  # ... and at least this long, whichever takes longer
+    # Batch-1 timing in this many alternating rounds over every row that ran, after all accuracy
+    # passes, so a drift in the machine's speed lands on every row alike instead of on whichever
+    # was timed during it; 1 = each row timed alone, right after its accuracy pass.
+    latency_rounds: int = 5
     sweep_seconds: float = 1.0  # per batch size in the throughput sweep (at least 3 calls)
     test_limit: int | None = None  # first N test images only (quick runs); None = the full split
     eval_batch: int = 256  # batch used for the accuracy pass
@@ -431,6 +435,7 @@ class BenchConfig:
             check_range("batches", batch, 1, hint="comma-separated batch sizes, e.g. --batches 1,8,32,128")
         check_range("warmup", self.warmup, 0)
         check_range("runs", self.runs, 1)
+        check_range("latency_rounds", self.latency_rounds, 1, 1000, hint="e.g. --latency-rounds 5")
         check_range("min_seconds", self.min_seconds, 0, 3600, hint="e.g. --min-seconds 2")
         check_range("sweep_seconds", self.sweep_seconds, 0, 3600, hint="e.g. --sweep-seconds 1")
         check_range("test_limit", self.test_limit, 1, optional=True)

@@ -88,15 +88,19 @@ def latency_stats(samples_ms: np.ndarray, seed: int = 0, resamples: int = 2000) 
 
 
 def time_interleaved(calls: dict[Any, Callable[[int], Any]], runs: int, warmup: int = 0,
-                     rounds: int = 10) -> dict[Any, np.ndarray]:
-    """time_calls for several callables in alternating rounds (`runs` timed calls each in all), so
-    drift on a shared machine (other processes, clocks, caches) lands on all of them alike."""
+                     rounds: int = 10, min_seconds: float = 0.0,
+                     on_round: Callable[[int], None] | None = None) -> dict[Any, np.ndarray]:
+    """time_calls for several callables in alternating rounds (at least `runs` timed calls and
+    `min_seconds` each in all, split evenly over the rounds), so drift on a shared machine (other
+    processes, clocks, caches) lands on all of them alike. `on_round(r)` after each round r (1-based)."""
     for call in calls.values():
         for i in range(warmup):
             call(i)
     per_round = max(1, -(-runs // rounds))
     samples: dict[Any, list[np.ndarray]] = {key: [] for key in calls}
-    for _ in range(rounds):
+    for round_number in range(1, rounds + 1):
         for key, call in calls.items():
-            samples[key].append(time_calls(call, per_round))
+            samples[key].append(time_calls(call, per_round, min_seconds=min_seconds / rounds))
+        if on_round is not None:
+            on_round(round_number)
     return {key: np.concatenate(parts) for key, parts in samples.items()}

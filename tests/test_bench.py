@@ -79,6 +79,8 @@ def test_bench_writes_every_output_with_a_row_per_artifact_and_runtime(run, arti
     markdown = outputs["md"].read_text()
     assert data["environment"]["cpu"] in markdown and "load average" in markdown
     assert "best.pt" in markdown and "model-fp32.onnx" in markdown
+    assert data["protocol"]["latency_rounds"] == BenchConfig.latency_rounds > 1
+    assert f"together, in {BenchConfig.latency_rounds} alternating rounds" in markdown
     env = data["environment"]
     assert env["threads"] == 1 and "torch" in env["versions"] and len(env["load_average_start"]) == 3
     if env.get("other_work_cores") is not None:  # measured where /proc/stat exists
@@ -95,6 +97,13 @@ def test_render_rewrites_the_views_of_a_run_and_keeps_when_it_was_measured(run, 
     assert load_run(again["json"])["created"] == data["created"]
     assert again["md"].read_text() == run.outputs["md"].read_text()
     assert again["csv"].read_text() == run.outputs["csv"].read_text()
+    # the manifests still name what measured the figures; the re-render is recorded beside it
+    measured = read_manifest(run.outputs["json"])
+    for path in again.values():
+        manifest = read_manifest(path)
+        assert (manifest["command"], manifest["machine"], manifest["created"]) == (
+            measured["command"], measured["machine"], measured["created"])
+        assert "rendered" in manifest["extra"] and "rendered" not in read_manifest(run.outputs[path.suffix[1:]])["extra"]
 
 
 def test_rows_measure_accuracy_agreement_latency_and_size(run, artifacts, bench_data):
@@ -171,6 +180,77 @@ class BuggyRunner:
 def load_runner(path, threads=None):
     return BuggyRunner(load_torch_runner(path, threads))
 """
+
+
+# A runtime module that reads the checkpoint with the real torch runner and logs each call's batch
+# size per runner; its runners named "refuses-one" reject single images as an engine whose
+# optimisation profile starts above batch 1 does.
+LOGGING_RUNTIME = """
+from edgekit.errors import ConfigError
+from edgekit.formats.torch import load_runner as load_torch_runner
+
+CALLS = []
+LOADED = []
+
+
+def unavailable_reason():
+    return None
+
+
+class LoggingRunner:
+    name = "logging"
+
+    def __init__(self, inner, label):
+        self.inner, self.label = inner, label
+
+    def predict(self, batch):
+        if self.label == "refuses-one" and len(batch) == 1:
+            raise ConfigError("this file takes batches of 2 or more", "bench it with --batches 2")
+        CALLS.append((self.label, len(batch)))
+        return self.inner.predict(batch)
+
+
+def load_runner(path, threads=None):
+    LOADED.append(path)
+    return LoggingRunner(load_torch_runner(path, threads), NEXT_LABELS.pop(0))
+
+
+NEXT_LABELS = []
+"""
+
+
+def test_rows_are_timed_together_in_alternating_rounds_after_every_accuracy_pass(artifacts, tmp_path, monkeypatch):
+    import importlib
+
+    from edgekit.bench.measure import MeasureContext, bench_one, time_batch1_interleaved
+    from edgekit.formats import SOURCE_FORMAT, Runtime
+    from edgekit.report import quiet
+
+    folder, checkpoint, onnx = artifacts
+    (tmp_path / "edgekit_test_logging_runtime.py").write_text(LOGGING_RUNTIME)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    logged = importlib.import_module("edgekit_test_logging_runtime")
+    runtime = Runtime("logging", "edgekit_test_logging_runtime")
+    config = quick_config(batches=(2,), warmup=1, runs=6, latency_rounds=3)
+    ctx = MeasureContext(config, quiet)
+    logged.NEXT_LABELS[:] = ["a", "b", "refuses-one"]
+    rows = [bench_one(checkpoint, SOURCE_FORMAT, runtime, ctx, None) for _ in range(3)]
+    assert [r.status for r in rows] == ["ok"] * 3 and all(r.latency_ms is None for r in rows)
+    assert all(size > 1 for _, size in logged.CALLS)  # accuracy and the batch-2 sweep only, so far
+    logged.CALLS.clear()
+    time_batch1_interleaved(ctx.pending_latency, config, quiet)
+    timed = [label for label, size in logged.CALLS if size == 1]
+    # warm-up of each runner alone, then 3 rounds of 2 calls each, a's before b's in every round
+    assert timed == ["a", "b"] + ["a", "a", "b", "b"] * 3
+    assert rows[0].latency_ms.runs == rows[1].latency_ms.runs == 6
+    assert rows[2].status == "error" and "batch-1 timing: this file takes batches of 2" in rows[2].why
+    assert rows[2].latency_ms is None and rows[0].status == rows[1].status == "ok"
+
+    # one round: each row timed alone, right after its own accuracy pass, nothing left pending
+    single = MeasureContext(quick_config(batches=(2,), warmup=1, runs=4, latency_rounds=1), quiet)
+    logged.NEXT_LABELS[:] = ["c"]
+    row = bench_one(checkpoint, SOURCE_FORMAT, runtime, single, None)
+    assert row.status == "ok" and row.latency_ms.runs == 4 and not single.pending_latency
 
 
 def test_a_bug_inside_a_runner_raises_instead_of_becoming_an_error_row(artifacts, tmp_path, monkeypatch):
@@ -270,6 +350,8 @@ def test_bad_options_are_config_errors(artifacts):
     folder, checkpoint, onnx = artifacts
     with pytest.raises(ConfigError):
         bench([checkpoint], quick_config(threads=0))
+    with pytest.raises(ConfigError, match="--latency-rounds"):
+        bench([checkpoint], quick_config(latency_rounds=0))
     with pytest.raises(ConfigError):
         bench([], quick_config())
 
@@ -314,6 +396,12 @@ def test_cli_bench_and_compare(artifacts, tmp_path):
     assert (tmp_path / "cli.json").exists() and (tmp_path / "cli.md").exists()
     result = runner.invoke(app, ["bench", "--compare", str(tmp_path / "cli.json"), str(tmp_path / "cli.json")])
     assert result.exit_code == 0 and "best.pt" in result.output
+    markdown = (tmp_path / "cli.md").read_text()
+    (tmp_path / "cli.md").write_text("stale view")
+    result = runner.invoke(app, ["bench", "--render", str(tmp_path / "cli.json")])
+    assert result.exit_code == 0 and (tmp_path / "cli.md").read_text() == markdown
+    result = runner.invoke(app, ["bench", "--render", str(tmp_path / "gone.json")])
+    assert result.exit_code == 2 and "bench result not found" in result.output and "Traceback" not in result.output
     result = runner.invoke(app, ["bench", str(checkpoint), "--batches", "1,x"])
     assert result.exit_code == 2 and "--batches" in result.output
     # every file named missing (and no --dir): nothing could run, so it is refused before any work, one

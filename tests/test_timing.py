@@ -48,6 +48,16 @@ def test_time_interleaved_alternates_rounds():
     assert order == ["a", "a", "b", "b"] * 3
 
 
+def test_time_interleaved_spreads_min_seconds_over_the_rounds_and_reports_each_round():
+    rounds_done = []
+    samples = time_interleaved({"a": lambda i: None, "b": lambda i: None}, runs=2, rounds=4, min_seconds=0.2,
+                               on_round=rounds_done.append)
+    assert rounds_done == [1, 2, 3, 4]
+    # each round holds every call for at least min_seconds / rounds of wall time, so an empty call
+    # is repeated far past the 1 call per round that `runs` alone asks for
+    assert all(len(times) > 2 * 4 for times in samples.values())
+
+
 def test_batch_slices_and_predict_batched():
     assert [(s.start, s.stop) for s in batch_slices(10, 4)] == [(0, 4), (4, 8), (8, 10)]
     assert [(s.start, s.stop) for s in batch_slices(10, 4, drop_last=True)] == [(0, 4), (4, 8)]

@@ -9,8 +9,11 @@ Protocol (recorded in every result file):
     agreement with the fp32 root and with the nearest torch source on the same images;
   * batch-1 latency: `warmup` untimed calls, then timed calls until both `runs` calls and
     `min_seconds` have passed; p50/p90/p99 and the mean with a seeded bootstrap 95 % CI.
-    Consecutive calls are not independent (caches, frequency, neighbours on a shared
-    machine), so the CI describes this sample, not the machine;
+    Rows are timed after every accuracy pass, together, in `latency_rounds` alternating rounds
+    (each round a share of every row's calls), so a drift in the machine's speed lands on all
+    of them alike and a ratio between two rows is not a ratio between two moments (1: each
+    row alone, right after its accuracy pass). Consecutive calls are not independent (caches,
+    frequency, neighbours on a shared machine), so the CI describes this sample, not the machine;
   * a throughput sweep over batch sizes, each for `sweep_seconds` (at least 3 calls);
   * thread count fixed for every runtime and recorded, with the CPU model and flags, library
     versions, GPU and the load average before the bench starts (its own threads not yet in it),
@@ -39,7 +42,8 @@ from ..timing import latency_stats
 from .baselines import STOCK_SOURCE, baseline_label, make_baselines
 from .compare import compare
 from ..lineage import Lineage, discover, format_of_path_or_none, lineage, source_checkpoint
-from .measure import MeasureContext, OtherWork, bench_one, blank_row, environment, load_average, pin_threads
+from .measure import (MeasureContext, OtherWork, bench_one, blank_row, environment, load_average, pin_threads,
+                      time_batch1_interleaved)
 from .row import BenchRow
 from .render import (BENCH_FORMAT, BenchRun, TABLE_COLUMNS, contention_notes, int8_slowdown_reason, load_run,
                      markdown_text, render, summary, summary_lines, table_rows, write_outputs)
@@ -113,6 +117,8 @@ def bench(artifacts: Iterable[Path], config: BenchConfig, reporter: Reporter = q
             row = bench_one(path, fmt, runtime, ctx, baseline_label(path, fmt))
             rows.append(row)
             progress.advance(1, artifact=path.name, runtime=runtime.name, status=row.status)
+    time_batch1_interleaved(ctx.pending_latency, config, reporter)
+    ctx.pending_latency.clear()  # the runners (sessions, interpreters) are released with it
     env["load_average_end"] = load_average()
     env["other_work_cores"] = other_work.cores()
     _annotate(rows, env)

@@ -14,9 +14,9 @@ import platform
 import shutil
 import subprocess
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from ..errors import CheckpointError, DependencyError, EdgekitError, install_hin
 from ..flips import diff_summary_line, top1_accuracy
 from ..formats import SOURCE_FORMAT, Format, Runtime, predict_all
 from ..report import Reporter
-from ..timing import latency_stats, time_calls
+from ..timing import latency_stats, time_calls, time_interleaved
 from ..lineage import Lineage, data_config_of, lineage, source_checkpoint
 from .row import BenchRow, Latency, Throughput
 
@@ -101,12 +101,47 @@ def environment(threads: int) -> dict[str, Any]:
     }
 
 
+def _one_image_call(runner: Any, inputs: np.ndarray) -> Callable[[int], Any]:
+    n = len(inputs)
+    return lambda i: runner.predict(inputs[i % n: i % n + 1])
+
+
 def time_batch1(runner: Any, inputs: np.ndarray, config: BenchConfig) -> Latency:
     """Warm up, then time single-image calls until both `runs` calls and `min_seconds` have passed."""
-    n = len(inputs)
-    samples = time_calls(lambda i: runner.predict(inputs[i % n: i % n + 1]), config.runs, config.warmup,
-                         config.min_seconds)
+    samples = time_calls(_one_image_call(runner, inputs), config.runs, config.warmup, config.min_seconds)
     return Latency(**latency_stats(samples, config.seed))
+
+
+@dataclass
+class PendingLatency:
+    """A row that ran, waiting for its batch-1 timing beside the others (config.latency_rounds > 1)."""
+
+    row: BenchRow
+    runner: Any
+    inputs: np.ndarray
+
+
+def time_batch1_interleaved(pending: list[PendingLatency], config: BenchConfig, reporter: Reporter) -> None:
+    """Batch-1 latency of every pending row in `config.latency_rounds` alternating rounds, each row
+    getting at least `runs` timed calls and `min_seconds` in all. Each runner is warmed up alone
+    first; one whose single-image call fails ends as an error row, as it would timed alone."""
+    calls: dict[int, Callable[[int], Any]] = {}
+    for index, item in enumerate(pending):
+        call = _one_image_call(item.runner, item.inputs)
+        try:
+            for i in range(max(1, config.warmup)):
+                call(i)
+        except EdgekitError as exc:
+            item.row.status, item.row.why = "error", f"batch-1 timing: {why(exc)}"
+            continue
+        calls[index] = call
+    if not calls:
+        return
+    with reporter.progress("batch-1 latency, alternating rounds", total=config.latency_rounds) as progress:
+        samples = time_interleaved(calls, config.runs, 0, config.latency_rounds, config.min_seconds,
+                                   on_round=lambda r: progress.advance(1, status=f"{len(calls)} rows"))
+    for index, times in samples.items():
+        pending[index].row.latency_ms = Latency(**latency_stats(times, config.seed))
 
 
 def throughput(runner: Any, inputs: np.ndarray, batch: int, seconds: float) -> Throughput:
@@ -122,6 +157,7 @@ class MeasureContext:
 
     def __init__(self, config: BenchConfig, reporter: Reporter) -> None:
         self.config, self.reporter = config, reporter
+        self.pending_latency: list[PendingLatency] = []  # rows timed together at the end (latency_rounds > 1)
         self.data: dict[str, Any] = {}
         self.source_predictions: dict[str, np.ndarray] = {}
         self.model_stats: dict[str, tuple[int, int]] = {}
@@ -275,7 +311,8 @@ def _measure(row: BenchRow, path: Path, fmt: Format, runtime: Runtime, ctx: Meas
     source_pred = ctx.torch_predictions(source, images, key) if source is not None else None
     if source_pred is not None:
         row.agreement_source = float((predicted == source_pred).mean())
-    row.latency_ms = time_batch1(runner, images, config)
+    if config.latency_rounds == 1:
+        row.latency_ms = time_batch1(runner, images, config)
     for batch in config.batches:
         try:
             row.throughput[str(batch)] = throughput(runner, images, batch, config.sweep_seconds)
@@ -284,6 +321,8 @@ def _measure(row: BenchRow, path: Path, fmt: Format, runtime: Runtime, ctx: Meas
     if census_failure is not None:
         row.notes.append(f"no census of the file: {census_failure}")
     row.status = "ok"
+    if config.latency_rounds > 1:
+        ctx.pending_latency.append(PendingLatency(row, runner, images))
 
 
 def pin_threads(threads: int) -> None:

@@ -8,6 +8,7 @@ bench started, less the bench's own threads after).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import io
@@ -16,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import INT8_DOT_PRODUCT_FLAGS, Manifest, atomic_write_text, to_plain, write_report_manifests
-from ..errors import ConfigError
+from ..artifacts import (INT8_DOT_PRODUCT_FLAGS, Manifest, atomic_write_text, current_command, read_manifest, to_plain,
+                         write_report_manifests)
+from ..errors import ConfigError, EdgekitError
 from ..formats import FORMATS
 from ..report import markdown_table
 from .baselines import STOCK_SOURCE
@@ -173,7 +175,7 @@ def markdown_text(run: BenchRun, title: str = "edgekit bench") -> str:
              " agreement = top-1 agreement with the fp32 root checkpoint on the same images",
              f"- batch-1 latency: {protocol.get('warmup')} warm-up calls, then at least {protocol.get('runs')} timed "
              f"calls and at least {protocol.get('min_seconds')} s; p50/p90/p99, mean with a bootstrap 95 % CI "
-             "(timed calls are not independent, so the CI describes this sample)",
+             "(timed calls are not independent, so the CI describes this sample); " + _rounds_text(protocol),
              f"- throughput: batches {protocol.get('batches')}, {protocol.get('sweep_seconds')} s each (at least 3 calls)",
              f"- threads: {protocol.get('threads')} for every runtime (torch.set_num_threads, ONNX Runtime "
              "intra-op threads, TFLite num_threads)",
@@ -288,6 +290,14 @@ def summary_lines(rows: list[BenchRow]) -> list[str]:
     return lines
 
 
+def _rounds_text(protocol: dict[str, Any]) -> str:
+    rounds = protocol.get("latency_rounds", 1)  # runs from before the option timed each row alone
+    if rounds > 1:
+        return (f"every row timed after all accuracy passes, together, in {rounds} alternating rounds "
+                "(a drift in the machine's speed lands on all rows alike)")
+    return "each row timed alone, right after its accuracy pass (rows compared across minutes)"
+
+
 def _load_paragraph(env: dict[str, Any]) -> str:
     """How to read the load figures: the load average counts this run's own threads too, so only a
     run that measured other processes' CPU time can say by itself whether the CPU was shared."""
@@ -346,11 +356,16 @@ def render(json_path: Path, out: Path | None = None) -> dict[str, Path]:
     rows = [BenchRow.from_json(row, str(json_path)) for row in data["rows"]]
     run = BenchRun(rows, data["environment"], data["protocol"], notes=data.get("notes", []), created=data.get("created"))
     target = Path(out) if out else Path(json_path).with_suffix("")
-    return write_outputs(run, target)
+    measured = None
+    with contextlib.suppress(EdgekitError):
+        measured = read_manifest(json_path)
+    return write_outputs(run, target, measured)
 
 
-def write_outputs(run: BenchRun, out: Path) -> dict[str, Path]:
-    """<out>.json (everything), .csv, .md and the Pareto .png, each with a manifest."""
+def write_outputs(run: BenchRun, out: Path, measured: dict[str, Any] | None = None) -> dict[str, Path]:
+    """<out>.json (everything), .csv, .md and the Pareto .png, each with a manifest. `measured`: the
+    manifest of the run these files re-render, whose command, libraries, machine and date they keep
+    (the re-render is recorded beside them), so the manifests still say what measured the figures."""
     from ..report import plot_pareto
 
     out = Path(out)
@@ -366,16 +381,23 @@ def write_outputs(run: BenchRun, out: Path) -> dict[str, Path]:
                                             f"{run.environment.get('cpu')})")
     ok = sum(r.status == "ok" for r in run.rows)
     metrics = {"rows": len(run.rows), "ok": ok, "failed": len(run.rows) - ok}
-    write_report_manifests(paths, Manifest(kind="bench", format="json", precision="n/a", config=run.protocol,
-                                           seed=run.protocol.get("seed"), metrics=metrics,
-                                           extra={"environment": run.environment}))
+    manifest = Manifest(kind="bench", format="json", precision="n/a", config=run.protocol,
+                        seed=run.protocol.get("seed"), metrics=metrics, extra={"environment": run.environment})
+    if measured is not None:
+        rendered = {"command": current_command(), "created": manifest.created}
+        manifest.command = measured.get("command") or ""
+        manifest.extra["rendered"] = rendered
+        for key in ("versions", "machine", "created"):
+            if measured.get(key):
+                setattr(manifest, key, measured[key])
+    write_report_manifests(paths, manifest)
     return paths
 
 
 def load_run(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"bench result not found: {path}", "pass two .json files written by `edgekit bench`")
+        raise ConfigError(f"bench result not found: {path}", "pass a .json written by `edgekit bench`")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
