@@ -12,7 +12,9 @@ Anything else already there with a different recipe is refused, not overwritten.
 
 After every step has its artifact, all rows are read from their manifests and timed together in
 one process, in alternating rounds (torch eager, batch 1, threads pinned), so no row's latency was
-measured under a training job's load. Writes benchmarks/results/<--name>.json and .md (compress-cpu
+measured under a training job's load. Each child's gap to its control comes with the standard error
+of that paired difference and McNemar's p, from both files' answers on every image, so a gap
+next to a limit shows whether the split can tell it apart. Writes benchmarks/results/<--name>.json and .md (compress-cpu
 by default).
 
 Controls: a child that was fine-tuned (pruning, QAT) is read against its parent put through the
@@ -36,16 +38,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from _repo import ROOT, repo_path, script_command  # noqa: E402  (benchmarks/ is this script's directory; puts edgekit on the path)
 
 from edgekit.artifacts import (atomic_write_text, library_versions, machine_info, read_manifest,  # noqa: E402
                                sha256_file, to_plain)
 from edgekit.config import (CalibMethod, Importance, PruneConfig, QuantizeConfig, QuantMode, WeightScheme,  # noqa: E402
                             changed_fields, data_config_from_dict)
-from edgekit.data import load_data  # noqa: E402
+from edgekit.data import load_data, to_unit_float  # noqa: E402
 from edgekit.finetune import control_checkpoint, control_mismatch, default_output, plan_of  # noqa: E402
-from edgekit.formats import FORMATS  # noqa: E402
-from edgekit.measure import accuracy, compare_latency  # noqa: E402
+from edgekit.flips import paired_difference  # noqa: E402
+from edgekit.formats import FORMATS, predict_all  # noqa: E402
+from edgekit.measure import EVAL_BATCH, accuracy, compare_latency  # noqa: E402
 from edgekit.model import load_checkpoint  # noqa: E402
 from edgekit.prune import model_stats, prune_checkpoint  # noqa: E402
 from edgekit.quantize import quantize_checkpoint  # noqa: E402
@@ -170,7 +175,8 @@ def row_of(label: str, path: Path, source_model_path: Path) -> dict[str, Any]:
 
 def collect(steps: list[Step], files: dict[str, Path], reference: Path, data: Any, threads: int, runs: int,
             rounds: int) -> list[dict[str, Any]]:
-    """One row per artifact from its manifest; all of them timed together, in alternating rounds."""
+    """One row per artifact from its manifest; all of them timed together, in alternating rounds, and
+    scored again image by image, for the paired difference of each child to its control."""
     checkpoint = load_checkpoint(reference)
     fp32 = checkpoint.build()
     rows = [{"artifact": "fp32 (reference)", "key": "reference", "control": None,
@@ -184,8 +190,9 @@ def collect(steps: list[Step], files: dict[str, Path], reference: Path, data: An
         if step.section == "finetune":
             shape_of = reference
         rows.append({**row_of(step.label, files[step.key], shape_of), "key": step.key, "control": step.control})
-    models = {r["key"]: FORMATS["torch"].module().load_runner(ROOT / r["file"]).model for r in rows}
-    timed = compare_latency(models, threads, runs, rounds=rounds)
+    runners = {r["key"]: FORMATS["torch"].module().load_runner(ROOT / r["file"]) for r in rows}
+    timed = compare_latency({key: runner.model for key, runner in runners.items()}, threads, runs, rounds=rounds)
+    correct = right_answers(runners, data)
     by_key = {r["key"]: r for r in rows}
     for row in rows:
         row["latency_p50_ms"] = timed[row["key"]]["p50_ms"]
@@ -197,7 +204,19 @@ def collect(steps: list[Step], files: dict[str, Path], reference: Path, data: An
             if row["control"]:
                 control = by_key[row["control"]]
                 row[f"vs_control_{split}_pt"] = 100 * (row[f"{split}_accuracy"] - control[f"{split}_accuracy"])
+                row[f"paired_vs_control_{split}"] = paired_difference(correct[row["control"]][split],
+                                                                      correct[row["key"]][split])
     return rows
+
+
+def right_answers(runners: dict[str, Any], data: Any) -> dict[str, dict[str, np.ndarray]]:
+    """Per row and split, which images the artifact gets right: the paired difference to its control
+    (standard error, McNemar) needs both answers on each image, which the manifests do not keep."""
+    splits = {split: (to_unit_float(getattr(data, f"{split}_x")).numpy(), getattr(data, f"{split}_y").numpy())
+              for split in ("val", "test")}
+    return {key: {split: predict_all(runner, images, EVAL_BATCH)[0].argmax(1) == labels
+                  for split, (images, labels) in splits.items()}
+            for key, runner in runners.items()}
 
 
 def targets_table(rows: list[dict[str, Any]]) -> str:
@@ -211,30 +230,37 @@ def targets_table(rows: list[dict[str, Any]]) -> str:
     def against(row: dict[str, Any]) -> str:
         return "fp32 parent" if row["control"] == "reference" else f"control ({row['control']}.pt)"
 
+    def drop(row: dict[str, Any]) -> str:
+        """The drop and how well the test split resolves it (absent from results made before it was kept)."""
+        paired = row.get("paired_vs_control_test")
+        resolution = (f" (SE {paired['standard_error_pt']:.2f}, McNemar p {paired['mcnemar_p']:.2g})"
+                      if paired else "")
+        return f"{-row['vs_control_test_pt']:+.2f} pt{resolution}"
+
     if "ptq-per-tensor" in by_key:
         coarse = by_key["ptq-per-tensor"]
-        check("static PTQ, per-tensor weights: drop vs fp32 parent", f"{-coarse['vs_control_test_pt']:+.2f} pt",
+        check("static PTQ, per-tensor weights: drop vs fp32 parent", drop(coarse),
               "<= 0.5 pt", -coarse["vs_control_test_pt"] <= 0.5)
     if "ptq" in by_key:
         ptq = by_key["ptq"]
-        check("static PTQ: drop vs fp32 parent", f"{-ptq['vs_control_test_pt']:+.2f} pt", "<= 0.5 pt",
+        check("static PTQ: drop vs fp32 parent", drop(ptq), "<= 0.5 pt",
               -ptq["vs_control_test_pt"] <= 0.5)
         check("static PTQ int8 file", f"{ptq['file_bytes'] / 1e6:.2f} MB", "<= 11.3 MB", ptq["file_bytes"] <= 11.3e6)
     if "qat" in by_key:
         qat = by_key["qat"]
-        check(f"QAT: drop vs {against(qat)}", f"{-qat['vs_control_test_pt']:+.2f} pt", "<= 0.2 pt",
+        check(f"QAT: drop vs {against(qat)}", drop(qat), "<= 0.2 pt",
               -qat["vs_control_test_pt"] <= 0.2)
     if "pruned" in by_key:
         pruned = by_key["pruned"]
-        check(f"pruning: drop vs {against(pruned)}", f"{-pruned['vs_control_test_pt']:+.2f} pt", "<= 0.5 pt",
+        check(f"pruning: drop vs {against(pruned)}", drop(pruned), "<= 0.5 pt",
               -pruned["vs_control_test_pt"] <= 0.5)
         check("pruning: MACs reduction", f"{pruned['macs_reduction']:.2f}x", ">= 2x", pruned["macs_reduction"] >= 2)
         check("pruning: fp32 speed-up (torch eager, batch 1)", f"{pruned['speedup_vs_fp32']:.2f}x", ">= 1.7x",
               pruned["speedup_vs_fp32"] >= 1.7)
     if "pruned-ptq" in by_key:
         both = by_key["pruned-ptq"]
-        check(f"pruned + int8: drop vs {against(both)}, file", f"{-both['vs_control_test_pt']:+.2f} pt, "
-              f"{both['file_bytes'] / 1e6:.2f} MB", "<= 1 pt, <= 5 MB",
+        check(f"pruned + int8: drop vs {against(both)}, file", f"{drop(both)}, {both['file_bytes'] / 1e6:.2f} MB",
+              "<= 1 pt, <= 5 MB",
               -both["vs_control_test_pt"] <= 1 and both["file_bytes"] <= 5e6)
     return markdown_table(["target (test split)", "measured", "limit", ""], checks)
 
@@ -262,7 +288,10 @@ def write_results(result: dict[str, Any], results: Path, name: str, reporter: Ri
           f"torch-pruning {result['versions'].get('torch-pruning')}; load average when timing ended "
           f"{result['load_average_end']}.\nLatency: {result['latency']}.\n\n"
           f"Accuracy differences are on the test split ({result['test_images']:,} images); \"vs control\" reads a fine-tuned child "
-          "against its parent fine-tuned the same way, a PTQ child against the parent itself.\n\n"
+          "against its parent fine-tuned the same way, a PTQ child against the parent itself. SE: the standard "
+          "error of that paired difference, from both models' answers on each image (a gap within about two SE "
+          "of a limit is not resolved by this split); McNemar p: how likely a split this lopsided would be if "
+          "the two models were equally accurate.\n\n"
           + markdown_table(columns, table)
           + "\n\n## Against the compression issue's targets (test split, each against its control)\n\n"
           + targets_table(rows) + "\n")

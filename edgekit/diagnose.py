@@ -220,6 +220,9 @@ def _summary_rows(summary: dict[str, Any], cam: dict[str, Any]) -> list[list[Any
             ["child accuracy", f"{summary['child_accuracy']:.2%}"],
             ["parent right -> child wrong", summary["parent_right_child_wrong"]],
             ["parent wrong -> child right", summary["parent_wrong_child_right"]],
+            *([["accuracy C - P (standard error)",
+                f"{summary['difference_pt']:+.2f} pt ({summary['difference_standard_error_pt']:.2f} pt)"]]
+              if "difference_standard_error_pt" in summary else []),  # absent from reports made before it was kept
             ["McNemar exact p", f"{summary['mcnemar_p']:.3g}"]]
     if cam.get("available"):
         rows.append(["Grad-CAM correlation (median, IQR)",

@@ -33,6 +33,21 @@ def mcnemar_exact(parent_only: int, child_only: int) -> float:
     return min(1.0, 2 * tail / 2 ** n)
 
 
+def paired_difference(parent_correct: np.ndarray, child_correct: np.ndarray) -> dict[str, Any]:
+    """Child minus parent accuracy on the same images, with what it can be told apart from: the
+    standard error of the paired difference (per-image differences of -1, 0 or +1; about 0.3 pt for
+    two 87 % models on 5,000 images that disagree on 4 % of them) and the exact McNemar p-value."""
+    parent_correct, child_correct = np.asarray(parent_correct, bool), np.asarray(child_correct, bool)
+    if parent_correct.shape != child_correct.shape or parent_correct.ndim != 1:
+        raise ValueError(f"need two equal 1-D arrays, got {parent_correct.shape} and {child_correct.shape}")
+    n = len(parent_correct)
+    lost, gained = int((parent_correct & ~child_correct).sum()), int((~parent_correct & child_correct).sum())
+    per_image = child_correct.astype(np.float64) - parent_correct.astype(np.float64)
+    standard_error = float(per_image.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    return {"images": n, "lost": lost, "gained": gained, "difference_pt": 100 * (gained - lost) / n if n else 0.0,
+            "standard_error_pt": 100 * standard_error, "mcnemar_p": mcnemar_exact(lost, gained)}
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(1, keepdims=True)
     exp = np.exp(shifted)
@@ -76,14 +91,15 @@ class Comparison:
         return rows
 
     def summary(self) -> dict[str, Any]:
-        lost, gained = self.flips()
         n = len(self.labels)
+        paired = paired_difference(self.parent_pred == self.labels, self.child_pred == self.labels)
         return {"images": n, "top1_agreement": float((self.parent_pred == self.child_pred).mean()) if n else 1.0,
                 "parent_accuracy": float((self.parent_pred == self.labels).mean()) if n else 0.0,
                 "child_accuracy": float((self.child_pred == self.labels).mean()) if n else 0.0,
-                "parent_right_child_wrong": int(len(lost)), "parent_wrong_child_right": int(len(gained)),
+                "parent_right_child_wrong": paired["lost"], "parent_wrong_child_right": paired["gained"],
                 "prediction_changed": int((self.parent_pred != self.child_pred).sum()),
-                "mcnemar_p": mcnemar_exact(len(lost), len(gained))}
+                "difference_pt": paired["difference_pt"], "difference_standard_error_pt": paired["standard_error_pt"],
+                "mcnemar_p": paired["mcnemar_p"]}
 
 
 def diff_summary_line(parent_pred: np.ndarray, child_pred: np.ndarray, labels: np.ndarray,

@@ -31,6 +31,28 @@ def test_mcnemar_exact_matches_the_binomial_tail():
     assert mcnemar_exact(3000, 2950) > 0.5
 
 
+def test_paired_difference_has_the_standard_error_of_the_per_image_differences():
+    from edgekit.flips import paired_difference
+
+    # diff-w1-winner's counts: 5,000 test images, 108 lost and 114 gained by the child
+    parent = np.zeros(5000, bool)
+    child = np.zeros(5000, bool)
+    parent[:4000] = child[:4000] = True  # right in both
+    parent[4000:4108] = True  # lost
+    child[4108:4222] = True  # gained
+    paired = paired_difference(parent, child)
+    assert (paired["images"], paired["lost"], paired["gained"]) == (5000, 108, 114)
+    assert paired["difference_pt"] == pytest.approx(100 * 6 / 5000)
+    # variance of d in {-1, 0, 1}: (222 - 6**2 / 5000) / 4999; SE = sqrt(var / n)
+    assert paired["standard_error_pt"] == pytest.approx(100 * math.sqrt((222 - 36 / 5000) / 4999 / 5000))
+    assert 0.29 < paired["standard_error_pt"] < 0.31
+    assert paired["mcnemar_p"] == mcnemar_exact(108, 114)
+    agreeing = paired_difference(parent, parent)  # the same answers: no difference, none to resolve
+    assert agreeing["difference_pt"] == 0 and agreeing["standard_error_pt"] == 0 and agreeing["mcnemar_p"] == 1.0
+    with pytest.raises(ValueError):
+        paired_difference(parent, child[:10])
+
+
 def test_diff_summary_line_names_the_class_that_flipped_most():
     labels = np.array([0, 0, 0, 1, 1, 2])
     parent = np.array([0, 0, 0, 1, 0, 2])
@@ -81,6 +103,11 @@ def test_a_damaged_child_shows_flips_and_a_small_p_value(checkpoint, damaged, tm
     assert lost > gained and lost >= 20
     assert summary["child_accuracy"] < summary["parent_accuracy"] - 0.05
     assert summary["mcnemar_p"] < 1e-4
+    drop = summary["difference_pt"]
+    assert drop == pytest.approx(100 * (summary["child_accuracy"] - summary["parent_accuracy"]))
+    assert drop < -2 * summary["difference_standard_error_pt"] < 0  # resolved: more than two SE below zero
+    assert f"| accuracy C - P (standard error) | {drop:+.2f} pt ({summary['difference_standard_error_pt']:.2f} pt) |" \
+        in (tmp_path / "diff.md").read_text()
     assert sum(row["lost"] for row in result.per_class) == lost
     assert len(result.flips["parent_right_child_wrong"]) == lost
     first = result.flips["parent_right_child_wrong"][0]
