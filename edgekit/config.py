@@ -413,7 +413,8 @@ class BenchConfig:
     min_seconds: float = 2.0  # ... and at least this long, whichever takes longer
     # Batch-1 timing in this many alternating rounds over every row that ran, after all accuracy
     # passes, so a drift in the machine's speed lands on every row alike instead of on whichever
-    # was timed during it; 1 = each row timed alone, right after its accuracy pass.
+    # was timed during it; 1 = each row timed alone, right after its accuracy pass (rounds keep every
+    # row's session or engine loaded until the end: on a board short of memory, 1 loads one at a time).
     latency_rounds: int = 5
     sweep_seconds: float = 1.0  # per batch size in the throughput sweep (at least 3 calls)
     test_limit: int | None = None  # first N test images only (quick runs); None = the full split
