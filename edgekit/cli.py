@@ -392,7 +392,10 @@ def prune(
                          finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, distill_alpha=distill,
                          cpu_bf16=cpu_bf16, unstructured=unstructured, threads=threads, seed=seed,
                          tensorboard=str(tensorboard) if tensorboard else None)
-    prune_checkpoint(checkpoint, config, out, _reporter(), force=force)
+    try:
+        prune_checkpoint(checkpoint, config, out, _reporter(), force=force)
+    except KeyboardInterrupt:
+        _interrupted_finetune(out)
 
 
 @app.command()
@@ -407,9 +410,24 @@ def control(
 
     Example: edgekit control artifacts/pruned.pt   (then read the child against artifacts/pruned.control.pt)
     """
-    from .finetune import control_checkpoint
+    from .finetune import control_checkpoint, default_output
 
-    control_checkpoint(child, out, parent, cpu_bf16, _reporter(), force=force)
+    try:
+        control_checkpoint(child, out, parent, cpu_bf16, _reporter(), force=force)
+    except KeyboardInterrupt:
+        _interrupted_finetune(out if out is not None else default_output(child))
+
+
+def _interrupted_finetune(out: Path):
+    from .finetune import scratch_dir
+
+    scratch = scratch_dir(out)
+    if any(scratch.glob("**/cycle*.pt")):
+        typer.echo(f"interrupted: its finished epochs are kept in {scratch}; run the same command again to go on "
+                   "from the last one", err=True)
+    else:
+        typer.echo("interrupted before the first fine-tune epoch finished: nothing to go on from, start again", err=True)
+    raise typer.Exit(130)
 
 
 @app.command()

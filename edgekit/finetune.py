@@ -7,19 +7,29 @@ fine-tune (`FinetuneConfig.of_prune` / `of_qat`: the same cycles, learning rate,
 distillation from the parent's own logits, BN recalibration), and the child is read against it.
 
     edgekit control artifacts/pruned.pt     # writes artifacts/pruned.control.pt beside it
+
+A fine-tune is hours on a CPU at full width, so it keeps its place: every epoch's training state
+and every finished cycle go to a scratch folder beside the output (OUT.finetune/, made for that one
+job: source file, recipe and data). Run the same command again after an interruption and it goes
+on from the last finished epoch, to the same weights an uninterrupted run ends on; the folder is
+removed once the output is written.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from .artifacts import (Manifest, guard_output, parent_ref, publish, read_manifest, remove_path, sha256_file,
+from . import distributed
+from .artifacts import (Manifest, atomic_torch_save, atomic_write_text, guard_output, parent_ref, publish,
+                        read_manifest, remove_path, sha256_file,
                         staging_path, to_plain)
 from .config import DataConfig, FinetuneConfig, PruneConfig, QuantizeConfig, QuantMode, changed_fields
 from .data import DataSplits, load_data_for_checkpoint
@@ -30,22 +40,84 @@ from .model import ResNet18, load_checkpoint, save_checkpoint
 from .report import Reporter, quiet
 
 CONTROL_SUFFIX = ".control"  # artifacts/pruned.pt -> artifacts/pruned.control.pt
+SCRATCH_SUFFIX = ".finetune"  # artifacts/pruned.pt -> artifacts/pruned.pt.finetune/ while it trains
+CYCLE_FORMAT = "edgekit-finetune-cycle/1"
+
+
+def scratch_dir(out: Path) -> Path:
+    """Where the fine-tune of the job writing `out` keeps its epochs until `out` is written."""
+    out = Path(out)
+    return out.with_name(out.name + SCRATCH_SUFFIX)
+
+
+def open_scratch(folder: Path, job: dict[str, Any], reporter: Reporter = quiet) -> Path:
+    """`folder`, made for `job` (plain data naming the source file's sha256, the recipe and the data):
+    what an interrupted run of the same job left there is continued; what another job left (another
+    source, recipe or data) is discarded, since continuing it would train other weights."""
+    folder = Path(folder)
+    job = json.loads(json.dumps(to_plain(job), sort_keys=True))
+    if not distributed.from_env().is_main:  # rank 0 keeps the folder; every rank reads it
+        return folder
+    job_file = folder / "job.json"
+    if folder.exists():
+        try:
+            recorded = json.loads(job_file.read_text())
+        except (OSError, ValueError):
+            recorded = None
+        if recorded == job:
+            return folder
+        reporter.info(f"fine-tune: {folder} holds an interrupted fine-tune of another source or recipe; "
+                      "starting afresh")
+        remove_path(folder)
+    folder.mkdir(parents=True)
+    atomic_write_text(job_file, json.dumps(job, sort_keys=True, indent=1) + "\n")
+    return folder
 
 
 def finetune_model(model: ResNet18, data: DataSplits, plan: FinetuneConfig, reporter: Reporter = quiet,
-                   teacher: nn.Module | None = None) -> dict[str, Any]:
+                   teacher: nn.Module | None = None, scratch: Path | None = None) -> dict[str, Any]:
     """Train `model` in place through the plan's cycles (each ends on its best-by-validation
     weights); after each, re-measure BN statistics if the plan says so, kept only when validation
-    accuracy does not drop. Returns what a manifest records of it."""
+    accuracy does not drop. Returns what a manifest records of it.
+
+    With `scratch` (a folder from open_scratch), each epoch's training state and each finished cycle
+    are kept there, and a call that finds them goes on from where the last one stopped."""
     from .train import train_model
 
     best, val = 0.0, None
-    for epochs in plan.cycles:
-        best = train_model(model, data, plan.train_config(epochs), reporter=reporter, teacher=teacher
-                           ).best_val_accuracy
+    for index, epochs in enumerate(plan.cycles):
+        finished = _finished_cycle(scratch, index, reporter) if scratch is not None else None
+        if finished is not None:
+            model.load_state_dict(finished["model"])
+            best, val = finished["best_val"], finished["val_accuracy"]
+            reporter.info(f"fine-tune: cycle {index + 1}/{len(plan.cycles)} finished before an interruption; "
+                          f"its weights kept from {scratch}")
+            continue
+        state = scratch / f"cycle{index}.last.pt" if scratch is not None else None
+        best = train_model(model, data, plan.train_config(epochs), reporter=reporter, teacher=teacher,
+                           state_path=state, resume=state is not None and state.exists()).best_val_accuracy
         val = _recalibrated_if_better(model, data, plan)
+        if scratch is not None and distributed.from_env().is_main:
+            atomic_torch_save({"format": CYCLE_FORMAT, "best_val": best, "val_accuracy": val,
+                               "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}},
+                              scratch / f"cycle{index}.done.pt")
+            remove_path(state)  # the cycle's epochs are in its result now
     return {"finetune_epochs": plan.epochs, "finetune_best_val": best, "distill_alpha": plan.distill_alpha,
             "val_accuracy": accuracy(model, data) if val is None else val}
+
+
+def _finished_cycle(scratch: Path, index: int, reporter: Reporter) -> dict[str, Any] | None:
+    path = scratch / f"cycle{index}.done.pt"
+    if not path.exists():
+        return None
+    try:
+        finished = torch.load(path, map_location="cpu", weights_only=True)
+        if finished.get("format") == CYCLE_FORMAT:
+            return finished
+    except Exception:  # a file cut short by the interruption itself: the cycle is trained again
+        pass
+    reporter.info(f"fine-tune: {path} cannot be read; training that cycle again")
+    return None
 
 
 def _recalibrated_if_better(model: ResNet18, data: DataSplits, plan: FinetuneConfig) -> float:
@@ -156,7 +228,9 @@ def control_checkpoint(child: Path, out: Path | None = None, parent: Path | None
                   f"{list(plan.cycles)}, lr {plan.lr:g}, distill {plan.distill_alpha:g}, "
                   f"{'bf16' if plan.cpu_bf16 else 'fp32'}")
     teacher = copy.deepcopy(model).eval() if plan.distill_alpha > 0 else None
-    record = finetune_model(model, data, plan, reporter, teacher)
+    scratch = open_scratch(scratch_dir(out), {"job": "control", "parent_sha256": sha256_file(parent),
+                                              "plan": plan, "data": data.describe()}, reporter)
+    record = finetune_model(model, data, plan, reporter, teacher, scratch)
     model.eval()
     child_metrics = manifest.get("metrics") or {}
     metrics.update(val_accuracy=record["val_accuracy"], test_accuracy=accuracy(model, data, "test"),
@@ -177,6 +251,7 @@ def control_checkpoint(child: Path, out: Path | None = None, parent: Path | None
         publish(staged, out, Manifest(kind="control", format=SOURCE_FORMAT.name, precision="fp32",
                                       parent=parent_ref(parent), config={"finetune": plan}, seed=plan.seed,
                                       metrics=metrics, extra={"child": parent_ref(child), "note": note}))
+        remove_path(scratch)  # written: nothing left to resume
     finally:
         remove_path(staged)
     rows = [["parent", f"{metrics['parent_val_accuracy']:.2%}", f"{metrics['parent_test_accuracy']:.2%}"],

@@ -33,13 +33,13 @@ import torch
 from torch import nn
 
 from . import distributed
-from .artifacts import (Manifest, check_writable_dir, guard_output, parent_ref, publish, remove_path, staging_path,
-                        to_plain)
+from .artifacts import (Manifest, check_writable_dir, guard_output, parent_ref, publish, remove_path, sha256_file,
+                        staging_path, to_plain)
 from .config import DataConfig, FinetuneConfig, Importance, PruneConfig
 from .data import DataSplits, batches, load_data_for_checkpoint, to_unit_float
 from .errors import ConfigError, missing_dependency
 from .formats import SOURCE_FORMAT
-from .finetune import finetune_model
+from .finetune import finetune_model, open_scratch, scratch_dir
 from .measure import accuracy, compare_latency, recalibrate_bn
 from .mobilenet import MobileNetV2
 from .model import (Classifier, ModelSpec, ResNet18, build_model, count_macs, count_parameters, load_checkpoint,
@@ -189,20 +189,29 @@ def validate_config(config: PruneConfig) -> None:
                           "e.g. --distill 0.5 (half the fine-tune loss from the unpruned model) or 0 (labels only)")
 
 
+# Settings that do not change the weights a prune trains (where it logs, how it times the result),
+# so a run resumed with another value goes on from the interrupted one's epochs.
+NOT_TRAINING = frozenset({"latency_runs", "threads", "tensorboard"})
+
+
 def _finetune(model: Classifier, data: DataSplits, config: PruneConfig, reporter: Reporter,
-              teacher: nn.Module | None = None) -> dict[str, Any]:
+              teacher: nn.Module | None = None, scratch: Path | None = None) -> dict[str, Any]:
     """One step's fine-tune: a cycle of the recipe `edgekit control` repeats on the parent."""
     plan = FinetuneConfig.of_prune(config)
     plan = dataclasses.replace(plan, cycles=(config.finetune_epochs,),
                                distill_alpha=plan.distill_alpha if teacher is not None else 0.0)
-    return finetune_model(model, data, plan, reporter, teacher)
+    return finetune_model(model, data, plan, reporter, teacher, scratch)
 
 
 def prune_model(model: Classifier, data: DataSplits, config: PruneConfig, reporter: Reporter = quiet,
-                teacher: nn.Module | None = None) -> tuple[Classifier, list[dict[str, Any]]]:
+                teacher: nn.Module | None = None, scratch: Path | None = None
+                ) -> tuple[Classifier, list[dict[str, Any]]]:
     """Prune `model` in place (structured, Torch-Pruning) with fine-tuning; return it and the history.
 
-    `teacher` (the unpruned model) is distilled from during fine-tuning when `config.distill_alpha > 0`."""
+    `teacher` (the unpruned model) is distilled from during fine-tuning when `config.distill_alpha > 0`.
+    With `scratch` (edgekit.finetune.open_scratch), each step's fine-tune keeps its place there: the
+    pruning is deterministic, so a run after an interruption prunes alike up to the step it was in
+    (finished steps' fine-tuned weights read back) and goes on from that step's last epoch."""
     validate_config(config)
     tp = _tp()
     torch.manual_seed(config.seed)
@@ -245,7 +254,8 @@ def prune_model(model: Classifier, data: DataSplits, config: PruneConfig, report
         recalibrate_bn(model, data, config.bn_batches, config.batch_size, config.seed)
         record["val_accuracy_bn_recalibrated"] = accuracy(model, data)
         if config.finetune_epochs:
-            record.update(_finetune(model, data, config, reporter, teacher))
+            record.update(_finetune(model, data, config, reporter, teacher,
+                                    scratch / f"step{step}" if scratch is not None else None))
         else:
             record["val_accuracy"] = record["val_accuracy_bn_recalibrated"]
         reporter.info(f"prune step {step}/{config.steps}: {record['macs']:,} MACs, {record['params']:,} params, "
@@ -254,8 +264,8 @@ def prune_model(model: Classifier, data: DataSplits, config: PruneConfig, report
     return model.eval(), history
 
 
-def unstructured_prune(model: Classifier, data: DataSplits, config: PruneConfig, reporter: Reporter = quiet
-                       ) -> tuple[Classifier, list[dict[str, Any]]]:
+def unstructured_prune(model: Classifier, data: DataSplits, config: PruneConfig, reporter: Reporter = quiet,
+                       scratch: Path | None = None) -> tuple[Classifier, list[dict[str, Any]]]:
     """Global magnitude pruning of conv/linear weights to `ratio` zeros; masks held during fine-tuning."""
     import torch.nn.utils.prune as tprune
 
@@ -266,7 +276,7 @@ def unstructured_prune(model: Classifier, data: DataSplits, config: PruneConfig,
     tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=config.ratio)
     record: dict[str, Any] = {"step": 1, "ratio": config.ratio, "val_accuracy_pruned": accuracy(model, data)}
     if config.finetune_epochs:
-        record.update(_finetune(model, data, config, reporter))
+        record.update(_finetune(model, data, config, reporter, scratch=scratch))
     for module, name in params:
         tprune.remove(module, name)
     record["val_accuracy"] = accuracy(model, data)
@@ -307,13 +317,18 @@ def prune_checkpoint(source: Path, config: PruneConfig, out: Path, reporter: Rep
     reporter.info(f"prune: {source.name}: {before['macs']:,} MACs, {before['params']:,} params, "
                   f"val {before['val_accuracy']:.2%}")
 
+    scratch = None
+    if config.finetune_epochs:
+        job = {"job": "prune", "source_sha256": sha256_file(source), "data": data.describe(),
+               "config": {k: v for k, v in to_plain(config).items() if k not in NOT_TRAINING}}
+        scratch = open_scratch(scratch_dir(out), job, reporter)
     if config.unstructured:
-        model, history = unstructured_prune(model, data, config, reporter)
+        model, history = unstructured_prune(model, data, config, reporter, scratch)
         spec, diff = checkpoint.spec, 0.0
         fresh = model
     else:
         teacher = copy.deepcopy(original) if config.distill_alpha > 0 else None
-        model, history = prune_model(model, data, config, reporter, teacher)
+        model, history = prune_model(model, data, config, reporter, teacher, scratch)
         fresh, diff = rebuild(model, checkpoint.spec)
         spec = fresh.spec
     after = model_stats(fresh)
@@ -350,6 +365,8 @@ def prune_checkpoint(source: Path, config: PruneConfig, out: Path, reporter: Rep
             kind="pruned", format=SOURCE_FORMAT.name, precision="fp32", parent=parent_ref(source),
             config={"prune": config}, seed=config.seed, metrics=metrics,
             extra={"note": note, "spec": spec.to_dict(), "prune_history": history, "before": before, "after": after}))
+        if scratch is not None:
+            remove_path(scratch)  # written: nothing left to resume
     finally:
         remove_path(staged)
     reporter.table(f"prune: {out.name}", ["", "before", "after"], [

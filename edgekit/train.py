@@ -54,19 +54,22 @@ class TrainJob:
     parent: Path | None = None  # the checkpoint a fine-tune started from, recorded in the manifest
     teacher: nn.Module | None = None
     logger: Any = None  # a tensorboard_log.TrainingLogger
+    state_path: Path | None = None  # last.pt when there is no out_dir (a fine-tune's scratch folder)
 
 
 def train_model(model: ResNet18, data: DataSplits, config: TrainConfig, out_dir: Path | None = None,
                 reporter: Reporter = quiet, *, resume: bool = False, parent: Path | None = None,
                 data_config: DataConfig | None = None, teacher: nn.Module | None = None,
-                logger: Any = None, force: bool = False) -> TrainResult:
+                logger: Any = None, force: bool = False, state_path: Path | None = None) -> TrainResult:
     """Train `model` in place with the config's recipe; return it with the best-by-validation weights.
 
     With a `teacher` and `config.distill_alpha > 0`, the loss mixes in distillation from the
     teacher's logits on the same augmented batch. `logger` (a tensorboard_log.TrainingLogger) gets
     scalars per step and epoch; without one, `config.tensorboard` names the folder of a shared one.
     With `out_dir`, the run holds a lock there (a second writer is refused), and an earlier run in
-    it is continued only with `resume` and replaced only with `force`.
+    it is continued only with `resume` and replaced only with `force`. Without one, `state_path`
+    alone is where every epoch's training state goes and what `resume` continues (a fine-tune,
+    whose output is its caller's to write).
 
     Under torchrun (see edgekit.distributed) every process calls this with the same arguments;
     they train one model data-parallel, and only rank 0 reports, holds the lock and writes."""
@@ -78,7 +81,9 @@ def train_model(model: ResNet18, data: DataSplits, config: TrainConfig, out_dir:
         reporter, logger = quiet, None
     job = TrainJob(model=model, data=data, config=config, data_config=data_config or DataConfig(),
                    out_dir=Path(out_dir) if out_dir is not None else None, reporter=reporter, resume=resume,
-                   parent=parent, teacher=teacher, logger=logger)
+                   parent=parent, teacher=teacher, logger=logger, state_path=state_path)
+    if job.out_dir is not None and state_path is not None:
+        raise ValueError("pass out_dir or state_path, not both: a run's state is out_dir/last.pt")
     if job.out_dir is None:
         return _train(job, world)
     check_run_dir(job.out_dir, resume, force)
@@ -104,7 +109,7 @@ def _train(job: TrainJob, world: distributed.World) -> TrainResult:
     """The run, top to bottom."""
     config, data, reporter = job.config, job.data, job.reporter
     run = set_up(job.model, data, config, job.teacher, world)
-    state = StateFile(job.out_dir / "last.pt" if job.out_dir else None,
+    state = StateFile(job.out_dir / "last.pt" if job.out_dir else job.state_path,
                       run_config_of(config, job.data_config, data), config.config_hash(job.data_config))
     progress = state.resume(run, reporter) if job.resume else Progress()
     start_stepping(run)  # after resuming: DDP starts every rank from rank 0's (resumed) weights

@@ -14,9 +14,10 @@ from edgekit.artifacts import manifest_path, read_manifest, sha256_file
 from edgekit.config import FinetuneConfig, PruneConfig, QuantizeConfig
 from edgekit.data import DataSplits
 from edgekit.errors import CheckpointError, ConfigError
-from edgekit.finetune import control_checkpoint, control_mismatch, default_output, plan_of
+from edgekit.finetune import control_checkpoint, control_mismatch, default_output, plan_of, scratch_dir
 from edgekit.model import load_checkpoint
 from edgekit.prune import prune_checkpoint
+from edgekit.report import Reporter
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +136,94 @@ def test_a_control_made_before_a_plan_field_existed_still_serves(parent_and_data
     assert control_mismatch(older, child, plan) is None
     hotter = dataclasses.replace(plan, distill_temperature=plan.distill_temperature * 2)
     assert control_mismatch(older, child, hotter) == f"{older.name} was fine-tuned differently (distill_temperature)"
+
+
+class StopAfterEpochs(Reporter):
+    """Records what a run says, and stops it as Ctrl-C would when it reports its `stop_at`-th epoch
+    (that epoch trained, its state not yet saved: what an interruption finds)."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.stop_at, self.epochs, self.lines = stop_at, 0, []
+
+    def info(self, message: str) -> None:
+        self.lines.append(message)
+        if message.startswith("epoch "):
+            self.epochs += 1
+            if self.epochs == self.stop_at:
+                raise KeyboardInterrupt
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    first, second = load_checkpoint(a).build().state_dict(), load_checkpoint(b).build().state_dict()
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.fixture(scope="module")
+def two_epoch_child(parent_and_data, tmp_path_factory):
+    """A child fine-tuned in one cycle of two epochs, so its control can be stopped between them."""
+    parent, data = parent_and_data
+    out = tmp_path_factory.mktemp("child-2ep") / "pruned.pt"
+    prune_checkpoint(parent, PruneConfig(ratio=0.5, round_to=4, finetune_epochs=2, latency_runs=5), out, data=data)
+    return out
+
+
+def test_an_interrupted_control_goes_on_from_its_last_epoch_to_the_same_weights(parent_and_data, two_epoch_child,
+                                                                                tmp_path):
+    _, data = parent_and_data
+    whole = control_checkpoint(two_epoch_child, tmp_path / "whole.pt", data=data).checkpoint
+    out = tmp_path / "cut.pt"
+    with pytest.raises(KeyboardInterrupt):
+        control_checkpoint(two_epoch_child, out, data=data, reporter=StopAfterEpochs(stop_at=2))
+    assert not out.exists() and (scratch_dir(out) / "cycle0.last.pt").exists()
+    again = StopAfterEpochs()
+    control_checkpoint(two_epoch_child, out, data=data, reporter=again)
+    assert any("resumed from" in line and "after epoch 1" in line for line in again.lines), again.lines
+    assert again.epochs == 1  # only the epoch the interruption lost was trained again
+    assert same_weights(out, whole)
+    assert not scratch_dir(out).exists()  # written: nothing left to resume
+
+
+def test_a_control_cut_between_cycles_keeps_the_finished_cycle(parent_and_data, pruned_child, tmp_path):
+    _, data = parent_and_data
+    child, _ = pruned_child  # two steps of one epoch: a control of two one-epoch cycles
+    whole = control_checkpoint(child, tmp_path / "whole.pt", data=data).checkpoint
+    out = tmp_path / "cut.pt"
+    with pytest.raises(KeyboardInterrupt):
+        control_checkpoint(child, out, data=data, reporter=StopAfterEpochs(stop_at=2))
+    assert (scratch_dir(out) / "cycle0.done.pt").exists()
+    again = StopAfterEpochs()
+    control_checkpoint(child, out, data=data, reporter=again)
+    assert any("cycle 1/2 finished before an interruption" in line for line in again.lines), again.lines
+    assert again.epochs == 1 and same_weights(out, whole)
+
+
+def test_what_another_job_left_in_the_scratch_folder_is_not_continued(parent_and_data, two_epoch_child, pruned_child,
+                                                                      tmp_path):
+    """A fine-tune stopped for one child, then the same output asked of another child with another
+    recipe: its epochs would train other weights, so they are discarded, not resumed."""
+    _, data = parent_and_data
+    out = tmp_path / "control.pt"
+    with pytest.raises(KeyboardInterrupt):
+        control_checkpoint(two_epoch_child, out, data=data, reporter=StopAfterEpochs(stop_at=2))
+    other, _ = pruned_child
+    again = StopAfterEpochs()
+    control_checkpoint(other, out, data=data, reporter=again)
+    assert any("interrupted fine-tune of another source or recipe" in line for line in again.lines)
+    assert not any("resumed from" in line for line in again.lines) and again.epochs == 2
+    assert same_weights(out, control_checkpoint(other, tmp_path / "fresh.pt", data=data).checkpoint)
+
+
+def test_an_interrupted_prune_goes_on_from_its_last_epoch_to_the_same_weights(parent_and_data, two_epoch_child,
+                                                                              tmp_path):
+    parent, data = parent_and_data
+    config = PruneConfig(ratio=0.5, round_to=4, finetune_epochs=2, latency_runs=5)
+    out = tmp_path / "pruned.pt"
+    with pytest.raises(KeyboardInterrupt):
+        prune_checkpoint(parent, config, out, data=data, reporter=StopAfterEpochs(stop_at=2))
+    assert not out.exists() and (scratch_dir(out) / "step1" / "cycle0.last.pt").exists()
+    again = StopAfterEpochs()
+    # another latency setting is not another fine-tune: the interrupted epochs still serve
+    prune_checkpoint(parent, dataclasses.replace(config, latency_runs=7), out, data=data, reporter=again)
+    assert any("resumed from" in line and "after epoch 1" in line for line in again.lines), again.lines
+    assert again.epochs == 1 and same_weights(out, two_epoch_child)
+    assert not scratch_dir(out).exists()
