@@ -419,7 +419,7 @@ def control(
 
 
 def _interrupted_finetune(out: Path):
-    from .finetune import scratch_dir
+    from .scratch import scratch_dir
 
     scratch = scratch_dir(out)
     if any(scratch.glob("**/cycle*.pt")):

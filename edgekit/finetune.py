@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,8 @@ import torch
 from torch import nn
 
 from . import distributed
-from .artifacts import (Manifest, atomic_torch_save, atomic_write_text, guard_output, parent_ref, publish,
-                        read_manifest, remove_path, sha256_file,
-                        staging_path, to_plain)
+from .artifacts import (Manifest, atomic_torch_save, guard_output, parent_ref, publish, read_manifest, remove_path,
+                        sha256_file, staging_path, to_plain)
 from .config import DataConfig, FinetuneConfig, PruneConfig, QuantizeConfig, QuantMode, changed_fields
 from .data import DataSplits, load_data_for_checkpoint
 from .errors import CheckpointError, ConfigError
@@ -38,40 +36,10 @@ from .formats import SOURCE_FORMAT
 from .measure import accuracy, recalibrate_bn
 from .model import ResNet18, load_checkpoint, save_checkpoint
 from .report import Reporter, quiet
+from .scratch import open_scratch, scratch_dir
 
 CONTROL_SUFFIX = ".control"  # artifacts/pruned.pt -> artifacts/pruned.control.pt
-SCRATCH_SUFFIX = ".finetune"  # artifacts/pruned.pt -> artifacts/pruned.pt.finetune/ while it trains
 CYCLE_FORMAT = "edgekit-finetune-cycle/1"
-
-
-def scratch_dir(out: Path) -> Path:
-    """Where the fine-tune of the job writing `out` keeps its epochs until `out` is written."""
-    out = Path(out)
-    return out.with_name(out.name + SCRATCH_SUFFIX)
-
-
-def open_scratch(folder: Path, job: dict[str, Any], reporter: Reporter = quiet) -> Path:
-    """`folder`, made for `job` (plain data naming the source file's sha256, the recipe and the data):
-    what an interrupted run of the same job left there is continued; what another job left (another
-    source, recipe or data) is discarded, since continuing it would train other weights."""
-    folder = Path(folder)
-    job = json.loads(json.dumps(to_plain(job), sort_keys=True))
-    if not distributed.from_env().is_main:  # rank 0 keeps the folder; every rank reads it
-        return folder
-    job_file = folder / "job.json"
-    if folder.exists():
-        try:
-            recorded = json.loads(job_file.read_text())
-        except (OSError, ValueError):
-            recorded = None
-        if recorded == job:
-            return folder
-        reporter.info(f"fine-tune: {folder} holds an interrupted fine-tune of another source or recipe; "
-                      "starting afresh")
-        remove_path(folder)
-    folder.mkdir(parents=True)
-    atomic_write_text(job_file, json.dumps(job, sort_keys=True, indent=1) + "\n")
-    return folder
 
 
 def finetune_model(model: ResNet18, data: DataSplits, plan: FinetuneConfig, reporter: Reporter = quiet,
@@ -80,7 +48,7 @@ def finetune_model(model: ResNet18, data: DataSplits, plan: FinetuneConfig, repo
     weights); after each, re-measure BN statistics if the plan says so, kept only when validation
     accuracy does not drop. Returns what a manifest records of it.
 
-    With `scratch` (a folder from open_scratch), each epoch's training state and each finished cycle
+    With `scratch` (a folder from edgekit.scratch.open_scratch), each epoch's training state and each finished cycle
     are kept there, and a call that finds them goes on from where the last one stopped."""
     from .train import train_model
 

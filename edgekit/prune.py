@@ -39,7 +39,8 @@ from .config import DataConfig, FinetuneConfig, Importance, PruneConfig
 from .data import DataSplits, batches, load_data_for_checkpoint, to_unit_float
 from .errors import ConfigError, missing_dependency
 from .formats import SOURCE_FORMAT
-from .finetune import finetune_model, open_scratch, scratch_dir
+from .finetune import finetune_model
+from .scratch import open_scratch, scratch_dir
 from .measure import accuracy, compare_latency, recalibrate_bn
 from .mobilenet import MobileNetV2
 from .model import (Classifier, ModelSpec, ResNet18, build_model, count_macs, count_parameters, load_checkpoint,
@@ -209,7 +210,7 @@ def prune_model(model: Classifier, data: DataSplits, config: PruneConfig, report
     """Prune `model` in place (structured, Torch-Pruning) with fine-tuning; return it and the history.
 
     `teacher` (the unpruned model) is distilled from during fine-tuning when `config.distill_alpha > 0`.
-    With `scratch` (edgekit.finetune.open_scratch), each step's fine-tune keeps its place there: the
+    With `scratch` (edgekit.scratch.open_scratch), each step's fine-tune keeps its place there: the
     pruning is deterministic, so a run after an interruption prunes alike up to the step it was in
     (finished steps' fine-tuned weights read back) and goes on from that step's last epoch."""
     validate_config(config)

@@ -14,7 +14,8 @@ from edgekit.artifacts import manifest_path, read_manifest, sha256_file
 from edgekit.config import FinetuneConfig, PruneConfig, QuantizeConfig
 from edgekit.data import DataSplits
 from edgekit.errors import CheckpointError, ConfigError
-from edgekit.finetune import control_checkpoint, control_mismatch, default_output, plan_of, scratch_dir
+from edgekit.finetune import control_checkpoint, control_mismatch, default_output, plan_of
+from edgekit.scratch import scratch_dir
 from edgekit.model import load_checkpoint
 from edgekit.prune import prune_checkpoint
 from edgekit.report import Reporter

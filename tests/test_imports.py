@@ -41,7 +41,7 @@ LAYERS = {
     "edgekit.measure": 2,  # accuracy and latency of a torch model
     **{f"edgekit.{base}": 1 for base in ("artifacts", "config", "choices", "errors", "report", "data", "timing",
                                          "flips", "diagnose_plots", "tensorboard_log",
-                                         "distributed", "averaging")},
+                                         "distributed", "averaging", "scratch")},
     "edgekit": 0,
 }
 

@@ -1,0 +1,49 @@
+"""A fine-tune's scratch folder: where its epochs wait, beside the output, until the output is written.
+
+A full-width fine-tune is hours on a CPU. `edgekit prune` and `edgekit control` keep every epoch's
+training state and every finished cycle in OUT.finetune/, made for one job (the source file's
+sha256, the recipe, the data), so the same command after an interruption goes on from the last
+finished epoch; what another job left there is discarded, not continued.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from . import distributed
+from .artifacts import atomic_write_text, remove_path, to_plain
+from .report import Reporter, quiet
+
+SCRATCH_SUFFIX = ".finetune"  # artifacts/pruned.pt -> artifacts/pruned.pt.finetune/ while it trains
+
+
+def scratch_dir(out: Path) -> Path:
+    """Where the fine-tune of the job writing `out` keeps its epochs until `out` is written."""
+    out = Path(out)
+    return out.with_name(out.name + SCRATCH_SUFFIX)
+
+
+def open_scratch(folder: Path, job: dict[str, Any], reporter: Reporter = quiet) -> Path:
+    """`folder`, made for `job` (plain data naming the source file's sha256, the recipe and the data):
+    what an interrupted run of the same job left there is continued; what another job left (another
+    source, recipe or data) is discarded, since continuing it would train other weights."""
+    folder = Path(folder)
+    job = json.loads(json.dumps(to_plain(job), sort_keys=True))
+    if not distributed.from_env().is_main:  # rank 0 keeps the folder; every rank reads it
+        return folder
+    job_file = folder / "job.json"
+    if folder.exists():
+        try:
+            recorded = json.loads(job_file.read_text())
+        except (OSError, ValueError):
+            recorded = None
+        if recorded == job:
+            return folder
+        reporter.info(f"fine-tune: {folder} holds an interrupted fine-tune of another source or recipe; "
+                      "starting afresh")
+        remove_path(folder)
+    folder.mkdir(parents=True)
+    atomic_write_text(job_file, json.dumps(job, sort_keys=True, indent=1) + "\n")
+    return folder
