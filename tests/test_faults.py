@@ -502,6 +502,29 @@ def test_ctrl_c_during_training_says_how_to_resume_and_exits_130(tmp_path):
     assert not (out / LOCK_NAME).exists()
 
 
+def test_ctrl_c_during_a_prune_fine_tune_says_where_its_epochs_are_and_exits_130(checkpoint, tmp_path):
+    out = tmp_path / "pruned.pt"
+    scratch = tmp_path / "pruned.pt.finetune"
+    args = ["prune", str(checkpoint), "--ratio", "0.5", "--round-to", "4", "--finetune-epochs", "50",
+            "--threads", "1", "--out", str(out)]
+    process = subprocess.Popen([sys.executable, "-m", "edgekit.cli", *args], env=_env(tmp_path),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 600  # a hang guard, not a timing
+        while not (scratch / "step1" / "cycle0.last.pt").exists():
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and not out.exists()
+    assert f"its finished epochs are kept in {scratch}; run the same command again" in stderr
+
+
 # ---- 5. info and doctor tell the truth -------------------------------------------------------
 
 
