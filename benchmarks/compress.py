@@ -8,8 +8,8 @@ Every step writes an ordinary edgekit artifact (the same file `edgekit prune`, `
 `control` write) under --out-dir. A step whose artifact is already there, made from the same source
 file with the same configuration (its manifest says so), is kept instead of re-run, so a long run cut
 off part-way resumes where it stopped, and the steps can be run one by one with the CLI first; a
-fine-tune cut off inside a step (pruning's, a control's) goes on from its last finished epoch, kept
-in OUT_DIR/KEY.pt.finetune/ (edgekit.finetune).
+fine-tune cut off inside a step (pruning's, a control's, QAT's) goes on from its last finished epoch,
+kept in OUT_DIR/KEY.pt.finetune/ (edgekit.scratch).
 Anything else already there with a different recipe is refused, not overwritten.
 
 After every step has its artifact, all rows are read from their manifests and timed together in

@@ -464,7 +464,12 @@ def quantize(
                             backend=backend, weights=weights, export_onnx=onnx, threads=threads, seed=seed,
                             tensorboard=str(tensorboard) if tensorboard else None)
     config.validate()
-    quantize_checkpoint(checkpoint, config, out, _reporter(), force=force)
+    try:
+        quantize_checkpoint(checkpoint, config, out, _reporter(), force=force)
+    except KeyboardInterrupt:
+        if mode is not QuantMode.qat:
+            raise
+        _interrupted_finetune(out)
 
 
 # Choices come from the format table, so a new target needs no change here.

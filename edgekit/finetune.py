@@ -10,7 +10,7 @@ distillation from the parent's own logits, BN recalibration), and the child is r
 
 A fine-tune is hours on a CPU at full width, so it keeps its place: every epoch's training state
 and every finished cycle go to a scratch folder beside the output (OUT.finetune/, made for that one
-job: source file, recipe and data). Run the same command again after an interruption and it goes
+job: source file, recipe and data; edgekit.scratch, which QAT uses too). Run the same command again after an interruption and it goes
 on from the last finished epoch, to the same weights an uninterrupted run ends on; the folder is
 removed once the output is written.
 """
@@ -23,12 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from . import distributed
-from .artifacts import (Manifest, atomic_torch_save, guard_output, parent_ref, publish, read_manifest, remove_path,
-                        sha256_file, staging_path, to_plain)
+from .artifacts import (Manifest, guard_output, parent_ref, publish, read_manifest, remove_path, sha256_file,
+                        staging_path, to_plain)
 from .config import DataConfig, FinetuneConfig, PruneConfig, QuantizeConfig, QuantMode, changed_fields
 from .data import DataSplits, load_data_for_checkpoint
 from .errors import CheckpointError, ConfigError
@@ -36,10 +34,9 @@ from .formats import SOURCE_FORMAT
 from .measure import accuracy, recalibrate_bn
 from .model import ResNet18, load_checkpoint, save_checkpoint
 from .report import Reporter, quiet
-from .scratch import open_scratch, scratch_dir
+from .scratch import cycle_state, finished_cycle, open_scratch, save_cycle, scratch_dir
 
 CONTROL_SUFFIX = ".control"  # artifacts/pruned.pt -> artifacts/pruned.control.pt
-CYCLE_FORMAT = "edgekit-finetune-cycle/1"
 
 
 def finetune_model(model: ResNet18, data: DataSplits, plan: FinetuneConfig, reporter: Reporter = quiet,
@@ -54,38 +51,21 @@ def finetune_model(model: ResNet18, data: DataSplits, plan: FinetuneConfig, repo
 
     best, val = 0.0, None
     for index, epochs in enumerate(plan.cycles):
-        finished = _finished_cycle(scratch, index, reporter) if scratch is not None else None
+        finished = finished_cycle(scratch, index, reporter) if scratch is not None else None
         if finished is not None:
             model.load_state_dict(finished["model"])
             best, val = finished["best_val"], finished["val_accuracy"]
             reporter.info(f"fine-tune: cycle {index + 1}/{len(plan.cycles)} finished before an interruption; "
                           f"its weights kept from {scratch}")
             continue
-        state = scratch / f"cycle{index}.last.pt" if scratch is not None else None
+        state = cycle_state(scratch, index) if scratch is not None else None
         best = train_model(model, data, plan.train_config(epochs), reporter=reporter, teacher=teacher,
                            state_path=state, resume=state is not None and state.exists()).best_val_accuracy
         val = _recalibrated_if_better(model, data, plan)
-        if scratch is not None and distributed.from_env().is_main:
-            atomic_torch_save({"format": CYCLE_FORMAT, "best_val": best, "val_accuracy": val,
-                               "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}},
-                              scratch / f"cycle{index}.done.pt")
-            remove_path(state)  # the cycle's epochs are in its result now
+        if scratch is not None:
+            save_cycle(scratch, index, model, best_val=best, val_accuracy=val)
     return {"finetune_epochs": plan.epochs, "finetune_best_val": best, "distill_alpha": plan.distill_alpha,
             "val_accuracy": accuracy(model, data) if val is None else val}
-
-
-def _finished_cycle(scratch: Path, index: int, reporter: Reporter) -> dict[str, Any] | None:
-    path = scratch / f"cycle{index}.done.pt"
-    if not path.exists():
-        return None
-    try:
-        finished = torch.load(path, map_location="cpu", weights_only=True)
-        if finished.get("format") == CYCLE_FORMAT:
-            return finished
-    except Exception:  # a file cut short by the interruption itself: the cycle is trained again
-        pass
-    reporter.info(f"fine-tune: {path} cannot be read; training that cycle again")
-    return None
 
 
 def _recalibrated_if_better(model: ResNet18, data: DataSplits, plan: FinetuneConfig) -> float:

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from . import distributed, qrelu6
-from .artifacts import Manifest, check_writable_dir, guard_output, parent_ref, publish, remove_path, staging_path
+from .artifacts import (Manifest, check_writable_dir, guard_output, parent_ref, publish, remove_path, sha256_file,
+                        staging_path, to_plain)
 from .calibrate import CalibrationSet, load_calibration, read_definition
 from .config import (CalibMethod, CalibrationConfig, DataConfig, ExportOptions, QuantBackend, QuantizeConfig,
                      FinetuneConfig, QuantMode, WeightScheme, check_choice)
@@ -41,8 +42,12 @@ from .qengine import static_qconfig as _qconfig_with
 from .qmodel import (Island, QuantModel, _mark_islands, convert, dynamic_quantize, int8_census, layer_names,
                      prepare_qat, prepare_static, quantizable, save_quantized)
 from .report import Reporter, quiet
+from .scratch import cycle_state, finished_cycle, open_scratch, save_cycle, scratch_dir
 
 METHODS = (CalibMethod.minmax, CalibMethod.percentile, CalibMethod.entropy, CalibMethod.mse)
+# Settings that do not change the weights QAT trains (the side export, timing, logging), so a run
+# resumed with another value goes on from the interrupted one's epochs.
+NOT_TRAINING = frozenset({"export_onnx", "opset", "latency_runs", "threads", "tensorboard"})
 
 
 def activation_observer(method: CalibMethod, config: QuantizeConfig):
@@ -268,20 +273,32 @@ def _static_int8(model: Classifier, cal: CalibrationSet, data: DataSplits, confi
 
 
 def _qat_int8(model: Classifier, ptq_prepared: nn.Module, data: DataSplits, config: QuantizeConfig, backend: str,
-              engine: dict[str, Any], keep_float: list[str], reporter: Reporter, convert_it: bool = True) -> Int8Build:
+              engine: dict[str, Any], keep_float: list[str], reporter: Reporter, convert_it: bool = True,
+              scratch: Path | None = None) -> Int8Build:
     """QAT from the PTQ ranges, observers and BN frozen for the last epochs, then converted, with
     the fake-quant accuracies and the QAT recipe. Without `convert_it` (a torchrun rank other
-    than 0) only the fine-tuned fake-quant model, nothing measured."""
+    than 0) only the fine-tuned fake-quant model, nothing measured. With `scratch`
+    (edgekit.scratch.open_scratch) every epoch and cycle is kept there and a rerun goes on from them."""
     from .train import train_model
 
     qat = prepare_qat_from_ptq(model, ptq_prepared, keep_float, backend, per_channel_of(config))
     plan = FinetuneConfig.of_qat(config)
-    train_model(qat, data, plan.train_config(plan.cycles[0]), reporter=reporter)
-    # Observers and BN statistics frozen from here: the last epochs fit the weights to fixed
-    # ranges and fixed BN folding, which is what the converted model will have.
-    freeze_qat(qat)
-    for epochs in plan.cycles[1:]:
-        train_model(qat, data, plan.train_config(epochs), reporter=reporter)
+    for index, epochs in enumerate(plan.cycles):
+        finished = finished_cycle(scratch, index, reporter) if scratch is not None else None
+        if finished is not None:
+            qat.load_state_dict(finished["model"])
+            reporter.info(f"quantize: QAT cycle {index + 1}/{len(plan.cycles)} finished before an interruption; "
+                          f"its weights kept from {scratch}")
+        else:
+            state = cycle_state(scratch, index) if scratch is not None else None
+            train_model(qat, data, plan.train_config(epochs), reporter=reporter, state_path=state,
+                        resume=state is not None and state.exists())
+            if scratch is not None:
+                save_cycle(scratch, index, qat)
+        if index == 0:
+            # Observers and BN statistics frozen from here: the last epochs fit the weights to fixed
+            # ranges and fixed BN folding, which is what the converted model will have.
+            freeze_qat(qat)
     if not convert_it:
         return Int8Build(qat, {}, "")
     qat.eval()
@@ -413,8 +430,12 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
         keep_float = [row["layer"] for row in sensitivity[: config.keep_float]]
         build = _static_int8(model, cal, data, config, method, backend, engine, keep_float, reporter)
         if mode is QuantMode.qat:
+            job = {"job": "qat", "source_sha256": sha256_file(source), "data": data.describe(),
+                   "calibration": calibration, "keep_float": keep_float,
+                   "config": {k: v for k, v in to_plain(config).items() if k not in NOT_TRAINING}}
+            scratch = open_scratch(scratch_dir(out), job, reporter)
             qat = _qat_int8(model, build.prepared, data, config, backend, engine, keep_float, reporter,
-                            convert_it=world.is_main)
+                            convert_it=world.is_main, scratch=scratch)
             if not world.is_main:
                 return QuantizeResult(artifact=out, model=qat.model, metrics={**fp32_metrics, **build.metrics})
             build = Int8Build(qat.model, {**build.recipe, **qat.recipe}, qat.note, {**build.metrics, **qat.metrics})
@@ -425,6 +446,8 @@ def quantize_checkpoint(source: Path, config: QuantizeConfig, out: Path, reporte
              "data": data.describe(), **({"calibration": calibration} if calibration is not None else {}),
              "recipe": recipe, "note": build.note, "sensitivity": sensitivity}
     metrics = _write_int8(out, source, build.model, model, data.classes, config, metrics, extra)
+    if mode is QuantMode.qat:
+        remove_path(scratch_dir(out))  # written: nothing left to resume
     # The QDQ ONNX reads the published int8 file, so it comes after it.
     onnx_path = None
     if mode is not QuantMode.dynamic and config.export_onnx:

@@ -1,6 +1,6 @@
 """A fine-tune's scratch folder: where its epochs wait, beside the output, until the output is written.
 
-A full-width fine-tune is hours on a CPU. `edgekit prune` and `edgekit control` keep every epoch's
+A full-width fine-tune is hours on a CPU. `edgekit prune`, `control` and `quantize --mode qat` keep every epoch's
 training state and every finished cycle in OUT.finetune/, made for one job (the source file's
 sha256, the recipe, the data), so the same command after an interruption goes on from the last
 finished epoch; what another job left there is discarded, not continued.
@@ -12,11 +12,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from . import distributed
-from .artifacts import atomic_write_text, remove_path, to_plain
+from .artifacts import atomic_torch_save, atomic_write_text, remove_path, to_plain
 from .report import Reporter, quiet
 
 SCRATCH_SUFFIX = ".finetune"  # artifacts/pruned.pt -> artifacts/pruned.pt.finetune/ while it trains
+CYCLE_FORMAT = "edgekit-finetune-cycle/1"
 
 
 def scratch_dir(out: Path) -> Path:
@@ -47,3 +50,36 @@ def open_scratch(folder: Path, job: dict[str, Any], reporter: Reporter = quiet) 
     folder.mkdir(parents=True)
     atomic_write_text(job_file, json.dumps(job, sort_keys=True, indent=1) + "\n")
     return folder
+
+
+def cycle_state(scratch: Path, index: int) -> Path:
+    """Where cycle `index` keeps its training state after each epoch (train_model's state_path)."""
+    return Path(scratch) / f"cycle{index}.last.pt"
+
+
+def save_cycle(scratch: Path, index: int, model: nn.Module, **values: Any) -> None:
+    """Cycle `index` finished: its weights (and what the caller records of it) replace its epochs."""
+    if not distributed.from_env().is_main:
+        return
+    atomic_torch_save({"format": CYCLE_FORMAT, **values,
+                       "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}},
+                      Path(scratch) / f"cycle{index}.done.pt")
+    remove_path(cycle_state(scratch, index))
+
+
+def finished_cycle(scratch: Path, index: int, reporter: Reporter = quiet) -> dict[str, Any] | None:
+    """What save_cycle kept of cycle `index`, or None when it did not finish (or its file is damaged:
+    the cycle is then trained again)."""
+    import torch
+
+    path = Path(scratch) / f"cycle{index}.done.pt"
+    if not path.exists():
+        return None
+    try:
+        finished = torch.load(path, map_location="cpu", weights_only=True)
+        if finished.get("format") == CYCLE_FORMAT:
+            return finished
+    except Exception:  # a file cut short by the interruption itself
+        pass
+    reporter.info(f"fine-tune: {path} cannot be read; training that cycle again")
+    return None

@@ -15,6 +15,7 @@ torch.set_num_threads(int(os.environ.get("EDGEKIT_TEST_THREADS", min(2, os.cpu_c
 from edgekit.config import DataConfig, DataSource, TrainConfig  # noqa: E402
 from edgekit.data import load_data  # noqa: E402
 from edgekit.model import ModelSpec, build_model  # noqa: E402
+from edgekit.report import Reporter  # noqa: E402
 from edgekit.train import train_model  # noqa: E402
 
 TINY_WIDTH = 0.125
@@ -86,3 +87,18 @@ def loose_int8_vs_int8_gate():
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setitem(tolerances, "int8", dataclasses.replace(tolerances["int8"], max_drop_vs_int8_source=5.0))
         yield
+
+
+class StopAfterEpochs(Reporter):
+    """Records what a run says, and stops it as Ctrl-C would when it reports its `stop_at`-th epoch
+    (that epoch trained, its state not yet saved: what an interruption finds)."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.stop_at, self.epochs, self.lines = stop_at, 0, []
+
+    def info(self, message: str) -> None:
+        self.lines.append(message)
+        if message.startswith("epoch "):
+            self.epochs += 1
+            if self.epochs == self.stop_at:
+                raise KeyboardInterrupt

@@ -18,7 +18,7 @@ from edgekit.finetune import control_checkpoint, control_mismatch, default_outpu
 from edgekit.scratch import scratch_dir
 from edgekit.model import load_checkpoint
 from edgekit.prune import prune_checkpoint
-from edgekit.report import Reporter
+from conftest import StopAfterEpochs
 
 
 @pytest.fixture(scope="module")
@@ -137,21 +137,6 @@ def test_a_control_made_before_a_plan_field_existed_still_serves(parent_and_data
     assert control_mismatch(older, child, plan) is None
     hotter = dataclasses.replace(plan, distill_temperature=plan.distill_temperature * 2)
     assert control_mismatch(older, child, hotter) == f"{older.name} was fine-tuned differently (distill_temperature)"
-
-
-class StopAfterEpochs(Reporter):
-    """Records what a run says, and stops it as Ctrl-C would when it reports its `stop_at`-th epoch
-    (that epoch trained, its state not yet saved: what an interruption finds)."""
-
-    def __init__(self, stop_at: int | None = None) -> None:
-        self.stop_at, self.epochs, self.lines = stop_at, 0, []
-
-    def info(self, message: str) -> None:
-        self.lines.append(message)
-        if message.startswith("epoch "):
-            self.epochs += 1
-            if self.epochs == self.stop_at:
-                raise KeyboardInterrupt
 
 
 def same_weights(a: Path, b: Path) -> bool:

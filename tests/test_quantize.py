@@ -127,6 +127,33 @@ def test_qat_trains_and_converts_with_keep_float(trained, tmp_path):
     _assert_qdq_reproduces_int8(result.onnx, reloaded, data, convs_int8=19)
 
 
+def test_an_interrupted_qat_goes_on_from_its_last_epoch_to_the_same_int8_file(trained, tmp_path):
+    """Three QAT epochs, observers frozen after the first: two cycles (1, 2). Stopped in the second
+    cycle after its first epoch, the rerun keeps cycle one, goes on inside cycle two, and writes the
+    int8 model an uninterrupted run writes."""
+    from conftest import StopAfterEpochs
+    from edgekit.scratch import scratch_dir
+
+    source, cal, data = trained
+    config = QuantizeConfig(mode=QuantMode.qat, method=CalibMethod.minmax, calibration=str(cal), qat_epochs=3,
+                            latency_runs=5, export_onnx=False)
+    quantize_checkpoint(source, config, tmp_path / "whole.pt", data=data)
+    out = tmp_path / "cut.pt"
+    with pytest.raises(KeyboardInterrupt):
+        quantize_checkpoint(source, config, out, data=data, reporter=StopAfterEpochs(stop_at=3))
+    assert not out.exists() and (scratch_dir(out) / "cycle0.done.pt").exists()
+    again = StopAfterEpochs()
+    quantize_checkpoint(source, config, out, data=data, reporter=again)
+    assert any("QAT cycle 1/2 finished before an interruption" in line for line in again.lines), again.lines
+    assert any("resumed from" in line and "after epoch 1" in line for line in again.lines), again.lines
+    assert again.epochs == 1 and not scratch_dir(out).exists()
+    whole, _ = load_quantized(tmp_path / "whole.pt")
+    cut, _ = load_quantized(out)
+    images = to_unit_float(data.val_x[:64])
+    with torch.inference_mode():
+        assert torch.equal(whole(images), cut(images))
+
+
 def test_refusals(trained, tmp_path):
     source, cal, data = trained
     definition = read_definition(cal)
