@@ -10,9 +10,9 @@ distillation from the parent's own logits, BN recalibration), and the child is r
 
 A fine-tune is hours on a CPU at full width, so it keeps its place: every epoch's training state
 and every finished cycle go to a scratch folder beside the output (OUT.finetune/, made for that one
-job: source file, recipe and data; edgekit.scratch, which QAT uses too). Run the same command again after an interruption and it goes
-on from the last finished epoch, to the same weights an uninterrupted run ends on; the folder is
-removed once the output is written.
+job: source file, recipe and data; edgekit.scratch, which QAT uses too). Run the same command again
+after an interruption and it goes on from the last finished epoch, to the same weights an
+uninterrupted run ends on; the folder is removed once the output is written.
 """
 
 from __future__ import annotations
