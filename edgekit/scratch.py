@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from . import distributed
@@ -70,8 +71,6 @@ def save_cycle(scratch: Path, index: int, model: nn.Module, **values: Any) -> No
 def finished_cycle(scratch: Path, index: int, reporter: Reporter = quiet) -> dict[str, Any] | None:
     """What save_cycle kept of cycle `index`, or None when it did not finish (or its file is damaged:
     the cycle is then trained again)."""
-    import torch
-
     path = Path(scratch) / f"cycle{index}.done.pt"
     if not path.exists():
         return None
