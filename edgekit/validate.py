@@ -72,13 +72,17 @@ def _predict_all(runner, images: np.ndarray, batch_size: int) -> np.ndarray:
 
 
 def parity(source_runner, exported_runner, images: np.ndarray, labels: np.ndarray | None, batch_size: int = 64,
-           worst_k: int = 8) -> ParityReport:
-    """Run both runners on the same images; compare logits and predictions.
+           worst_k: int = 8, source_logits: np.ndarray | None = None) -> ParityReport:
+    """Run both runners on the same images; compare logits and predictions. `source_logits`: the
+    source runner's logits on `images` when the caller has them already (one source against
+    several exported files), so the source is not run again.
 
     Without `labels` agreement, logit error and cosine are measured and the accuracies are None
     (the gate's accuracy-drop row is then not applied: nothing says which answer is right)."""
     images = np.ascontiguousarray(images, dtype=np.float32)
-    ref = _predict_all(source_runner, images, batch_size)
+    if source_logits is not None and len(source_logits) != len(images):
+        raise ValueError(f"source_logits has {len(source_logits)} rows for {len(images)} images")
+    ref = _predict_all(source_runner, images, batch_size) if source_logits is None else source_logits
     got = _predict_all(exported_runner, images, batch_size)
     if ref.shape != got.shape:
         raise ParityError(f"exported model returns logits of shape {got.shape[1:]}, source {ref.shape[1:]}",

@@ -7,6 +7,7 @@ import pytest
 
 from edgekit.errors import ParityError, UnsupportedError
 from edgekit.formats import FORMATS
+from edgekit.timing import predict_batched
 from edgekit.validate import ParityReport, check, parity, precision_label, tolerance_for, violations
 
 
@@ -52,6 +53,18 @@ def test_disagreeing_images_are_named_worst_and_refused(setup):
     assert set(report.worst[: min(len(flipped), 8)]) <= set(flipped.tolist())
     with pytest.raises(ParityError, match=str(report.worst[0])):
         check(report, "onnx", "fp32")
+
+
+def test_source_logits_the_caller_has_give_the_report_running_the_source_gives(setup):
+    weights, images, labels = setup
+    tampered = weights.copy()
+    tampered[:, 3] += 0.05
+    source, export = LinearRunner(weights), LinearRunner(tampered)
+    # as parity batches them (a matmul over another batch size may round differently)
+    given = parity(source, export, images, labels, source_logits=predict_batched(source.predict, images, 64))
+    assert given == parity(source, export, images, labels)
+    with pytest.raises(ValueError, match="rows for 100 images"):
+        parity(source, export, images, labels, source_logits=source.predict(images[:10]))
 
 
 class SwapTop2Runner(LinearRunner):
