@@ -34,7 +34,7 @@ from .formats import SOURCE_FORMAT
 from .measure import accuracy, recalibrate_bn
 from .model import ResNet18, load_checkpoint, save_checkpoint
 from .report import Reporter, quiet
-from .scratch import cycle_state, finished_cycle, open_scratch, save_cycle, scratch_dir
+from .scratch import kept_or_trained, open_scratch, scratch_dir
 
 CONTROL_SUFFIX = ".control"  # artifacts/pruned.pt -> artifacts/pruned.control.pt
 
@@ -45,25 +45,20 @@ def finetune_model(model: ResNet18, data: DataSplits, plan: FinetuneConfig, repo
     weights); after each, re-measure BN statistics if the plan says so, kept only when validation
     accuracy does not drop. Returns what a manifest records of it.
 
-    With `scratch` (a folder from edgekit.scratch.open_scratch), each epoch's training state and each finished cycle
-    are kept there, and a call that finds them goes on from where the last one stopped."""
+    With `scratch` (a folder from edgekit.scratch.open_scratch), each epoch's training state and
+    each finished cycle are kept there, and a call that finds them goes on from where the last one
+    stopped (edgekit.scratch.kept_or_trained)."""
     from .train import train_model
 
     best, val = 0.0, None
     for index, epochs in enumerate(plan.cycles):
-        finished = finished_cycle(scratch, index, reporter) if scratch is not None else None
-        if finished is not None:
-            model.load_state_dict(finished["model"])
-            best, val = finished["best_val"], finished["val_accuracy"]
-            reporter.info(f"fine-tune: cycle {index + 1}/{len(plan.cycles)} finished before an interruption; "
-                          f"its weights kept from {scratch}")
-            continue
-        state = cycle_state(scratch, index) if scratch is not None else None
-        best = train_model(model, data, plan.train_config(epochs), reporter=reporter, teacher=teacher,
-                           state_path=state, resume=state is not None and state.exists()).best_val_accuracy
-        val = _recalibrated_if_better(model, data, plan)
-        if scratch is not None:
-            save_cycle(scratch, index, model, best_val=best, val_accuracy=val)
+        def train(state: Path | None, resume: bool, epochs: int = epochs) -> dict[str, Any]:
+            best = train_model(model, data, plan.train_config(epochs), reporter=reporter, teacher=teacher,
+                               state_path=state, resume=resume).best_val_accuracy
+            return {"best_val": best, "val_accuracy": _recalibrated_if_better(model, data, plan)}
+
+        record = kept_or_trained(scratch, index, len(plan.cycles), model, train, reporter)
+        best, val = record["best_val"], record["val_accuracy"]
     return {"finetune_epochs": plan.epochs, "finetune_best_val": best, "distill_alpha": plan.distill_alpha,
             "val_accuracy": accuracy(model, data) if val is None else val}
 

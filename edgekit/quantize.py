@@ -42,7 +42,7 @@ from .qengine import static_qconfig as _qconfig_with
 from .qmodel import (Island, QuantModel, _mark_islands, convert, dynamic_quantize, int8_census, layer_names,
                      prepare_qat, prepare_static, quantizable, save_quantized)
 from .report import Reporter, quiet
-from .scratch import cycle_state, finished_cycle, open_scratch, save_cycle, scratch_dir
+from .scratch import kept_or_trained, open_scratch, scratch_dir
 
 METHODS = (CalibMethod.minmax, CalibMethod.percentile, CalibMethod.entropy, CalibMethod.mse)
 # Settings that do not change the weights QAT trains (the side export, timing, logging), so a run
@@ -284,17 +284,11 @@ def _qat_int8(model: Classifier, ptq_prepared: nn.Module, data: DataSplits, conf
     qat = prepare_qat_from_ptq(model, ptq_prepared, keep_float, backend, per_channel_of(config))
     plan = FinetuneConfig.of_qat(config)
     for index, epochs in enumerate(plan.cycles):
-        finished = finished_cycle(scratch, index, reporter) if scratch is not None else None
-        if finished is not None:
-            qat.load_state_dict(finished["model"])
-            reporter.info(f"quantize: QAT cycle {index + 1}/{len(plan.cycles)} finished before an interruption; "
-                          f"its weights kept from {scratch}")
-        else:
-            state = cycle_state(scratch, index) if scratch is not None else None
-            train_model(qat, data, plan.train_config(epochs), reporter=reporter, state_path=state,
-                        resume=state is not None and state.exists())
-            if scratch is not None:
-                save_cycle(scratch, index, qat)
+        def train(state: Path | None, resume: bool, epochs: int = epochs) -> dict[str, Any]:
+            train_model(qat, data, plan.train_config(epochs), reporter=reporter, state_path=state, resume=resume)
+            return {}
+
+        kept_or_trained(scratch, index, len(plan.cycles), qat, train, reporter, label="quantize: QAT")
         if index == 0:
             # Observers and BN statistics frozen from here: the last epochs fit the weights to fixed
             # ranges and fixed BN folding, which is what the converted model will have.

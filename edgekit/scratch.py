@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -82,3 +82,23 @@ def finished_cycle(scratch: Path, index: int, reporter: Reporter = quiet) -> dic
         pass
     reporter.info(f"fine-tune: {path} cannot be read; training that cycle again")
     return None
+
+
+def kept_or_trained(scratch: Path | None, index: int, cycles: int, model: nn.Module,
+                    train: Callable[[Path | None, bool], dict[str, Any]], reporter: Reporter = quiet,
+                    label: str = "fine-tune:") -> dict[str, Any]:
+    """Cycle `index` of `cycles`: the finished cycle's weights (and record) read back from `scratch`
+    into `model`, or else `train(state_path, resume)` run, going on from the cycle's last epoch when
+    there is one, and its record kept with the weights. Without `scratch` it just trains."""
+    if scratch is None:
+        return train(None, False)
+    finished = finished_cycle(scratch, index, reporter)
+    if finished is not None:
+        model.load_state_dict(finished["model"])
+        reporter.info(f"{label} cycle {index + 1}/{cycles} finished before an interruption; "
+                      f"its weights kept from {scratch}")
+        return finished
+    state = cycle_state(scratch, index)
+    record = train(state, state.exists())
+    save_cycle(scratch, index, model, **record)
+    return record
