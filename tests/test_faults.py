@@ -477,18 +477,17 @@ def test_an_existing_directory_as_a_file_output_is_one_line(checkpoint, tmp_path
     one_clear_line(invoke("quantize", checkpoint, "--out", tmp_path / "q.pt"), 1, "is an existing directory")
 
 
-def test_ctrl_c_during_training_says_how_to_resume_and_exits_130(tmp_path):
-    out = tmp_path / "run"
-    args = list(TINY_TRAIN)
-    args[args.index("--epochs") + 1] = "50"
+def _ctrl_c_once_written(args: list[str], marker: Path, tmp_path: Path) -> tuple[int, str]:
+    """Run `edgekit ARGS` in a real process, send it SIGINT once `marker` exists (an epoch saved),
+    and return its exit code and stderr."""
     # A shell runs background jobs with SIGINT ignored, and Python keeps an inherited "ignore": restore the
     # default so the child gets the KeyboardInterrupt a user's Ctrl-C gives, however pytest was started.
-    process = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "train", *args, "--out", str(out)],
+    process = subprocess.Popen([sys.executable, "-m", "edgekit.cli", *args],
                                env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 600  # a hang guard, not a timing
-        while not (out / "last.pt").exists():
+        while not marker.exists():
             assert process.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         process.send_signal(signal.SIGINT)
@@ -496,7 +495,15 @@ def test_ctrl_c_during_training_says_how_to_resume_and_exits_130(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 130, stderr
+    return process.returncode, stderr
+
+
+def test_ctrl_c_during_training_says_how_to_resume_and_exits_130(tmp_path):
+    out = tmp_path / "run"
+    args = list(TINY_TRAIN)
+    args[args.index("--epochs") + 1] = "50"
+    returncode, stderr = _ctrl_c_once_written(["train", *args, "--out", str(out)], out / "last.pt", tmp_path)
+    assert returncode == 130, stderr
     assert "Traceback" not in stderr
     assert f"saved in {out / 'last.pt'}; resume with: edgekit train" in stderr and "--resume" in stderr
     assert not (out / LOCK_NAME).exists()
@@ -507,20 +514,8 @@ def test_ctrl_c_during_a_prune_fine_tune_says_where_its_epochs_are_and_exits_130
     scratch = tmp_path / "pruned.pt.finetune"
     args = ["prune", str(checkpoint), "--ratio", "0.5", "--round-to", "4", "--finetune-epochs", "50",
             "--threads", "1", "--out", str(out)]
-    process = subprocess.Popen([sys.executable, "-m", "edgekit.cli", *args], env=_env(tmp_path),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        deadline = time.monotonic() + 600  # a hang guard, not a timing
-        while not (scratch / "step1" / "cycle0.last.pt").exists():
-            assert process.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=600)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 130, stderr
+    returncode, stderr = _ctrl_c_once_written(args, scratch / "step1" / "cycle0.last.pt", tmp_path)
+    assert returncode == 130, stderr
     assert "Traceback" not in stderr and not out.exists()
     assert f"its finished epochs are kept in {scratch}; run the same command again" in stderr
 
