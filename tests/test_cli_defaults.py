@@ -21,7 +21,7 @@ from edgekit.cli import app
 CONFIG_CLASSES = {name: cls for name, cls in vars(config).items()
                   if isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ == config.__name__}
 # CLI helpers that build a config from arguments named after its fields.
-CONFIG_HELPERS = {"_data_config": (cli._data_config, config.DataConfig)}
+CONFIG_HELPERS = {"data_config_from_options": (cli.data_config_from_options, config.DataConfig)}
 # Library functions whose keyword arguments fill a config's fields (some under another name): the
 # CLI's defaults for them must be the config's too.
 CONFIG_FUNCTIONS = {"diff": (diagnose.diff, config.DiagnoseOptions, {}),

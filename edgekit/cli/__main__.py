@@ -1,0 +1,5 @@
+"""`python -m edgekit.cli`: the edgekit command."""
+
+from . import main
+
+main()
