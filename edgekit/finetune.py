@@ -25,6 +25,7 @@ from typing import Any
 
 from torch import nn
 
+from . import distributed
 from .artifacts import (Manifest, guard_output, parent_ref, publish, read_manifest, remove_path, sha256_file,
                         staging_path, to_plain)
 from .config import DataConfig, FinetuneConfig, PruneConfig, QuantizeConfig, QuantMode, changed_fields
@@ -153,7 +154,10 @@ def control_checkpoint(child: Path, out: Path | None = None, parent: Path | None
     parent's, the control's and the child's accuracies side by side.
 
     `cpu_bf16` overrides the recipe's arithmetic only (QAT trains in fp32; a bf16 control of it
-    costs a third of the time and is recorded as such)."""
+    costs a third of the time and is recorded as such).
+
+    Under torchrun the fine-tune runs data-parallel (train_model) and rank 0 alone measures the test
+    split and writes; the other ranks return what they share (the plan, the parent's accuracies)."""
     child = Path(child)
     manifest = read_manifest(child)
     plan = plan_of(child, manifest)
@@ -161,9 +165,12 @@ def control_checkpoint(child: Path, out: Path | None = None, parent: Path | None
         plan = dataclasses.replace(plan, cpu_bf16=cpu_bf16)
     parent = _parent_of(child, manifest, Path(parent) if parent is not None else None)
     out = Path(out) if out is not None else default_output(child)
-    guard_output(out, "control", sources=(child, parent), force=force)
+    world = distributed.setup_for_default_device()
+    if world.is_main:  # its write probe is a write
+        guard_output(out, "control", sources=(child, parent), force=force)
     checkpoint = load_checkpoint(parent)
-    data = data if data is not None else load_data_for_checkpoint(checkpoint, data_config, reporter)
+    with distributed.main_first():  # rank 0 may write the decoded-image cache
+        data = data if data is not None else load_data_for_checkpoint(checkpoint, data_config, reporter)
     model = checkpoint.build()
     metrics: dict[str, Any] = {"parent_val_accuracy": accuracy(model, data),
                                "parent_test_accuracy": accuracy(model, data, "test")}
@@ -175,6 +182,8 @@ def control_checkpoint(child: Path, out: Path | None = None, parent: Path | None
                                               "plan": plan, "data": data.describe()}, reporter)
     record = finetune_model(model, data, plan, reporter, teacher, scratch)
     model.eval()
+    if not world.is_main:
+        return ControlResult(checkpoint=out, plan=plan, metrics=metrics)
     child_metrics = manifest.get("metrics") or {}
     metrics.update(val_accuracy=record["val_accuracy"], test_accuracy=accuracy(model, data, "test"),
                    finetune_best_val=record["finetune_best_val"],

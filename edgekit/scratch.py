@@ -32,11 +32,18 @@ def scratch_dir(out: Path) -> Path:
 def open_scratch(folder: Path, job: dict[str, Any], reporter: Reporter = quiet) -> Path:
     """`folder`, made for `job` (plain data naming the source file's sha256, the recipe and the data):
     what an interrupted run of the same job left there is continued; what another job left (another
-    source, recipe or data) is discarded, since continuing it would train other weights."""
-    folder = Path(folder)
-    job = json.loads(json.dumps(to_plain(job), sort_keys=True))
-    if not distributed.from_env().is_main:  # rank 0 keeps the folder; every rank reads it
-        return folder
+    source, recipe or data) is discarded, since continuing it would train other weights.
+
+    Under torchrun rank 0 keeps or clears the folder and every rank returns once it has, so all of
+    them read the same epochs (the folder must be on storage they share, as `train --resume` needs;
+    the caller has joined the process group)."""
+    if distributed.from_env().is_main:
+        _keep_or_clear(Path(folder), json.loads(json.dumps(to_plain(job), sort_keys=True)), reporter)
+    distributed.barrier()
+    return Path(folder)
+
+
+def _keep_or_clear(folder: Path, job: dict[str, Any], reporter: Reporter) -> None:
     job_file = folder / "job.json"
     if folder.exists():
         try:
@@ -44,13 +51,12 @@ def open_scratch(folder: Path, job: dict[str, Any], reporter: Reporter = quiet) 
         except (OSError, ValueError):
             recorded = None
         if recorded == job:
-            return folder
+            return
         reporter.info(f"fine-tune: {folder} holds an interrupted fine-tune of another source or recipe; "
                       "starting afresh")
         remove_path(folder)
     folder.mkdir(parents=True)
     atomic_write_text(job_file, json.dumps(job, sort_keys=True, indent=1) + "\n")
-    return folder
 
 
 def cycle_state(scratch: Path, index: int) -> Path:

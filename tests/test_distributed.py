@@ -8,7 +8,8 @@ images it computes other statistics than one pass over B. The tests therefore co
   (tests/ddp_worker.py: smooth_resnet, which says why SiLU): there the maths is the same and only
   float summation order differs, so the weights agree to ATOL/RTOL after 14 steps;
 - the real model (BN, ReLU) through `edgekit train` under torchrun: interrupted and resumed, it
-  ends bit for bit where the uninterrupted 2-process run does; only rank 0 writes;
+  ends bit for bit where the uninterrupted 2-process run does; only rank 0 writes; and so for
+  `edgekit control`, whose fine-tune goes on from its scratch folder (edgekit.scratch);
 - with BN, accumulation does differ from the full batch by far more than the tolerance: the
   equality above is not one that any two runs would pass.
 """
@@ -29,10 +30,12 @@ from typer.testing import CliRunner
 
 from edgekit import distributed
 from edgekit.cli import app
-from edgekit.config import Averaging, DataConfig, DataSource, TrainConfig
+from edgekit.config import Averaging, DataConfig, DataSource, PruneConfig, TrainConfig
 from edgekit.data import load_data
 from edgekit.errors import ConfigError
-from edgekit.model import ModelSpec, build_model
+from edgekit.model import ModelSpec, build_model, load_checkpoint
+from edgekit.prune import prune_checkpoint
+from edgekit.scratch import scratch_dir
 from edgekit.train import train_model
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -143,6 +146,35 @@ def test_edgekit_train_under_torchrun_resumes_bit_for_bit_and_only_rank_0_writes
         assert torch.equal(value, resumed_weights[key]), key
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2] and all(h["processes"] == 2 for h in history)
+
+
+
+def test_edgekit_control_under_torchrun_goes_on_from_its_last_epoch_bit_for_bit_and_only_rank_0_writes(
+        tmp_path, tiny_trained):
+    """A fine-tune's scratch folder under torchrun: rank 0 keeps it, every rank reads it (control's,
+    as prune's and QAT's: one helper, edgekit.scratch)."""
+    child = tmp_path / "child.pt"
+    prune_checkpoint(Path(tiny_trained.checkpoint), PruneConfig(ratio=0.5, round_to=4, finetune_epochs=2,
+                                                                latency_runs=5), child)
+    options = ["control", str(child), "--out"]
+    straight = torchrun(tmp_path, "cli", *options, str(tmp_path / "straight.pt"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    out = tmp_path / "resumed.pt"
+    interrupted = torchrun(tmp_path, "cli", *options, str(out), env={"EDGEKIT_TEST_STOP_BEFORE_EPOCH": "2"})
+    assert interrupted.returncode != 0 and not out.exists()
+    assert f"its finished epochs are kept in {scratch_dir(out)}" in interrupted.stderr
+    resumed = torchrun(tmp_path, "cli", *options, str(out))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr + resumed.stdout
+    assert_only_rank_0_wrote(straight, "straight.pt")
+    assert_only_rank_0_wrote(interrupted, "job.json", "cycle0.last.pt")
+    assert_only_rank_0_wrote(resumed, "resumed.pt")
+    assert not scratch_dir(out).exists() and not scratch_dir(tmp_path / "straight.pt").exists()
+    # Both ranks went on from epoch 1's state: had rank 1 started afresh, its gradients would have
+    # entered the all-reduce and rank 0's weights would differ.
+    resumed_weights = load_checkpoint(out).build().state_dict()
+    for key, value in load_checkpoint(tmp_path / "straight.pt").build().state_dict().items():
+        assert torch.equal(value, resumed_weights[key]), key
 
 
 def test_a_batch_the_processes_cannot_share_is_refused_in_one_line(tmp_path, monkeypatch):
