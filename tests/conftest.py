@@ -55,6 +55,21 @@ def tiny_calibration(tmp_path_factory, tiny_data, tiny_data_config):
                             tmp_path_factory.mktemp("calibration") / "cal.json")
 
 
+@pytest.fixture(scope="session")
+def tiny_short(tmp_path_factory, tiny_data, tiny_data_config):
+    """(data, calibration): the session's data with its first 500 training images only, and a
+    64-image calibration set drawn from them (valid for the whole data too: the same images at the
+    same indices). For QAT tests, which check what the fine-tune does to the int8 model (the
+    freeze, a resume, the file written), not how much a fine-tune learns: a quarter of the
+    images is a quarter of their time. Validation and test splits are whole."""
+    from edgekit.calibrate import make_calibration, save_calibration
+
+    short = dataclasses.replace(tiny_data, train_x=tiny_data.train_x[:500], train_y=tiny_data.train_y[:500])
+    calibration = save_calibration(make_calibration(short, tiny_data_config, size=64),
+                                   tmp_path_factory.mktemp("calibration-short") / "cal.json")
+    return short, calibration
+
+
 MOBILENET_WIDTH = 0.25
 
 

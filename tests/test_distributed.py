@@ -150,12 +150,15 @@ def test_edgekit_train_under_torchrun_resumes_bit_for_bit_and_only_rank_0_writes
 
 
 def test_edgekit_control_under_torchrun_goes_on_from_its_last_epoch_bit_for_bit_and_only_rank_0_writes(
-        tmp_path, tiny_trained):
+        tmp_path, small_data):
     """A fine-tune's scratch folder under torchrun: rank 0 keeps it, every rank reads it (control's,
     as prune's and QAT's: one helper, edgekit.scratch)."""
+    data_config, train_config = ddp_worker.tiny_setup()
+    parent = train_model(build_model(ModelSpec.from_width(train_config.width, small_data.num_classes), seed=0),
+                         small_data, train_config, tmp_path / "parent", data_config=data_config).checkpoint
     child = tmp_path / "child.pt"
-    prune_checkpoint(Path(tiny_trained.checkpoint), PruneConfig(ratio=0.5, round_to=4, finetune_epochs=2,
-                                                                latency_runs=5), child)
+    prune_checkpoint(Path(parent), PruneConfig(ratio=0.5, round_to=4, finetune_epochs=2, latency_runs=5), child,
+                     data=small_data)
     options = ["control", str(child), "--out"]
     straight = torchrun(tmp_path, "cli", *options, str(tmp_path / "straight.pt"))
     assert straight.returncode == 0, straight.stderr[-3000:]

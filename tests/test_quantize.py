@@ -111,8 +111,9 @@ def test_dynamic_touches_only_fc(trained, tmp_path):
     assert "only the final Linear" in read_manifest(tmp_path / "dyn.pt")["extra"]["note"]
 
 
-def test_qat_trains_and_converts_with_keep_float(trained, tmp_path):
-    source, cal, data = trained
+def test_qat_trains_and_converts_with_keep_float(trained, tiny_short, tmp_path):
+    source, _, _ = trained
+    data, cal = tiny_short
     config = QuantizeConfig(mode=QuantMode.qat, method=CalibMethod.minmax, calibration=str(cal), qat_epochs=1,
                             keep_float=1, latency_runs=5)
     result = quantize_checkpoint(source, config, tmp_path / "qat.pt", data=data)
@@ -127,14 +128,15 @@ def test_qat_trains_and_converts_with_keep_float(trained, tmp_path):
     _assert_qdq_reproduces_int8(result.onnx, reloaded, data, convs_int8=19)
 
 
-def test_an_interrupted_qat_goes_on_from_its_last_epoch_to_the_same_int8_file(trained, tmp_path):
+def test_an_interrupted_qat_goes_on_from_its_last_epoch_to_the_same_int8_file(trained, tiny_short, tmp_path):
     """Three QAT epochs, observers frozen after the first: two cycles (1, 2). Stopped in the second
     cycle after its first epoch, the rerun keeps cycle one, goes on inside cycle two, and writes the
     int8 model an uninterrupted run writes."""
     from conftest import StopAfterEpochs
     from edgekit.scratch import scratch_dir
 
-    source, cal, data = trained
+    source, _, _ = trained
+    data, cal = tiny_short
     config = QuantizeConfig(mode=QuantMode.qat, method=CalibMethod.minmax, calibration=str(cal), qat_epochs=3,
                             latency_runs=5, export_onnx=False)
     quantize_checkpoint(source, config, tmp_path / "whole.pt", data=data)
@@ -342,11 +344,12 @@ def test_tensorrt_refuses_a_qnnpack_artifact_in_one_line(qnnpack_static, tmp_pat
     assert not (tmp_path / "x.int8.onnx").exists()
 
 
-def test_qnnpack_qat_is_per_tensor_full_range(trained, tmp_path):
+def test_qnnpack_qat_is_per_tensor_full_range(trained, tiny_short, tmp_path):
     from edgekit.qengine import _aoq
     from edgekit.quantize import prepare_qat_from_ptq
 
-    source, cal, data = trained
+    source, _, _ = trained
+    data, cal = tiny_short
     fake = prepare_qat_from_ptq(load_checkpoint(source).build(), None, backend="qnnpack")
     quantizers = [m for m in fake.modules() if isinstance(m, _aoq().FakeQuantize)]
     acts = [q for q in quantizers if q.dtype == torch.quint8]

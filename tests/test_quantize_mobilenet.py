@@ -180,8 +180,9 @@ def test_dynamic_touches_only_fc(trained, tmp_path):
     assert not (tmp_path / "x.pt").exists()
 
 
-def test_qat_trains_converts_and_exports(trained, tmp_path):
-    source, cal, data = trained
+def test_qat_trains_converts_and_exports(trained, tiny_short, tmp_path):
+    source, _, _ = trained
+    data, cal = tiny_short
     config = QuantizeConfig(mode=QuantMode.qat, method=CalibMethod.minmax, calibration=str(cal), qat_epochs=1,
                             latency_runs=5)
     result = quantize_checkpoint(source, config, tmp_path / "qat.pt", data=data)
