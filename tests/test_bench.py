@@ -410,6 +410,15 @@ def test_cli_bench_and_compare(artifacts, tmp_path):
                                  "--runs", "1", "--min-seconds", "0", "--sweep-seconds", "0", "--out", str(tmp_path / "none")])
     assert result.exit_code == 1 and "artifact not found" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "none.json").exists()
+    # a file that is there but runs nowhere (no TensorRT here; a GPU's TensorRT cannot read one byte):
+    # its error row is written, and the command fails naming why
+    junk = tmp_path / "junk.engine"
+    junk.write_bytes(b"x")
+    result = runner.invoke(app, ["bench", str(junk), "--threads", "1", "--batches", "1", "--runs", "1",
+                                 "--min-seconds", "0", "--sweep-seconds", "0", "--out", str(tmp_path / "junk")])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "no row of the bench ran" in result.output and "junk.engine" in result.output
+    assert (tmp_path / "junk.json").exists()
 
 
 def test_a_reference_stored_in_fp16_is_the_stock_torch_eager_row(artifacts, tmp_path):

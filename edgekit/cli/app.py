@@ -21,7 +21,7 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except EdgekitError as error:
-            _fail(error)
+            fail(error)
         except NoArgsIsHelpError:
             raise
         except UsageError as error:  # a value typer itself cannot parse: one line too, not a framed box
@@ -29,7 +29,7 @@ class _Group(TyperGroup):
             typer.echo(f"error: {' '.join(error.format_message().split())} -> see '{command} --help'", err=True)
             raise typer.Exit(error.exit_code) from None
         except OSError as error:  # a read-only or full disk, a folder where a file was meant ...
-            _fail(from_os_error(error))
+            fail(from_os_error(error))
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
@@ -39,7 +39,7 @@ class _Group(TyperGroup):
             shutdown()  # leave torchrun's process group cleanly (a no-op in one process)
 
 
-def _fail(error: EdgekitError):
+def fail(error: EdgekitError):
     fix = f" -> {error.hint}" if error.hint else ""
     typer.echo(f"error: {error.message}{fix}", err=True)
     raise typer.Exit(error.exit_code) from None
@@ -67,14 +67,12 @@ DataDirOption = typer.Option(None, "--data-dir", help="image folder with train/ 
 
 
 def data_config_from_options(source: DataSource, data_dir: Optional[Path], val_size: int | None = None,
-                 train_per_class: int | None = None, seed: int = 0) -> DataConfig:
+                             train_per_class: int | None = None, seed: int = 0) -> DataConfig:
     config = DataConfig(source=source, data_dir=str(data_dir) if data_dir else None, seed=seed,
                         train_per_class=train_per_class)
     if val_size is not None:
         config.val_size = val_size
     return config
-
-
 
 
 def override_data(source: Optional[DataSource], data_dir: Optional[Path]) -> Optional[DataConfig]:

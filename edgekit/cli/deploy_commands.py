@@ -9,8 +9,9 @@ from typing import Optional
 import typer
 
 from ..config import BenchConfig, DataSource, DiagnoseOptions, ExportOptions, Split
+from ..errors import EdgekitError
 from ..formats import FORMATS as _FORMATS, export_targets as _export_targets
-from .app import DataDirOption, ForceOption, app, data_config_from_options, make_reporter, override_data
+from .app import DataDirOption, ForceOption, app, data_config_from_options, fail, make_reporter, override_data
 
 
 # Choices come from the format table, so a new target needs no change here.
@@ -135,7 +136,7 @@ def bench(
     if not any(row.status == "ok" for row in result.rows):
         # the first reasons, so a bench of one bad file says what is wrong with it in the one line
         reasons = "; ".join(f"{row.artifact}: {row.why}" for row in result.rows[:2])
-        _fail(EdgekitError(f"no row of the bench ran ({' '.join(reasons.split())})", f"see the notes in {out}.md"))
+        fail(EdgekitError(f"no row of the bench ran ({' '.join(reasons.split())})", f"see the notes in {out}.md"))
 
 
 # ---- look inside: diff and explain (edgekit/diagnose.py) ----
