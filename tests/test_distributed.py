@@ -148,7 +148,6 @@ def test_edgekit_train_under_torchrun_resumes_bit_for_bit_and_only_rank_0_writes
     assert [h["epoch"] for h in history] == [1, 2] and all(h["processes"] == 2 for h in history)
 
 
-
 def test_edgekit_control_under_torchrun_goes_on_from_its_last_epoch_bit_for_bit_and_only_rank_0_writes(
         tmp_path, small_data):
     """A fine-tune's scratch folder under torchrun: rank 0 keeps it, every rank reads it (control's,
