@@ -29,6 +29,8 @@ RESULTS = ROOT / "benchmarks/results"
 SUITE_TARGET_SECONDS = 600
 # pytest -q ends with e.g. "863 passed, 5 skipped, 2 warnings in 515.23s (0:08:35)"
 SUMMARY = re.compile(r"^=*\s*(?P<counts>\d+ \w+(?:, \d+ \w+)*) in (?P<seconds>[\d.]+)s", re.MULTILINE)
+# and, above it (pyproject's --durations), the slowest phases: "54.30s setup    tests/test_x.py::test_y"
+SLOWEST = re.compile(r"^(?P<seconds>[\d.]+)s (?P<phase>setup|call|teardown)\s+(?P<test>\S+)$", re.MULTILINE)
 
 
 def main() -> None:
@@ -61,6 +63,9 @@ def main() -> None:
         "wall_seconds": round(wall, 1), "suite_seconds": round(suite, 1),
         "setup_seconds": round(wall - suite, 1), "suite_counts": summary["counts"],
         "suite_target_seconds": SUITE_TARGET_SECONDS, "meets_target": suite <= SUITE_TARGET_SECONDS,
+        # where the suite's time goes, so the next cut starts from a measurement
+        "slowest": [{"seconds": float(m["seconds"]), "phase": m["phase"], "test": m["test"]}
+                    for m in SLOWEST.finditer(output)],
     }
     name = f"ci-time-cpu-{kind}"
     atomic_write_text(RESULTS / f"{name}.json", json.dumps(result, indent=2) + "\n")
@@ -75,6 +80,11 @@ def main() -> None:
             ["set-up: venv and the README's pip line (wall time less the suite's)", f"{result['setup_seconds']:.0f}"],
             [f"suite: `python -m pytest -q` ({summary['counts']})", f"{suite:.0f}"],
             ["in all", f"{wall:.0f}"]]),
+        "",
+        "The slowest phases (pytest's --durations; a session fixture's setup is charged to the first test "
+        "that asks for it):", "",
+        markdown_table(["seconds", "phase", "test"],
+                       [[f"{row['seconds']:.1f}", row["phase"], f"`{row['test']}`"] for row in result["slowest"]]),
         "",
     ]
     atomic_write_text(RESULTS / f"{name}.md", "\n".join(lines))
