@@ -68,16 +68,21 @@ class RangeSearchObserver(torch.ao.quantization.HistogramObserver):
         p[0] += hist[:a].sum()  # clipped mass lands on the edges, as the quantizer puts it there
         p[-1] += hist[b:].sum()
         # q: the in-range histogram alone, spread over `levels` buckets, as TensorRT's entropy
-        # calibration does; p carries the clipped mass, so KL(p || q) charges for clipping. Each
-        # bucket's mass goes evenly to its non-empty bins. Buckets as np.array_split cuts them (the
-        # first len % levels one bin longer), summed at once: this runs 96 times per activation.
-        sizes = np.full(levels, len(p) // levels)
-        sizes[: len(p) % levels] += 1
+        # calibration does; p carries the clipped mass, so KL(p || q) charges for clipping.
+        q = RangeSearchObserver._spread_over_buckets(inside, levels)
+        p, q = p / p.sum(), q / max(q.sum(), 1e-12)
+        mask = p > 0
+        return float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-12))))
+
+    @staticmethod
+    def _spread_over_buckets(inside, levels: int):
+        """`inside` cut into `levels` buckets as np.array_split cuts it (the first len % levels one
+        bin longer), each bucket's mass spread evenly over its non-empty bins. Summed at once, not
+        bucket by bucket: it runs 96 times per activation. Needs len(inside) >= levels."""
+        sizes = np.full(levels, len(inside) // levels)
+        sizes[: len(inside) % levels] += 1
         starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))  # strictly increasing: every size >= 1
         nonzero = inside > 0
         mass = np.add.reduceat(inside, starts)
         filled = np.add.reduceat(nonzero.astype(np.int64), starts)
-        q = np.repeat(mass / np.maximum(filled, 1), sizes) * nonzero
-        p, q = p / p.sum(), q / max(q.sum(), 1e-12)
-        mask = p > 0
-        return float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-12))))
+        return np.repeat(mass / np.maximum(filled, 1), sizes) * nonzero
