@@ -102,7 +102,7 @@ def plan(args: argparse.Namespace, data: Any, reporter: RichReporter) -> list[St
     prune_config = PruneConfig(ratio=None if target else args.ratio, target_macs=target,
                                finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, steps=args.steps,
                                distill_alpha=args.distill, cpu_bf16=args.cpu_bf16, importance=Importance(args.importance),
-                               global_pruning=args.global_pruning)
+                               global_pruning=args.global_pruning, depth_tilt=args.depth_tilt)
     cal = repo_path(args.calibration)
     static = QuantizeConfig(mode=QuantMode.static, calibration=cal)
     dynamic = QuantizeConfig(mode=QuantMode.dynamic)
@@ -319,6 +319,9 @@ def main() -> None:
                         help="how channels are ranked (not part of the fine-tune: the control still fits)")
     parser.add_argument("--global-pruning", action="store_true",
                         help="rank channels across layers instead of the same share from each")
+    parser.add_argument("--depth-tilt", type=float, default=PruneConfig.depth_tilt,
+                        help="prune later stages harder (> 0) or earlier ones (< 0): part of the pruning, not of "
+                             "the fine-tune, so the control still fits")
     parser.add_argument("--cpu-bf16", action="store_true", help="fine-tune the pruned model in bf16 (native bf16 CPU)")
     parser.add_argument("--per-tensor-ptq", action="store_true",
                         help="add a static PTQ row with one weight scale per tensor beside the per-channel one")

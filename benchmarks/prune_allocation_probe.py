@@ -9,8 +9,9 @@ so they are pruned together) and each block's inner width (its first conv's outp
 allocation here is a pair of multipliers (residual, inner) on a base ratio and a tilt over depth
 (positive: later stages lose more); the base ratio is set, per allocation, to the largest that
 keeps the network at or under the MAC target. Every candidate is then read with no fine-tune
-(BN statistics recalibrated, as `edgekit prune` does), beside `edgekit prune`'s own uniform
-pruning toward the same target, and all are timed together in alternating rounds.
+(BN statistics recalibrated, as `edgekit prune` does), beside `edgekit prune` itself toward the
+same target at each tilt (`--depth-tilt`, which steps every stage's share up together until the
+target is met; tilt 0 is its default uniform prune), and all are timed together in alternating rounds.
 
 Accuracy straight after pruning is a proxy: it orders starting points, and only a fine-tune
 against its control says what an allocation costs.
@@ -79,11 +80,13 @@ def spec_macs(spec: ModelSpec) -> int:
     return count_macs(model)
 
 
-def fit_allocation(base: ModelSpec, split: tuple[float, float], tilt: float, target: int, round_to: int) -> ModelSpec:
+def fit_allocation(base: ModelSpec, split: tuple[float, float], tilt: float, target: int,
+                   round_to: int) -> ModelSpec | None:
     """Widths as near the allocation as `target` MACs allow: the smallest base ratio (bisection) whose
     widths, rounded down to `round_to`, fit; then, since rounding every group down at once can land far
     below the target, groups are grown back by `round_to` (the one furthest below its share first) while
-    the network still fits."""
+    the network still fits. None where no ratio fits (every share capped at 0.95 and still too many MACs:
+    an allocation that leaves some widths whole)."""
     low, high = 0.0, 1.0 / max(m * s for m in stage_multipliers(tilt) for s in split if s > 0)
     for _ in range(30):
         middle = (low + high) / 2
@@ -93,6 +96,8 @@ def fit_allocation(base: ModelSpec, split: tuple[float, float], tilt: float, tar
             high = middle
     ideal = ideal_widths(base, high, split, tilt)
     widths = rounded(ideal, round_to)
+    if spec_macs(spec_of_groups(base, widths)) > target:
+        return None
     full = [*base.stage_channels, *base.block_channels[::BLOCKS_PER_STAGE]]
     while True:
         for group in sorted(range(len(widths)), key=lambda g: widths[g] / ideal[g]):
@@ -152,13 +157,19 @@ def main() -> None:
     parent = checkpoint.build().eval()
     target = int(args.target_macs)
 
-    candidates = {}
-    model, _ = prune_model(copy.deepcopy(parent), data, config)
-    candidates["edgekit prune (uniform L1)"] = (model, {"split": "edgekit prune", "tilt": None})
+    candidates, unreachable = {}, []
+    for tilt in args.tilts:
+        model, _ = prune_model(copy.deepcopy(parent), data, dataclasses.replace(config, depth_tilt=tilt))
+        candidates[f"edgekit prune --depth-tilt {tilt:g}"] = (model, {"split": "edgekit prune", "tilt": tilt})
     for tilt in args.tilts:
         for split_name in args.splits:
             split = SPLITS[split_name]
             spec = fit_allocation(checkpoint.spec, split, tilt, target, config.round_to)
+            if spec is None:
+                reporter.info(f"prune-allocation-probe: {split_name}, tilt {tilt:+.1f} cannot reach "
+                              f"{target / 1e6:.0f} M MACs: skipped")
+                unreachable.append({"split": split_name, "tilt": tilt})
+                continue
             reporter.info(f"prune-allocation-probe: {split_name}, tilt {tilt:+.1f}: stages {spec.stage_channels}, "
                           f"blocks {spec.block_channels}")
             pruned, _ = rebuild(prune_to_spec(copy.deepcopy(parent), spec), checkpoint.spec)
@@ -186,6 +197,7 @@ def main() -> None:
               "parent": {"macs": count_macs(parent), "val_accuracy": accuracy(parent, data),
                          "test_accuracy": accuracy(parent, data, "test"), "latency_ms": latency["parent"]["p50_ms"]},
               "splits": {k: list(SPLITS[k]) for k in args.splits}, "tilts": args.tilts,
+              "unreachable": unreachable,
               "command": script_command(), "environment": env, "load_average_after": list(os.getloadavg()),
               "wall_seconds": round(time.perf_counter() - started, 1), "note": args.note, "rows": rows}
     args.results.mkdir(parents=True, exist_ok=True)
@@ -199,6 +211,7 @@ def main() -> None:
           f"{r['macs'] / 1e6:.0f} M", f"{r['val_accuracy']:.2%}", f"{r['test_accuracy']:.2%}",
           f"{r['latency_ms']:.2f}", f"{r['speedup']:.2f}x"] for r in ranked])
     parent_row = result["parent"]
+    skipped = ", ".join(f"{u['split']}, tilt {u['tilt']:+.1f}" for u in unreachable)
     text = "\n".join([
         f"# {args.name}: one MAC budget spread over the layers in different ways, before any fine-tune", "",
         f"`{result['command']}`", "",
@@ -216,6 +229,8 @@ def main() -> None:
         f"{result['wall_seconds']:.0f} s. Versions: {', '.join(f'{k} {v}' for k, v in env['versions'].items())}.",
         *([args.note] if args.note else []), "",
         table, "",
+        *([f"Cannot reach the target (shares capped at 0.95, the rest whole), so not in the table: {skipped}.", ""]
+          if unreachable else []),
         f"Highest validation accuracy straight after pruning: {ranked[0]['allocation']} "
         f"({ranked[0]['val_accuracy']:.2%} at {ranked[0]['macs'] / 1e6:.0f} M MACs, {ranked[0]['speedup']:.2f}x).", ""])
     atomic_write_text(args.results / f"{args.name}.md", text)

@@ -284,6 +284,10 @@ class PruneConfig:
     target_macs: int | None = None  # instead of ratio: prune until MACs <= this
     importance: Importance = Importance.l1
     global_pruning: bool = False
+    # Prune later stages harder (> 0) or earlier ones (< 0), keeping the mean share: stage k of n
+    # gets the ratio times 1 + tilt * (k - m) / m, m = (n - 1) / 2. On a batch-1 CPU a late stage's
+    # MAC costs more time than an early one's (benchmarks/results/prune-allocation-probe.md).
+    depth_tilt: float = 0.0
     round_to: int = 8  # pruned channel counts stay multiples of this (SIMD and int8 kernels like it)
     steps: int = 1  # iterative prune -> fine-tune -> BN recalibration rounds
     finetune_epochs: int = 2  # per step; 0 = no fine-tune
@@ -308,6 +312,8 @@ class PruneConfig:
         check_range("target_macs", self.target_macs, 0, low_open=True, optional=True, hint="e.g. --target-macs 250e6")
         if self.target_macs is not None:
             self.target_macs = int(self.target_macs)  # the CLI takes 250e6; a MAC count is whole
+        check_range("depth_tilt", self.depth_tilt, -1, 1,
+                    hint="e.g. --depth-tilt 0.5 prunes the last stage 1.5x and the first 0.5x the mean share")
         check_range("round_to", self.round_to, 1)
         check_range("steps", self.steps, 1)
         check_range("finetune_epochs", self.finetune_epochs, 0)

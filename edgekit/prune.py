@@ -11,7 +11,8 @@ depthwise conv's channels are its expand conv's (the stem's, in the first block)
 conv keeps groups == channels. A hand-written pruner would have to re-derive that coupling.
 
 The flow, per step (`steps` rounds): prune (ratio or MAC target, importance by L1/L2 weight
-magnitude, BN scale or Taylor; uniform or global; channel counts rounded to `round_to`) ->
+magnitude, BN scale or Taylor; uniform, tilted over depth (`depth_tilt`) or global; channel counts
+rounded to `round_to`) ->
 BN recalibration -> fine-tune with `train.train_model` (short, small lr, distilling from the
 unpruned model) -> BN recalibration (kept only if it does not lower validation accuracy).
 
@@ -113,6 +114,28 @@ def _mobilenet_v2_widths(model: MobileNetV2) -> tuple[tuple[int, ...], tuple[int
 # What a pruned network's widths read back as, per architecture (edgekit.spec says what they mean).
 _WIDTH_READERS = {"resnet18": _resnet18_widths, "mobilenet_v2": _mobilenet_v2_widths}
 
+# Each architecture's stages from input to output, as `depth_tilt` shares out a prune. A stem joins
+# the first stage, whose residual (ResNet18) or depthwise (MobileNetV2) channels it is coupled with.
+_STAGES = {
+    "resnet18": lambda model: [[model.conv1, model.layer1], [model.layer2], [model.layer3], [model.layer4]],
+    "mobilenet_v2": lambda model: [[model.conv1, model.stages[0]], *([stage] for stage in model.stages[1:]),
+                                   [model.conv2]],
+}
+
+
+def stage_ratios(model: Classifier, ratio: float, tilt: float) -> dict[nn.Module, float]:
+    """Each conv's pruning ratio under `depth_tilt`: stage k of n gets ratio * (1 + tilt * (k - m) / m),
+    m = (n - 1) / 2, so the stages' mean share stays `ratio` (Torch-Pruning caps each at 0.95)."""
+    stages = _STAGES[model.spec.arch](model)
+    middle = (len(stages) - 1) / 2
+    ratios = {}
+    for index, parts in enumerate(stages):
+        for part in parts:
+            for module in part.modules():
+                if isinstance(module, nn.Conv2d):
+                    ratios[module] = ratio * (1 + tilt * (index - middle) / middle)
+    return ratios
+
 
 def spec_of(model: Classifier, base: ModelSpec) -> ModelSpec:
     """Read the (pruned) conv widths back into a plain ModelSpec of the base's architecture."""
@@ -185,6 +208,15 @@ def validate_config(config: PruneConfig) -> None:
         raise ConfigError(f"--target-macs must be positive, got {config.target_macs}", "e.g. --target-macs 250e6")
     if config.steps < 1 or config.round_to < 1 or config.finetune_epochs < 0:
         raise ConfigError("--steps and --round-to must be >= 1 and --finetune-epochs >= 0", "check the options")
+    if config.depth_tilt and (config.global_pruning or config.unstructured):
+        raise ConfigError("--depth-tilt sets each stage's share of a uniform prune; "
+                          + ("global pruning chooses the shares itself" if config.global_pruning
+                             else "unstructured pruning zeroes weights, not stages' channels"),
+                          "drop --depth-tilt, or prune uniformly (without --global or --unstructured)")
+    if config.depth_tilt and config.target_macs is None and config.ratio * (1 + abs(config.depth_tilt)) > 0.9:
+        raise ConfigError(f"--ratio {config.ratio} with --depth-tilt {config.depth_tilt} asks one end stage to lose "
+                          f"{config.ratio * (1 + abs(config.depth_tilt)):.0%} of its channels",
+                          "keep --ratio x (1 + |--depth-tilt|) at or below 0.9, or prune toward --target-macs")
     if not 0.0 <= config.distill_alpha <= 1.0:
         raise ConfigError(f"--distill must be between 0 and 1, got {config.distill_alpha}",
                           "e.g. --distill 0.5 (half the fine-tune loss from the unpruned model) or 0 (labels only)")
@@ -225,9 +257,11 @@ def prune_model(model: Classifier, data: DataSplits, config: PruneConfig, report
     by_target = config.target_macs is not None
     # For a MAC target, prune in small increments (fine iterative_steps) and stop at the target;
     # for a ratio, the pruner's own linear schedule reaches it in `steps` rounds.
+    end_ratio = 0.9 if by_target else config.ratio  # where the pruner's schedule ends (a target stops it sooner)
     pruner = tp.pruner.MetaPruner(
         model, example, importance=_importance(config), global_pruning=config.global_pruning,
-        pruning_ratio=0.9 if by_target else config.ratio, max_pruning_ratio=0.95,
+        pruning_ratio=end_ratio, max_pruning_ratio=0.95,
+        pruning_ratio_dict=stage_ratios(model, end_ratio, config.depth_tilt) if config.depth_tilt else None,
         iterative_steps=60 if by_target else config.steps, ignored_layers=[model.fc], round_to=config.round_to)
     history: list[dict[str, Any]] = []
     for step in range(1, config.steps + 1):

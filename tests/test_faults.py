@@ -411,6 +411,8 @@ def test_two_folders_that_differ_only_behind_links_get_two_caches_and_two_accura
     (["train", "--val-size", "0"], "--val-size must be a finite number in [1, 2147483647]"),
     (["prune", "{ckpt}", "--ratio", "1.5"], "--ratio must be a finite number in (0, 1)"),
     (["prune", "{ckpt}", "--finetune-lr", "nan"], "--finetune-lr must be a finite number"),
+    (["prune", "{ckpt}", "--depth-tilt", "2"], "--depth-tilt must be a finite number in [-1, 1], got 2"),
+    (["prune", "{ckpt}", "--depth-tilt", "0.5", "--global"], "--depth-tilt sets each stage's share of a uniform prune"),
     (["quantize", "{ckpt}", "--qat-lr", "-1", "--out", "{tmp}/q.pt"], "--qat-lr must be a finite number in (0, 10]"),
     (["export", "{ckpt}", "--target", "onnx", "--parity-images", "0", "-o", "{tmp}/x.onnx"],
      "--parity-images must be a finite number in [1, 2147483647]"),

@@ -80,6 +80,48 @@ def test_bad_input(trained, tmp_path):
     assert not (tmp_path / "x.pt").exists()
 
 
+def _kept_shares(spec, base):
+    return [kept / full for kept, full in zip(spec.stage_channels, base.stage_channels)]
+
+
+def test_depth_tilt_prunes_later_stages_harder_at_the_same_mean_share(trained, tmp_path):
+    source, data = trained
+    base = load_checkpoint(source).spec
+    flat = prune_checkpoint(source, PruneConfig(ratio=0.5, round_to=4, finetune_epochs=0, latency_runs=5),
+                            tmp_path / "flat.pt", data=data)
+    tilted = prune_checkpoint(source, PruneConfig(ratio=0.4, depth_tilt=1.0, round_to=4, finetune_epochs=0,
+                                                  latency_runs=5), tmp_path / "tilted.pt", data=data)
+    assert len(set(_kept_shares(flat.spec, base))) == 1  # uniform: every stage keeps half
+    # tilt 1 over four stages of 8, 16, 32 and 64 channels: ratios 0, 0.27, 0.53 and 0.8, kept counts
+    # rounded down to multiples of 4
+    assert base.stage_channels == (8, 16, 32, 64)
+    assert tilted.spec.stage_channels == (8, 8, 12, 12)
+    assert tilted.spec.block_channels == (8, 8, 8, 8, 12, 12, 12, 12)
+    assert tilted.max_rebuild_diff == 0.0 and load_checkpoint(tmp_path / "tilted.pt").spec == tilted.spec
+    assert read_manifest(tmp_path / "tilted.pt")["config"]["prune"]["depth_tilt"] == 1.0
+
+
+def test_depth_tilt_toward_a_mac_target_and_its_bad_input(trained, tmp_path):
+    source, data = trained
+    base_spec = load_checkpoint(source).spec
+    base = count_macs(load_checkpoint(source).build())
+    # round_to 1: at this width (8 to 64 channels) rounding to 4 would cut the first stage in half at its
+    # first step and hide the tilt
+    result = prune_checkpoint(source, PruneConfig(ratio=None, target_macs=base // 2, depth_tilt=0.5, round_to=1,
+                                                  finetune_epochs=0, latency_runs=5), tmp_path / "t.pt", data=data)
+    shares = _kept_shares(result.spec, base_spec)
+    assert result.after["macs"] <= base // 2
+    assert shares == sorted(shares, reverse=True) and shares[0] > shares[-1]
+    for flags, match in ((dict(global_pruning=True), "global pruning chooses"),
+                         (dict(unstructured=True), "unstructured"),
+                         (dict(depth_tilt=1.5), "--depth-tilt must be a finite number in \\[-1, 1\\]"),
+                         (dict(depth_tilt=1.0), "lose 100% of its channels")):
+        config = PruneConfig(ratio=0.5, **{"depth_tilt": 0.5, **flags})
+        with pytest.raises(ConfigError, match=match):
+            prune_checkpoint(source, config, tmp_path / "x.pt", data=data)
+    assert not (tmp_path / "x.pt").exists()
+
+
 def test_internal_inconsistencies_are_plain_exceptions_not_user_errors():
     # "Please report it" cases are bugs: a plain exception keeps its traceback at the CLI edge,
     # where an EdgekitError would be turned into one line and lose it.
@@ -151,6 +193,16 @@ def test_mobilenet_v2_prunes_with_depthwise_groups_coupled_and_rebuilds_identica
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_mobilenet_v2_depth_tilt_keeps_more_of_the_stem_than_of_the_head(mobilenet, tmp_path):
+    source, data = mobilenet
+    base = load_checkpoint(source).spec
+    result = prune_checkpoint(source, PruneConfig(ratio=0.4, depth_tilt=1.0, round_to=8, finetune_epochs=0,
+                                                  latency_runs=5), tmp_path / "tilted.pt", data=data)
+    shares = _kept_shares(result.spec, base)
+    assert shares[0] == 1.0 and shares[-1] < 0.5  # the stem's share is 0 x the ratio, the head's 2 x
+    assert result.max_rebuild_diff == 0.0
 
 
 def test_mobilenet_v2_target_macs_global_bn_scale(mobilenet, tmp_path):

@@ -60,6 +60,7 @@ def prune(
     target_macs: Optional[float] = typer.Option(None, help="prune until MACs <= this (e.g. 250e6)"),
     importance: Importance = typer.Option(PruneConfig.importance, help="channel importance: weight L1/L2, BN scale, Taylor"),
     global_pruning: bool = typer.Option(PruneConfig.global_pruning, "--global", help="rank channels across layers"),
+    depth_tilt: float = typer.Option(PruneConfig.depth_tilt, help="prune later stages harder (> 0, up to 1) or earlier ones (< 0); the mean share is kept"),
     round_to: int = typer.Option(PruneConfig.round_to, help="keep channel counts multiples of this"),
     steps: int = typer.Option(PruneConfig.steps, help="prune -> fine-tune -> BN recalibration rounds"),
     finetune_epochs: int = typer.Option(PruneConfig.finetune_epochs, help="fine-tune epochs per step (0 = none)"),
@@ -81,7 +82,7 @@ def prune(
 
     config = PruneConfig(ratio=ratio if ratio is not None else (None if target_macs is not None else PruneConfig.ratio),
                          target_macs=target_macs, importance=importance,
-                         global_pruning=global_pruning, round_to=round_to, steps=steps,
+                         global_pruning=global_pruning, depth_tilt=depth_tilt, round_to=round_to, steps=steps,
                          finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, distill_alpha=distill,
                          cpu_bf16=cpu_bf16, unstructured=unstructured, threads=threads, seed=seed,
                          tensorboard=str(tensorboard) if tensorboard else None)
