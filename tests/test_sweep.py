@@ -2,8 +2,9 @@
 
 The options are not listed here: they are read from the app, so an option added tomorrow is swept
 with the bad values of its type the day it lands. What the test keeps by hand is only what the
-app cannot say: which numeric options accept 0, which paths are written rather than read, which
-option needs a companion to mean anything, and the bad values of the few free-text options.
+app cannot say: which numeric options accept 0 or negative values, which paths are written rather
+than read, which option needs a companion to mean anything, and the bad values of the few
+free-text options.
 
 No case may reach real work: `edgekit.data.load_data` is replaced by a stand-in that fails
 loudly, so a bad value that passes validation fails the test with "reached the data" instead of
@@ -33,6 +34,8 @@ REACHED = "the sweep reached the data"
 # Numeric options for which 0 is a meaningful value (every other one must refuse 0).
 ZERO_OK = {"seed", "data_seed", "cutout", "swa_start", "label_smoothing", "finetune_epochs", "distill", "keep_float",
            "qat_epochs", "warmup", "min_seconds", "sweep_seconds"}
+# Numeric options whose range runs through 0 to negative values (-1 and 0 are meaningful there).
+SIGNED = {"depth_tilt"}
 # Path options that name something to be written (or a folder to write into), not a file to read.
 OUTPUTS = {"out", "bundle", "tensorboard", "baseline_dir"}
 # Path options that name a folder to read.
@@ -82,9 +85,13 @@ def _bad_values(command: str, param, files: dict[str, Path]) -> list[tuple[str, 
     if kind is bool:
         return []
     if kind in (int, float):
-        values = ["-1", "nan", "inf", "", HUGE_INT if kind is int else "1e300"]
-        if name not in ZERO_OK:
-            values.append("0")
+        values = ["nan", "inf", "", HUGE_INT if kind is int else "1e300"]
+        if name in SIGNED:
+            values.append("-1e300")
+        else:
+            values.append("-1")
+            if name not in ZERO_OK:
+                values.append("0")
         return [(v or "empty", as_option(v)) for v in values]
     if isinstance(kind, type) and issubclass(kind, Enum):
         return [("unknown choice", as_option("no-such-choice")), ("empty", as_option(""))]
