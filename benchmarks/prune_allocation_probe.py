@@ -41,7 +41,7 @@ from edgekit.config import PruneConfig, data_config_from_dict  # noqa: E402
 from edgekit.data import load_data  # noqa: E402
 from edgekit.measure import accuracy, compare_latency, recalibrate_bn  # noqa: E402
 from edgekit.model import ModelSpec, build_model, count_macs, load_checkpoint  # noqa: E402
-from edgekit.prune import prune_model, rebuild, spec_of  # noqa: E402
+from edgekit.prune import prune_model, rebuild, spec_of, tilt_multipliers  # noqa: E402
 from edgekit.report import RichReporter, markdown_table  # noqa: E402
 
 STAGES = 4
@@ -51,15 +51,10 @@ SPLITS = {"even": (1.0, 1.0), "inner x0.5": (1.0, 0.5), "residual x0.5": (0.5, 1
 TILTS = (-0.5, 0.0, 0.5)
 
 
-def stage_multipliers(tilt: float) -> list[float]:
-    """1 on average over the four stages; tilt 0.5 gives 0.5, 0.83, 1.17, 1.5 from first to last."""
-    return [1.0 + tilt * (stage - 1.5) / 1.5 for stage in range(STAGES)]
-
-
 def ideal_widths(base: ModelSpec, ratio: float, split: tuple[float, float], tilt: float) -> list[float]:
     """Unrounded widths of the eight width groups: four residual, then four inner (a stage's two blocks)."""
     residual, inner = split
-    tilts = stage_multipliers(tilt)
+    tilts = tilt_multipliers(STAGES, tilt)
     inner_base = base.block_channels[::BLOCKS_PER_STAGE]
     return ([c * (1.0 - min(ratio * residual * t, 0.95)) for c, t in zip(base.stage_channels, tilts)]
             + [c * (1.0 - min(ratio * inner * t, 0.95)) for c, t in zip(inner_base, tilts)])
@@ -87,7 +82,7 @@ def fit_allocation(base: ModelSpec, split: tuple[float, float], tilt: float, tar
     below the target, groups are grown back by `round_to` (the one furthest below its share first) while
     the network still fits. None where no ratio fits (every share capped at 0.95 and still too many MACs:
     an allocation that leaves some widths whole)."""
-    low, high = 0.0, 1.0 / max(m * s for m in stage_multipliers(tilt) for s in split if s > 0)
+    low, high = 0.0, 1.0 / max(m * s for m in tilt_multipliers(STAGES, tilt) for s in split if s > 0)
     for _ in range(30):
         middle = (low + high) / 2
         if spec_macs(spec_of_groups(base, rounded(ideal_widths(base, middle, split, tilt), round_to))) > target:

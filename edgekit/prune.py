@@ -123,17 +123,23 @@ _STAGES = {
 }
 
 
+def tilt_multipliers(stages: int, tilt: float) -> list[float]:
+    """`depth_tilt`'s factor on the ratio for each of `stages` stages: 1 + tilt * (k - m) / m,
+    m = (stages - 1) / 2, so their mean is 1 (tilt 0.5 over four: 0.5, 0.83, 1.17, 1.5)."""
+    middle = (stages - 1) / 2
+    return [1 + tilt * (index - middle) / middle for index in range(stages)]
+
+
 def stage_ratios(model: Classifier, ratio: float, tilt: float) -> dict[nn.Module, float]:
-    """Each conv's pruning ratio under `depth_tilt`: stage k of n gets ratio * (1 + tilt * (k - m) / m),
-    m = (n - 1) / 2, so the stages' mean share stays `ratio` (Torch-Pruning caps each at 0.95)."""
+    """Each conv's pruning ratio under `depth_tilt`: its stage's multiplier times `ratio`, so the
+    stages' mean share stays `ratio` (Torch-Pruning caps each at 0.95)."""
     stages = _STAGES[model.spec.arch](model)
-    middle = (len(stages) - 1) / 2
     ratios = {}
-    for index, parts in enumerate(stages):
+    for multiplier, parts in zip(tilt_multipliers(len(stages), tilt), stages):
         for part in parts:
             for module in part.modules():
                 if isinstance(module, nn.Conv2d):
-                    ratios[module] = ratio * (1 + tilt * (index - middle) / middle)
+                    ratios[module] = ratio * multiplier
     return ratios
 
 
