@@ -46,13 +46,16 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines) + "\n"
 
 
+def _status(fields: dict[str, Any]) -> str:
+    return "  ".join(f"{k} {format_cell(v)}" for k, v in fields.items())
+
+
 class _RichProgress(Progress):
     def __init__(self, bar: Any, task: Any) -> None:
         self.bar, self.task = bar, task
 
     def advance(self, steps: int = 1, **fields: Any) -> None:
-        status = "  ".join(f"{k} {format_cell(v)}" for k, v in fields.items())
-        self.bar.update(self.task, advance=steps, status=status)
+        self.bar.update(self.task, advance=steps, status=_status(fields))
 
 
 def _clock(seconds: float) -> str:
@@ -66,21 +69,20 @@ class _LineProgress(Progress):
     A redirected run (nohup, CI, a batch job's log) cannot redraw a bar: rich would show nothing
     until the loop ends, which for a fine-tune epoch on a CPU is half an hour of silence."""
 
-    def __init__(self, write: Callable[[str], None], description: str, total: int | None, interval: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.write, self.description, self.total, self.interval, self.clock = write, description, total, interval, clock
-        self.start = self.last_line = clock()
+    def __init__(self, write: Callable[[str], None], description: str, total: int | None, interval: float) -> None:
+        self.write, self.description, self.total, self.interval = write, description, total, interval
+        self.start = self.last_line = time.monotonic()
         self.done, self.status = 0, ""
 
     def advance(self, steps: int = 1, **fields: Any) -> None:
         self.done += steps
         if fields:
-            self.status = "  ".join(f"{k} {format_cell(v)}" for k, v in fields.items())
-        if self.clock() - self.last_line >= self.interval:
+            self.status = _status(fields)
+        if time.monotonic() - self.last_line >= self.interval:
             self.line()
 
     def line(self) -> None:
-        now = self.clock()
+        now = time.monotonic()
         self.last_line = now
         elapsed = now - self.start
         count = f"{self.done}/{self.total}" if self.total else str(self.done)
