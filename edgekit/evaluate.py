@@ -30,6 +30,7 @@ from .errors import DataError, EdgekitError
 from .flips import top1_accuracy
 from .formats import SOURCE_FORMAT, format_of_path, load_artifact_runner, predict_all
 from .lineage import data_config_of, lineage
+from .model import load_plain
 from .report import Reporter, quiet
 
 @dataclass
@@ -131,9 +132,7 @@ def _file_classes(artifact: Path) -> list[str] | None:
     fmt = format_of_path(artifact)
     with contextlib.suppress(Exception):  # a file without them is checked by its output width alone
         if fmt is SOURCE_FORMAT:
-            import torch
-
-            return list(torch.load(artifact, map_location="cpu", weights_only=True).get("classes") or []) or None
+            return list(load_plain(artifact).get("classes") or []) or None
         meta = fmt.module().read_metadata(artifact)
         return list(meta.classes) if meta is not None and meta.classes else None
     return None

@@ -17,6 +17,7 @@ input maps exactly onto 8-bit pixels.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,7 +225,7 @@ def load_payload(path: str | Path, expect: str = CHECKPOINT_FORMAT) -> Any:
         raise CheckpointError(f"{path} is empty (0 bytes): cut off while it was written or copied",
                               f"copy it again, or re-create it with `{maker}`")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_plain(path)
     except Exception as exc:  # truncated zip, random bytes, or a pickle that is not plain data
         if head == b"PK\x03\x04":  # torch's zip container: a torch file, damaged
             raise CheckpointError(f"cannot read {path}: the torch file is truncated or corrupt",
@@ -232,6 +233,17 @@ def load_payload(path: str | Path, expect: str = CHECKPOINT_FORMAT) -> Any:
         raise CheckpointError(f"{path} is not a torch file (no .pt written by edgekit starts like it)",
                               f"pass a .pt file written by `{maker}`") from exc
     return payload
+
+
+def load_plain(path: str | Path) -> Any:
+    """torch.load of plain data only (weights_only: nothing is unpickled), on the CPU.
+
+    torch's own rebuild of a quantized tensor (a dynamic int8 file's) reads the deprecated
+    TypedStorage and warns: about torch's code, not the file, so the warning is not passed on, and
+    where warnings are errors (PYTHONWARNINGS=error) a sound file is not called corrupt."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="TypedStorage is deprecated", category=UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def check_payload(payload: Any, path: str | Path, expect: str = CHECKPOINT_FORMAT) -> dict[str, Any]:

@@ -59,7 +59,8 @@ from .errors import CheckpointError, UnsupportedError
 from .qpack import PACKED_QTENSOR, pack_qtensors, unpack_qtensors  # noqa: F401
 from .qengine import (_aoq, artifact_engine, artifact_per_channel, engine_fusers, qat_qconfig, quantized_engine,
                       set_backend, static_qconfig)
-from .model import QUANTIZED_FORMAT, Checkpoint, Classifier, ModelSpec, build_model, load_checkpoint, read_payload
+from .model import (QUANTIZED_FORMAT, Checkpoint, Classifier, ModelSpec, build_model, load_checkpoint, load_plain,
+                    read_payload)
 
 # Eager torch.ao.quantization is the deliberate int8 path (see above), so its deprecation notice,
 # and that one alone, is not repeated at every command; every other deprecation stays visible.
@@ -263,7 +264,7 @@ def is_quantized_artifact(path: str | Path) -> bool:
     if not path.is_file():
         return False
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_plain(path)
     except Exception:
         return False
     return isinstance(payload, dict) and payload.get("format") == QUANTIZED_FORMAT
