@@ -271,7 +271,6 @@ def write_results(result: dict[str, Any], results: Path, name: str, reporter: Ri
     rows = result["rows"]
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(results / f"{name}.json", json.dumps(result, indent=2) + "\n")
-    by_key = {r["key"]: r for r in rows}
 
     def pt(value: float | None) -> str:
         return "" if value is None else f"{value:+.2f}"
