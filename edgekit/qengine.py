@@ -166,9 +166,17 @@ def describe_engine(backend: str, per_channel: bool | None = None) -> dict[str, 
                        + ["residual add + ReLU (FloatFunctional.add_relu)"]}
 
 
-def minmax_activation_observer(backend: str = QuantBackend.x86.value):
+def activation_observer_args(backend: str) -> dict[str, Any]:
+    """The engine's activation dtype, scheme and range as observer arguments. The range is given as
+    quant_min/quant_max (x86: 0..127) rather than as reduce_range, which torch deprecates and warns
+    about at every observer it builds; the two give the same range and the same scales."""
     act = activation_range(backend)
-    return _aoq().MinMaxObserver.with_args(dtype=act["dtype"], qscheme=act["qscheme"], reduce_range=act["reduce_range"])
+    return {"dtype": act["dtype"], "qscheme": act["qscheme"], "quant_min": act["quant_min"],
+            "quant_max": act["quant_max"]}
+
+
+def minmax_activation_observer(backend: str = QuantBackend.x86.value):
+    return _aoq().MinMaxObserver.with_args(**activation_observer_args(backend))
 
 
 def per_channel_weights(backend: str, scheme: str | WeightScheme | None = None) -> bool:

@@ -36,8 +36,8 @@ from .formats import QDQ_FORMAT, QDQ_SUFFIX, SOURCE_FORMAT
 from .model import Classifier, count_macs, load_checkpoint
 from .measure import accuracy, compare_latency
 from .observers import RangeSearchObserver
-from .qengine import (_aoq, activation_range, describe_engine, engine_latency_note, engine_of, per_channel_weights,
-                      qat_qconfig, set_backend)
+from .qengine import (_aoq, activation_observer_args, describe_engine, engine_latency_note, engine_of,
+                      per_channel_weights, qat_qconfig, set_backend)
 from .qengine import static_qconfig as _qconfig_with
 from .qmodel import (Island, QuantModel, _mark_islands, convert, dynamic_quantize, int8_census, layer_names,
                      prepare_qat, prepare_static, quantizable, save_quantized)
@@ -52,8 +52,7 @@ NOT_TRAINING = frozenset({"export_onnx", "opset", "latency_runs", "threads", "te
 
 def activation_observer(method: CalibMethod, config: QuantizeConfig):
     """`method`'s observer with the engine's own activation dtype and range (x86 0..127, qnnpack 0..255)."""
-    act = activation_range(backend_of(config))
-    common = dict(dtype=act["dtype"], qscheme=act["qscheme"], reduce_range=act["reduce_range"])
+    common = activation_observer_args(backend_of(config))
     if method is CalibMethod.minmax:
         return _aoq().MinMaxObserver.with_args(**common)
     return RangeSearchObserver.with_args(method=method.value, percentile=config.percentile, **common)
