@@ -64,7 +64,7 @@ def _clock(seconds: float) -> str:
 
 
 class _LineProgress(Progress):
-    """Progress as plain lines, at most one per `interval` seconds and one at the end.
+    """Progress as plain lines, at most one per `interval` seconds and one at the end (also when the loop raises).
 
     A redirected run (nohup, CI, a batch job's log) cannot redraw a bar: rich would show nothing
     until the loop ends, which for a fine-tune epoch on a CPU is half an hour of silence."""
@@ -109,8 +109,10 @@ class RichReporter(Reporter):
     def progress(self, description: str, total: int | None = None) -> Iterator[Progress]:
         if not self.err.is_terminal:
             lines = _LineProgress(self.info, description, total, self.log_interval)
-            yield lines
-            lines.line()
+            try:
+                yield lines
+            finally:  # as a bar left on screen would: a loop cut off (Ctrl-C, an error) says how far it got
+                lines.line()
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
 

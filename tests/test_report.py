@@ -2,6 +2,7 @@
 
 import io
 
+import pytest
 from rich.console import Console
 
 from edgekit.report import RichReporter
@@ -28,3 +29,16 @@ def test_a_redirected_progress_writes_plain_lines_with_count_status_and_time_lef
 def test_a_redirected_progress_is_rate_limited_to_its_interval():
     lines = _logged(log_interval=3600, advances=50)
     assert lines == [lines[-1]] and lines[0].startswith("epoch 1/2 50/50 "), lines
+
+
+def test_a_redirected_progress_cut_off_says_how_far_it_got():
+    log = io.StringIO()
+    reporter = RichReporter(log_interval=3600, err=Console(file=log, width=200))
+    with pytest.raises(KeyboardInterrupt):
+        with reporter.progress("epoch 3/8", total=10) as bar:
+            for step in range(10):
+                if step == 4:
+                    raise KeyboardInterrupt
+                bar.advance(loss=0.5)
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("epoch 3/8 4/10  0:00:00  ~0:00:00 left  loss 0.5"), lines
