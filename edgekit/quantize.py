@@ -37,7 +37,7 @@ from .model import Classifier, count_macs, load_checkpoint
 from .measure import accuracy, compare_latency
 from .observers import RangeSearchObserver
 from .qengine import (_aoq, activation_observer_args, describe_engine, engine_latency_note, engine_of,
-                      per_channel_weights, qat_qconfig, set_backend)
+                      minmax_activation_observer, per_channel_weights, qat_qconfig, set_backend)
 from .qengine import static_qconfig as _qconfig_with
 from .qmodel import (Island, QuantModel, _mark_islands, convert, dynamic_quantize, int8_census, layer_names,
                      prepare_qat, prepare_static, quantizable, save_quantized)
@@ -52,10 +52,10 @@ NOT_TRAINING = frozenset({"export_onnx", "opset", "latency_runs", "threads", "te
 
 def activation_observer(method: CalibMethod, config: QuantizeConfig):
     """`method`'s observer with the engine's own activation dtype and range (x86 0..127, qnnpack 0..255)."""
-    common = activation_observer_args(backend_of(config))
     if method is CalibMethod.minmax:
-        return _aoq().MinMaxObserver.with_args(**common)
-    return RangeSearchObserver.with_args(method=method.value, percentile=config.percentile, **common)
+        return minmax_activation_observer(backend_of(config))
+    return RangeSearchObserver.with_args(method=method.value, percentile=config.percentile,
+                                         **activation_observer_args(backend_of(config)))
 
 def static_qconfig(method: CalibMethod, config: QuantizeConfig):
     return _qconfig_with(activation_observer(method, config), backend_of(config), per_channel_of(config))
