@@ -55,13 +55,18 @@ def shapes_set(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def trained():
-    """SmallNet after 60 Adam steps on 512 images; 256 held-out images with labels."""
+    """SmallNet after 120 Adam steps on 512 images; 256 held-out images with labels.
+
+    After 60 steps it was right on only about 80 % of the held-out shapes, with many images so near
+    a decision boundary that int8 rounding flipped them: on an AMX Xeon the int8 gate (rightly)
+    refused a 3.5-point drop. A model that has learned the set is what this file's tests are about.
+    """
     torch.manual_seed(0)
     model = SmallNet()
     train_x, train_y = shapes_set(512, seed=0)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-2)
     order = torch.Generator().manual_seed(1)
-    for _ in range(60):
+    for _ in range(120):
         rows = torch.randint(0, len(train_x), (64,), generator=order)
         loss = F.cross_entropy(model(train_x[rows]), train_y[rows])
         optimizer.zero_grad()
